@@ -1,0 +1,82 @@
+"""The package skeleton: CLI, shared randomness (float64 categorical draws, seeding, worker streams)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from scipy import stats
+
+from textdiff import rng
+from textdiff.cli import build_parser
+
+
+def test_cli_help_lists_every_verb():
+    out = subprocess.run([sys.executable, "-m", "textdiff", "--help"], capture_output=True, text=True, check=True)
+    assert "usage: textdiff" in out.stdout
+    verbs = build_parser()._subparsers._group_actions[0].choices
+    for verb in verbs:
+        assert verb in out.stdout
+
+
+def test_sample_categorical_matches_law():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+    gen = rng.make_generator(seed=0)
+    n = 100_000
+    draws = rng.sample_categorical(probs.log().expand(n, 4), gen)
+    counts = torch.bincount(draws, minlength=4).numpy()
+    assert stats.chisquare(counts, (probs * n).numpy()).pvalue > 1e-4
+    # a biased law (a different distribution) is rejected by the same test
+    biased = torch.tensor([0.45, 0.35, 0.15, 0.05], dtype=torch.float64)
+    assert stats.chisquare(counts, (biased * n).numpy()).pvalue < 1e-6
+
+
+def test_sample_categorical_tail_is_not_truncated():
+    # a token of probability 1e-6 must still be drawn about n * 1e-6 times (float32 Gumbel noise loses such tails)
+    logits = torch.tensor([0.0, math.log(1e-6)], dtype=torch.float64)
+    gen = rng.make_generator(seed=1)
+    n = 4_000_000
+    hits = int(rng.sample_categorical(logits.expand(n, 2), gen).sum())
+    assert stats.poisson(n * 1e-6 / (1 + 1e-6)).cdf(hits) > 1e-4 and hits > 0
+
+
+def test_seed_reproducible_and_distinct():
+    a = rng.sample_categorical(torch.zeros(1000, 10), rng.make_generator(seed=5))
+    b = rng.sample_categorical(torch.zeros(1000, 10), rng.make_generator(seed=5))
+    c = rng.sample_categorical(torch.zeros(1000, 10), rng.make_generator(seed=6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_worker_seeds_distinct():
+    seeds = {rng.worker_seed(1234, w) for w in range(64)}
+    assert len(seeds) == 64
+
+
+def test_top_k_top_p_restrict_support():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    gen = rng.make_generator(seed=2)
+    draws = rng.sample_categorical(logits.expand(5000, 4), gen, top_k=2)
+    assert set(draws.tolist()) == {0, 1}
+    draws = rng.sample_categorical(logits.expand(5000, 4), gen, top_p=0.5)
+    assert set(draws.tolist()) == {0}
+
+
+@pytest.mark.parametrize("kwargs", [{"temperature": 0.0}, {"temperature": -1.0}, {"top_k": 0}, {"top_p": 0.0}])
+def test_bad_sampling_parameters(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        rng.sample_categorical(torch.zeros(2, 3), rng.make_generator(seed=0), **kwargs)
+
+
+def test_all_inf_row_rejected():
+    with pytest.raises(ValueError, match="-inf"):
+        rng.sample_categorical(torch.full((1, 3), -math.inf), rng.make_generator(seed=0))
+
+
+def test_bad_seed():
+    with pytest.raises(ValueError, match="seed"):
+        rng.make_generator(seed=-1)
+    with pytest.raises(TypeError, match="seed"):
+        rng.make_generator(seed="1")

@@ -1,0 +1,121 @@
+"""Randomness shared by every sampler (ALGORITHMS.md §9, "Numerical hygiene").
+
+One place for the three rules every textdiff sampler follows:
+
+* explicit ``torch.Generator`` objects, never the global RNG and never time-based seeds;
+* categorical draws in float64 (Gumbel-max with float64 uniforms clamped to ``[tiny, 1 - 2**-53]``), because
+  float32 Gumbel noise truncates the tail and lowers the effective temperature (arXiv 2409.02908);
+* per-worker streams derived from ``(base_seed, worker_id)`` so that DataLoader workers never repeat each other.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_TINY = torch.finfo(torch.float64).tiny
+_ONE_MINUS_ULP = 1.0 - 2.0**-53
+
+
+def make_generator(
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.Generator:
+    """Return the generator to draw from.
+
+    ``generator`` wins when given (it must live on ``device``). Otherwise a new generator on ``device`` seeded with
+    ``seed``; with ``seed=None`` it is seeded from the global torch RNG (so ``torch.manual_seed`` makes a whole
+    program reproducible) and, inside a DataLoader worker, additionally from the worker's own seed, so two workers
+    never share a stream.
+    """
+    device = torch.device(device)
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if torch.device(generator.device).type != device.type:
+            raise ValueError(f"generator lives on {generator.device}, but device={device}")
+        return generator
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+    else:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            seed = worker_seed(info.seed, info.id)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def worker_seed(base_seed: int, worker_id: int) -> int:
+    """A seed for worker ``worker_id`` derived from ``base_seed`` (splitmix64 mixing; distinct per worker)."""
+    z = (base_seed * 0x9E3779B97F4A7C15 + worker_id + 1) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+def uniform(shape, generator: torch.Generator, device=None) -> torch.Tensor:
+    """Float64 uniforms in ``[tiny, 1 - 2**-53]`` (safe to take ``log`` of ``u`` and of ``1 - u``)."""
+    device = generator.device if device is None else device
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    return u.clamp_(_TINY, _ONE_MINUS_ULP)
+
+
+def gumbel(shape, generator: torch.Generator, device=None) -> torch.Tensor:
+    """Standard Gumbel noise ``-log(-log u)`` in float64."""
+    return -torch.log(-torch.log(uniform(shape, generator, device)))
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Restrict logits to the top-k entries and/or the smallest set with mass >= top_p (others set to -inf)."""
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        k = min(top_k, logits.shape[-1])
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None:
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = torch.cumsum(probs, dim=-1) - probs
+        drop_sorted = mass_before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, -math.inf)
+    return logits
+
+
+def sample_categorical(
+    logits: torch.Tensor,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """Draw one index per row of ``logits[..., V]`` exactly, in float64 (Gumbel-max).
+
+    ``temperature``, ``top_k`` and ``top_p`` are engineering knobs that change the law being sampled; the default
+    (1, None, None) samples ``softmax(logits)`` exactly. Rows that are entirely ``-inf`` raise ``ValueError``.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = logits.to(torch.float64)
+    if temperature != 1.0:
+        logits = logits / temperature
+    logits = filter_logits(logits, top_k, top_p)
+    if logits.numel() and not torch.isfinite(logits.max(dim=-1).values).all():
+        raise ValueError("cannot sample from a categorical whose logits are all -inf (or contain NaN/+inf)")
+    noise = gumbel(logits.shape, generator, logits.device)
+    return torch.argmax(logits + noise, dim=-1)
+
+
+def log_uniform(shape, generator: torch.Generator, device=None) -> torch.Tensor:
+    """``log u`` for float64 uniforms, for Metropolis-Hastings tests ``log u < log A``."""
+    return torch.log(uniform(shape, generator, device))
