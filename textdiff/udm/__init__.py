@@ -1,1 +1,25 @@
+"""Unified Diffusion Model (UDM) on token sequences: forward processes, the generic reverse loop, losses."""
 
+from textdiff.udm.masking import MaskingProcess
+from textdiff.udm.process import (
+    Batch,
+    CosineSchedule,
+    CountSchedule,
+    ForwardProcess,
+    LinearSchedule,
+    LogLinearSchedule,
+    Noise,
+    Schedule,
+    StepPlan,
+    X0Draw,
+    as_batch,
+    get_schedule,
+    time_grid,
+)
+from textdiff.udm.sampler import PredictorCache, Trajectory, make_template, reverse_sample
+
+__all__ = [
+    "Batch", "CosineSchedule", "CountSchedule", "ForwardProcess", "LinearSchedule", "LogLinearSchedule",
+    "MaskingProcess", "Noise", "PredictorCache", "Schedule", "StepPlan", "Trajectory", "X0Draw", "as_batch",
+    "get_schedule", "make_template", "reverse_sample", "time_grid",
+]

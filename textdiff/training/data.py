@@ -1,0 +1,139 @@
+"""Text files -> tokenized, packed fixed-length blocks (HF ``datasets`` pipeline) and a resumable batch iterator.
+
+Decisions (ALGORITHMS.md §10, D2): blocks are packed to a fixed length, so no padding occurs in training; documents
+are joined with ``doc_sep_id`` (``[SEP]`` for BERT, EOS for causal tokenizers); the block specials (``[CLS]`` ...
+``[SEP]``) wrap every block and are marked ``protected`` (never corrupted, never scored).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from textdiff.rng import make_generator
+
+
+def encode_function(tokenizer) -> Callable[[list[str]], list[list[int]]]:
+    """``list[str] -> list[list[int]]`` for an HF tokenizer (no special tokens) or any object with ``encode(list)``."""
+    if hasattr(tokenizer, "backend_tokenizer") or hasattr(tokenizer, "convert_tokens_to_ids"):
+        return lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if hasattr(tokenizer, "encode"):
+        return lambda texts: [list(map(int, ids)) for ids in tokenizer.encode(list(texts))]
+    raise TypeError(f"tokenizer must be an HF tokenizer or have encode(list[str]), got {type(tokenizer).__name__}")
+
+
+@dataclass(frozen=True)
+class PackingSpec:
+    """How documents become blocks: ``prefix + body + suffix`` of total length ``seq_len``."""
+
+    seq_len: int
+    prefix: tuple[int, ...] = ()
+    suffix: tuple[int, ...] = ()
+    doc_sep_id: int | None = None
+
+    def __post_init__(self):
+        if self.body_len < 1:
+            raise ValueError(f"seq_len must exceed the {len(self.prefix) + len(self.suffix)} special tokens, got {self.seq_len}")
+
+    @property
+    def body_len(self) -> int:
+        return self.seq_len - len(self.prefix) - len(self.suffix)
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, seq_len: int) -> "PackingSpec":
+        """BERT-style ``[CLS] ... [SEP]`` blocks when the tokenizer has CLS/SEP, else bare blocks split by EOS."""
+        cls_id, sep_id = getattr(tokenizer, "cls_token_id", None), getattr(tokenizer, "sep_token_id", None)
+        if cls_id is not None and sep_id is not None:
+            return cls(seq_len, (cls_id,), (sep_id,), sep_id)
+        return cls(seq_len, (), (), getattr(tokenizer, "eos_token_id", None))
+
+    def pack(self, docs: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Concatenate ``docs`` (separated by ``doc_sep_id``) and cut into full blocks; the incomplete tail is dropped."""
+        stream: list[int] = []
+        for doc in docs:
+            if not doc:
+                continue
+            stream.extend(doc)
+            if self.doc_sep_id is not None:
+                stream.append(self.doc_sep_id)
+        n = self.body_len
+        return [list(self.prefix) + stream[i : i + n] + list(self.suffix) for i in range(0, len(stream) - n + 1, n)]
+
+    def protected_mask(self) -> torch.Tensor:
+        """``[seq_len]`` bool: True at the block specials."""
+        mask = torch.zeros(self.seq_len, dtype=torch.bool)
+        mask[: len(self.prefix)] = True
+        if self.suffix:
+            mask[-len(self.suffix) :] = True
+        return mask
+
+
+def load_packed_dataset(files: Sequence[str | Path], tokenizer, spec: PackingSpec, streaming: bool = False,
+                        num_proc: int | None = None):
+    """``datasets`` pipeline: ``load_dataset("text")`` -> tokenize -> pack; one column ``input_ids``."""
+    import datasets
+
+    files = [str(f) for f in files]
+    for f in files:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"training text file not found: {f}")
+    ds = datasets.load_dataset("text", data_files={"train": files}, split="train", streaming=streaming)
+    encode = encode_function(tokenizer)
+    ds = ds.map(lambda b: {"ids": encode(b["text"])}, batched=True, remove_columns=["text"],
+                **({} if streaming else {"num_proc": num_proc, "desc": "tokenize"}))
+    ds = ds.map(lambda b: {"input_ids": spec.pack(b["ids"])}, batched=True, batch_size=1000, remove_columns=["ids"],
+                **({} if streaming else {"desc": "pack"}))
+    return ds if streaming else ds.with_format("torch")
+
+
+@dataclass
+class DataPosition:
+    """Where a :class:`BatchStream` is: epoch and number of examples already consumed in it (for exact resume)."""
+
+    epoch: int = 0
+    offset: int = 0
+
+
+class BatchStream:
+    """Batches of ``input_ids [B, L]`` in a seeded per-epoch shuffled order, resumable from a :class:`DataPosition`.
+
+    Under DDP each rank takes every ``world_size``-th example of the shared order. Streaming (iterable) datasets are
+    read in file order, skipping ``offset`` examples on resume.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 position: DataPosition | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.position = position or DataPosition()
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        gen = make_generator(seed=self.seed + 1000003 * epoch)
+        return torch.randperm(len(self.dataset), generator=gen)
+
+    def _epoch_rows(self) -> Iterator[torch.Tensor]:
+        """Rows of the current epoch from the current offset on (the incomplete last global batch is dropped)."""
+        if not hasattr(self.dataset, "__len__"):
+            return (torch.as_tensor(r["input_ids"]) for r in self.dataset.skip(self.position.offset))
+        order = self._order(self.position.epoch)
+        usable = len(order) - len(order) % (self.batch_size * self.world_size)
+        if usable == 0:
+            raise ValueError(f"dataset has {len(order)} blocks, fewer than one global batch")
+        return (self.dataset[int(i)]["input_ids"] for i in order[self.position.offset : usable])
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        global_batch = self.batch_size * self.world_size
+        while True:
+            buf: list[torch.Tensor] = []
+            for row in self._epoch_rows():
+                buf.append(row)
+                if len(buf) == global_batch:
+                    self.position = DataPosition(self.position.epoch, self.position.offset + global_batch)
+                    yield torch.stack(buf[self.rank :: self.world_size])
+                    buf = []
+            self.position = DataPosition(self.position.epoch + 1, 0)

@@ -1,0 +1,99 @@
+"""The masking (absorbing) process (ALGORITHMS.md §2; A9271 §掩码模型).
+
+Design decisions (ALGORITHMS.md §10):
+
+* SUBS parameterisation (§2.2): the sampler sets the ``[MASK]`` logit to ``−inf`` and copies unmasked tokens
+  (carry-over); the predictor needs no time input (the posterior is time-agnostic), so the sampler may cache it.
+* D4 — baseline corrector: visible positions of ``x̂0`` are copied; the baseline then re-masks uniformly among all
+  corruptible positions (``x_s = F_s(x̂0, fresh ε)``).
+* Reverse step (noise-posterior corrector): the revealed set ``R`` is drawn *before* the predictor is called
+  (continuous time: each masked position with probability ``β(s, t)``; count form: ``k − j`` masked positions chosen
+  uniformly); steps with ``R = ∅`` need no network call (first-hitting skip), and categoricals are drawn only on ``R``.
+* ``reveal="confidence"`` is the LLaDA ``low_confidence`` heuristic: it reveals the same *number* of positions but
+  picks the masked positions whose sampled token is most probable. It is NOT a UDM corrector and not exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from textdiff.udm.process import Batch, ForwardProcess, Noise, StepPlan, X0Draw, as_time
+
+REVEAL_STRATEGIES = ("random", "confidence")
+
+
+class MaskingProcess(ForwardProcess):
+    """``mask``: corrupted tokens become ``mask_id``; the state at ``t = 1`` is all ``[MASK]``."""
+
+    name = "mask"
+    time_agnostic_posterior = True
+
+    def __init__(self, mask_id: int, schedule="linear", corrector: str = "posterior", reveal: str = "random"):
+        super().__init__(schedule, corrector)
+        if isinstance(mask_id, bool) or not isinstance(mask_id, int) or mask_id < 0:
+            raise ValueError(f"mask_id must be a non-negative int, got {mask_id!r}")
+        if reveal not in REVEAL_STRATEGIES:
+            raise ValueError(f"reveal must be one of {REVEAL_STRATEGIES}, got {reveal!r}")
+        self.mask_id, self.reveal = mask_id, reveal
+
+    def masked(self, x: Batch) -> torch.Tensor:
+        return x.corruptible & (x.ids == self.mask_id)
+
+    def corrupt(self, x0: Batch, t, noise: Noise) -> Batch:
+        """``x_t``: positions with ``τ_i ≤ t`` set to ``[MASK]`` (§2.1)."""
+        return x0.with_ids(x0.ids.masked_fill(self.corrupted_set(x0, t, noise), self.mask_id))
+
+    def posterior_corrupted(self, x0, x_t, t, generator):
+        """The masked set is identified by ``x_t`` alone."""
+        return self.masked(x_t)
+
+    def prior_sample(self, template: Batch, generator: torch.Generator) -> Batch:
+        """``[MASK]`` at every corruptible position (also for schedules with ``α(1) > 0``)."""
+        return template.with_ids(template.ids.masked_fill(template.corruptible, self.mask_id))
+
+    def log_prob(self, x0: Batch, x_t: Batch, t) -> torch.Tensor:
+        """``log p(x_t | x0)``: ``α^{n−k} (1−α)^k`` (count form ``1/C(n, k)``) if ``x_t`` is ``x0`` with ``k`` masks."""
+        t = as_time(t, x0.ids.shape[0], x0.device)
+        masked = self.masked(x_t)
+        consistent = ((x_t.ids == x0.ids) | masked).all(-1)
+        lp = self.schedule.log_prob_corrupted(masked.sum(-1), x0.corruptible.sum(-1), t)
+        return torch.where(consistent, lp, torch.full_like(lp, -math.inf))
+
+    # -- reverse step ------------------------------------------------------------------------------------------
+    def plan(self, x_t, t, s, generator) -> StepPlan:
+        """Draw the revealed set ``R`` (the noise posterior of §1.2 restricted to what changes)."""
+        masked = self.masked(x_t)
+        u = self.schedule.posterior_noise(masked, x_t.corruptible, t, generator)
+        reveal = masked & ~self.schedule.corrupted(u, s, x_t.corruptible)
+        active = reveal.any(-1) if self.corrector == "posterior" else (s < t) & x_t.corruptible.any(-1)
+        return StepPlan(t, s, active, {"reveal": reveal})
+
+    def subs(self, logits: torch.Tensor) -> torch.Tensor:
+        """SUBS (§2.2): the ``[MASK]`` logit is ``−inf``."""
+        logits = logits.clone()
+        logits[..., self.mask_id] = -math.inf
+        return logits
+
+    def draw_x0(self, x_t, logits, draw, generator):
+        """``x̂0``: masked positions drawn from the SUBS logits, visible positions copied (D4)."""
+        return x_t.with_ids(draw.at(self.subs(logits), self.masked(x_t), x_t.ids, generator))
+
+    def apply(self, x_t: Batch, logits, plan: StepPlan, draw: X0Draw, generator) -> Batch:
+        self.validate_logits(x_t, logits)
+        if self.corrector == "baseline":
+            return super().apply(x_t, logits, plan, draw, generator)
+        reveal = plan.extra["reveal"]
+        if self.reveal == "confidence":
+            return self._reveal_confident(x_t, self.subs(logits), reveal.sum(-1), draw, generator)
+        return x_t.with_ids(draw.at(self.subs(logits), reveal, x_t.ids, generator))
+
+    def _reveal_confident(self, x_t: Batch, logits, n_reveal: torch.Tensor, draw: X0Draw, generator) -> Batch:
+        """Non-exact heuristic: draw x̂0 at all masked positions, keep the ``n_reveal`` most probable per row."""
+        masked = self.masked(x_t)
+        x0_hat = draw.at(logits, masked, x_t.ids, generator)
+        logp = torch.log_softmax(logits.double(), -1).gather(-1, x0_hat[..., None]).squeeze(-1)
+        rank = logp.masked_fill(~masked, -math.inf).argsort(dim=-1, descending=True, stable=True).argsort(-1)
+        chosen = masked & (rank < n_reveal[:, None])
+        return x_t.with_ids(torch.where(chosen, x0_hat, x_t.ids))

@@ -1,0 +1,196 @@
+"""The generic UDM reverse loop (ALGORITHMS.md §1.6): any process, any x0 predictor.
+
+The loop owns the time grid, predictor calls (with caching), the per-step logits hooks (§5), progress and the
+trajectory record; the process owns how ``x̂0`` is drawn from the predictor output and how the state is corrected
+(:meth:`ForwardProcess.plan` before the predictor call, :meth:`ForwardProcess.apply` after it).
+
+A predictor is any callable ``predictor(x_t: Batch, t: Tensor[B]) -> output`` (logits ``[B, L, V]`` for
+``mask``/``replace_*``; whatever the process's ``apply`` expects otherwise). Set ``predictor.time_conditioned = True``
+on predictors that read ``t``; others are treated as time-agnostic.
+
+Caching (MDLM's ``ddpm_cache``; ALGORITHMS.md §2.3): with ``cache=True`` a step whose plan changes no row makes no
+network call (first-hitting skip), and when the predictor ignores ``t`` only the rows whose ``x_t`` changed since
+their last call are recomputed. ``cache=False`` calls the predictor on the whole batch at every step (the naive
+ancestral sampler, kept for benchmarks). ``cache="auto"`` (default) = ``True``.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+
+from textdiff.rng import make_generator
+from textdiff.udm.process import Batch, ForwardProcess, X0Draw, as_batch, time_grid
+
+#: ``hook(output, x_t, t, s) -> output``; e.g. classifier-free mixing or candidate reweighting (§5).
+LogitsHook = Callable[[Any, Batch, torch.Tensor, torch.Tensor], Any]
+
+
+class Predictor(Protocol):
+    def __call__(self, x_t: Batch, t: torch.Tensor) -> Any: ...
+
+
+class PredictorCache:
+    """Calls ``predictor`` only where needed: rows whose ``(ids, attention_mask)`` changed since their last call
+    (time-agnostic predictors), or every row at every step (``reuse=False``)."""
+
+    def __init__(self, predictor: Predictor, reuse: bool):
+        self.predictor, self.reuse = predictor, reuse
+        self.calls = 0  # network calls made (one per batched call)
+        self.rows = 0  # rows sent through the network
+        self._x: Batch | None = None
+        self._out: torch.Tensor | None = None
+
+    def __call__(self, x: Batch, t: torch.Tensor) -> Any:
+        if self.reuse and self._x is not None and self._x.ids.shape == x.ids.shape:
+            stale = ((self._x.ids != x.ids) | (self._x.attention_mask != x.attention_mask)).any(-1)
+            if not bool(stale.any()):
+                return self._out
+            if bool((~stale).any()) and isinstance(self._out, torch.Tensor):
+                sub = Batch(x.ids[stale], x.attention_mask[stale], x.protected[stale])
+                out = self._out.clone()
+                out[stale] = self._call(sub, t[stale])
+                return self._store(x, out)
+        return self._store(x, self._call(x, t))
+
+    def _call(self, x: Batch, t: torch.Tensor) -> Any:
+        self.calls += 1
+        self.rows += x.ids.shape[0]
+        return self.predictor(x, t)
+
+    def _store(self, x: Batch, out: Any) -> Any:
+        if self.reuse:
+            self._x, self._out = Batch(x.ids.clone(), x.attention_mask.clone(), x.protected), out
+        return out
+
+
+@dataclass
+class Trajectory:
+    """States of the reverse chain: ``states[k]`` is ``x`` at time ``times[k]`` (first entry: the prior draw)."""
+
+    times: list[float] = field(default_factory=list)
+    states: list[Batch] = field(default_factory=list)
+
+    def record(self, t: float, x: Batch) -> None:
+        self.times.append(float(t))
+        self.states.append(Batch(x.ids.detach().cpu().clone(), x.attention_mask.cpu().clone(), x.protected.cpu()))
+
+    def first_seen(self, row: int) -> list[tuple[int, float]]:
+        """For each final position of ``row``: (token id, time since which it has held its final value)."""
+        final = self.states[-1].ids[row]
+        seen = torch.full(final.shape, len(self.states) - 1)
+        same = torch.ones(final.shape, dtype=torch.bool)
+        for k in range(len(self.states) - 1, -1, -1):
+            ids = self.states[k].ids[row]
+            if ids.shape != final.shape:
+                break
+            same &= ids == final
+            seen = torch.where(same, torch.full_like(seen, k), seen)
+        return [(int(w), self.times[int(k)]) for w, k in zip(final.tolist(), seen.tolist())]
+
+    def to_html(self, decode_token: Callable[[int], str], title: str = "textdiff denoising trajectory") -> str:
+        """An HTML page: each final token coloured by the time it appeared (dark = early, light = late)."""
+        rows = []
+        for b in range(self.states[-1].ids.shape[0]):
+            mask = self.states[-1].attention_mask[b]
+            spans = []
+            for (w, t), real in zip(self.first_seen(b), mask.tolist()):
+                if real:
+                    shade = int(40 + 200 * t)
+                    spans.append(f'<span title="t={t:.3f}" style="background:rgb(255,{shade},{shade})">'
+                                 f"{html.escape(decode_token(w))}</span>")
+            rows.append(f"<p>{' '.join(spans)}</p>")
+        steps = "".join(f"<li>t={t:.3f}: {html.escape(' '.join(decode_token(int(w)) for w, m in zip(x.ids[0], x.attention_mask[0]) if m))}</li>"
+                        for t, x in zip(self.times, self.states))
+        return (f"<!doctype html><meta charset='utf-8'><title>{title}</title><h1>{title}</h1>"
+                "<p>Background: time at which each token took its final value (red = early, white = late).</p>"
+                f"{''.join(rows)}<h2>Sample 0, step by step</h2><ol>{steps}</ol>")
+
+
+def make_template(batch_size: int | None = None, length: int | None = None, prefix: Sequence[int] | None = None,
+                  device="cpu") -> Batch:
+    """A ``[batch_size, length]`` batch to generate into; ``prefix`` ids are placed first and protected."""
+    for name, value in (("batch_size", batch_size), ("length", length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    ids = torch.zeros(batch_size, length, dtype=torch.long, device=device)
+    protected = torch.zeros_like(ids, dtype=torch.bool)
+    if prefix:
+        if len(prefix) >= length:
+            raise ValueError(f"prefix has {len(prefix)} tokens; length must exceed it, got length={length}")
+        ids[:, : len(prefix)] = torch.as_tensor(list(prefix), dtype=torch.long, device=device)
+        protected[:, : len(prefix)] = True
+    return Batch(ids, None, protected)
+
+
+def reverse_sample(
+    process: ForwardProcess,
+    predictor: Predictor,
+    template: Batch | torch.Tensor,
+    steps: int | None = None,
+    *,
+    grid: torch.Tensor | None = None,
+    draw: X0Draw | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    cache: bool | str = "auto",
+    logits_hooks: Sequence[LogitsHook] = (),
+    trajectory: Trajectory | None = None,
+    x_init: Batch | None = None,
+    progress: bool = False,
+    stats: dict | None = None,
+) -> Batch:
+    """Run the reverse chain ``x_1 → x_0`` (ALGORITHMS.md §1.6) and return ``x_0``.
+
+    ``template`` fixes shape, padding and protected tokens (see :func:`make_template`). ``steps`` (default ``T``:
+    the number of corruptible tokens of the longest row) defines the uniform grid; the count form needs
+    ``1 <= steps <= T``. ``grid`` overrides it (decreasing, from ``t_start`` to 0). ``x_init`` starts the chain from a
+    given state at ``grid[0]`` instead of the prior draw. ``stats`` (a dict) receives the number of network calls.
+    """
+    template = as_batch(template)
+    if not isinstance(process, ForwardProcess):
+        raise TypeError(f"process must be a ForwardProcess, got {type(process).__name__}")
+    if template.ids.shape[1] == 0:
+        raise ValueError("length must be >= 1, got a template of length 0")
+    n_max = int(template.corruptible.sum(-1).max())
+    if grid is None:
+        steps = n_max if steps is None else steps
+        if process.schedule.is_count and not (isinstance(steps, int) and 1 <= steps <= max(n_max, 1)):
+            raise ValueError(f"steps must be in [1, T={n_max}] for the count form, got {steps!r}")
+        grid = time_grid(steps, template.device)
+    grid = torch.as_tensor(grid, dtype=torch.float64, device=template.device)
+    if grid.dim() != 1 or len(grid) < 2 or bool((grid[1:] >= grid[:-1]).any()) or grid[-1] != 0 or grid[0] > 1:
+        raise ValueError("grid must be strictly decreasing from t_start <= 1 down to 0")
+    if cache not in ("auto", True, False):
+        raise ValueError(f"cache must be 'auto', True or False, got {cache!r}")
+    draw = draw or X0Draw()
+    gen = make_generator(seed, generator, template.device)
+    reuse = cache is not False and process.time_agnostic_posterior and not getattr(predictor, "time_conditioned", False)
+    model = PredictorCache(predictor, reuse)
+    x = process.prior_sample(template, gen) if x_init is None else as_batch(x_init)
+    if trajectory is not None:
+        trajectory.record(grid[0], x)
+    B = x.ids.shape[0]
+    pairs = list(zip(grid[:-1].tolist(), grid[1:].tolist()))
+    if progress:
+        from tqdm.auto import tqdm
+
+        pairs = tqdm(pairs, desc=f"{process.name} reverse", unit="step")
+    for t_val, s_val in pairs:
+        t = torch.full((B,), t_val, dtype=torch.float64, device=x.device)
+        s = torch.full((B,), s_val, dtype=torch.float64, device=x.device)
+        plan = process.plan(x, t, s, gen)
+        if cache is False or bool(plan.active.any()):
+            output = model(x, t)
+            for hook in logits_hooks:
+                output = hook(output, x, t, s)
+            if bool(plan.active.any()):
+                x = process.apply(x, output, plan, draw, gen)
+        if trajectory is not None:
+            trajectory.record(s_val, x)
+    if stats is not None:
+        stats.update(network_calls=model.calls, network_rows=model.rows, steps=len(grid) - 1)
+    return x
