@@ -1,0 +1,130 @@
+"""MLM Gibbs: exact-oracle chi-square test (ALGORITHMS.md §6.5), a biased variant that fails it, special tokens."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from textdiff.mcmc.gibbs import GibbsResult, gibbs_sample, masked_init, random_lengths
+
+V, L = 3, 3
+CLS, SEP, MASK, PAD = 3, 4, 5, 6
+SPECIAL = [CLS, SEP, MASK, PAD]
+
+
+class ExactConditionals:
+    """A joint ``p`` over ``V^L`` exposed as an MLM: logits at a ``[MASK]`` are ``log p(x_i = v | x_{-i})``."""
+
+    def __init__(self, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        self.log_joint = torch.log_softmax(1.5 * torch.randn(V**L, generator=gen, dtype=torch.float64), 0)
+        self.log_joint = self.log_joint.view(*([V] * L))
+        self.config = SimpleNamespace(vocab_size=V + len(SPECIAL))
+        self.cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def conditional(self, body: tuple[int, ...]) -> torch.Tensor:
+        """``log p(x_i = · | visible tokens)`` at the first ``[MASK]`` of ``body`` (other masks marginalised)."""
+        if body not in self.cache:
+            i = body.index(MASK)
+            sub = self.log_joint[tuple(slice(None) if t == MASK else t for t in body)]
+            self.cache[body] = torch.logsumexp(sub.movedim(body[:i].count(MASK), 0).reshape(V, -1), -1)
+        return self.cache[body]
+
+    def __call__(self, input_ids, attention_mask):
+        logits = torch.zeros(*input_ids.shape, V + len(SPECIAL), dtype=torch.float64)
+        for b, row in enumerate(input_ids.tolist()):
+            body = tuple(row[1: 1 + L])
+            logits[b, 1 + body.index(MASK), :V] = self.conditional(body)
+        return SimpleNamespace(logits=logits)
+
+
+def final_states(result: GibbsResult) -> list[tuple[int, ...]]:
+    return [tuple(chain[-1][1:-1]) for chain in result.samples]
+
+
+def run(oracle, n_chains: int, steps: int, seed: int, **kwargs) -> list[tuple[int, ...]]:
+    gen = torch.Generator().manual_seed(seed)
+    init = [[CLS, *torch.randint(0, V, (L,), generator=gen).tolist(), SEP] for _ in range(n_chains)]
+    result = gibbs_sample(oracle, init, mask_id=MASK, pad_id=PAD, special_ids=SPECIAL, steps=steps,
+                          burn_in=steps - 1, seed=seed, **kwargs)
+    return final_states(result)
+
+
+def chi_square_p(states, log_joint) -> float:
+    counts = Counter(states)
+    support = list(itertools.product(range(V), repeat=L))
+    observed = [counts[s] for s in support]
+    expected = (len(states) * log_joint.exp().flatten()).tolist()
+    return chisquare(observed, expected).pvalue
+
+
+@pytest.mark.parametrize("order", ["random", "sweep"])
+def test_exact_conditionals_sample_the_joint(order):
+    oracle = ExactConditionals()
+    states = run(oracle, n_chains=2000, steps=24, seed=1, order=order)
+    assert chi_square_p(states, oracle.log_joint) > 1e-3
+
+
+def test_biased_variant_fails():
+    """Temperature 0.5 sharpens every conditional: the same test must reject it."""
+    oracle = ExactConditionals()
+    states = run(oracle, n_chains=2000, steps=24, seed=1, temperature=0.5)
+    assert chi_square_p(states, oracle.log_joint) < 1e-6
+
+
+def test_masked_init_fills_masks_and_never_returns_them():
+    oracle = ExactConditionals()
+    tok = SimpleNamespace(cls_token_id=CLS, sep_token_id=SEP, mask_token_id=MASK)
+    result = gibbs_sample(oracle, masked_init(tok, [L] * 2000), mask_id=MASK, pad_id=PAD, special_ids=SPECIAL,
+                          steps=24, burn_in=0, seed=2)
+    assert all(MASK not in s for chain in result.samples for s in chain)
+    assert all(len(chain) == 24 - L + 1 for chain in result.samples)  # first complete state after L fills
+    assert chi_square_p(final_states(result), oracle.log_joint) > 1e-3
+
+
+def test_protected_positions_and_specials_never_change():
+    oracle = ExactConditionals()
+    init = [[CLS, 0, 1, 2, SEP]] * 50
+    result = gibbs_sample(oracle, init, mask_id=MASK, pad_id=PAD, special_ids=SPECIAL, steps=30,
+                          protected=[[False, True, False, False, False]] * 50, seed=3)
+    for chain in result.samples:
+        for s in chain:
+            assert s[0] == CLS and s[-1] == SEP and s[1] == 0
+            assert all(t < V for t in s[1:-1])
+    assert result.changed.any()
+    assert torch.isfinite(result.chosen_log_probs).all() and (result.chosen_log_probs <= 0).all()
+
+
+def test_variable_lengths_and_tiny_bert(device):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.BertForMaskedLM(config).eval().to(device)
+    specials = [0, 1, 2, 3]  # pad, cls, sep, mask
+    tok = SimpleNamespace(cls_token_id=1, sep_token_id=2, mask_token_id=3)
+    lengths = random_lengths(6, 2, 9, torch.Generator().manual_seed(0))
+    result = gibbs_sample(model, masked_init(tok, lengths), mask_id=3, pad_id=0, special_ids=specials, steps=40,
+                          burn_in=20, thin=5, seed=4, device=device, top_k=10)
+    for chain, n in zip(result.samples, lengths):
+        assert len(chain) == 4
+        for s in chain:
+            assert len(s) == n + 2 and not set(s[1:-1]) & set(specials)
+    again = gibbs_sample(model, masked_init(tok, lengths), mask_id=3, pad_id=0, special_ids=specials, steps=40,
+                         burn_in=20, thin=5, seed=4, device=device, top_k=10)
+    assert again.samples == result.samples
+    assert len(result.changes_per_sweep()[0]) == 40 // lengths[0]
+
+
+@pytest.mark.parametrize("kwargs, name", [({"steps": 0}, "steps"), ({"temperature": 0.0}, "temperature"),
+                                          ({"order": "left"}, "order"), ({"thin": 0}, "thin")])
+def test_bad_input(kwargs, name):
+    args = dict(mask_id=MASK, pad_id=PAD, special_ids=SPECIAL, steps=5)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        gibbs_sample(ExactConditionals(), [[CLS, 0, 1, 2, SEP]], **args)

@@ -1,0 +1,151 @@
+"""Batched MLM Gibbs sampling ("BERT has a Mouth", A8119; ALGORITHMS.md §6).
+
+Each step, every chain picks one resamplable position (uniformly at random, or the next one of a sweep), masks
+it, and redraws it from the model's conditional at that position; all chains share one forward pass. Chains may
+have different lengths (right padding + attention mask). The model is any HF masked LM or any callable
+``(input_ids=..., attention_mask=...) -> obj with .logits [B, L, V]``; an exact conditional oracle plugs in the same
+way in tests.
+
+Decisions (D7): special tokens (and any ``excluded`` ids) are never proposed; temperature and top-k exist but are off
+by default (they change the law); a chain started from ``[MASK]``s first fills its masks, in random order, one per
+step, and states still holding a ``[MASK]`` are never returned as samples. Plain MLM-Gibbs has no known stationary
+law for real MLMs (§6.3); with exact conditionals it samples the joint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from textdiff import rng
+
+
+@dataclass
+class GibbsResult:
+    """Samples per chain (token ids with special tokens, padding removed) and per-step diagnostics ``[steps, B]``."""
+
+    samples: list[list[list[int]]]
+    chosen_log_probs: torch.Tensor
+    changed: torch.Tensor
+    lengths: list[int]
+
+    def changes_per_sweep(self) -> list[list[int]]:
+        """Number of tokens changed in each consecutive block of ``length`` steps, per chain."""
+        out = []
+        for c, n in enumerate(self.lengths):
+            col = self.changed[:, c].long()
+            out.append([int(col[s: s + n].sum()) for s in range(0, len(col) - n + 1, max(n, 1))])
+        return out
+
+
+def masked_init(tokenizer, lengths: Sequence[int]) -> list[list[int]]:
+    """``[CLS] + [MASK]^l + [SEP]`` for each length (bert-gen / A8119 initialisation)."""
+    return [[tokenizer.cls_token_id, *([tokenizer.mask_token_id] * n), tokenizer.sep_token_id] for n in lengths]
+
+
+def random_lengths(n: int, low: int, high: int, generator: torch.Generator) -> list[int]:
+    """``n`` lengths uniform on ``low..high`` inclusive (Su: 8..32)."""
+    if not 1 <= low <= high:
+        raise ValueError(f"need 1 <= low <= high, got low={low}, high={high}")
+    return (low + torch.floor(rng.uniform((n,), generator) * (high - low + 1)).long()).tolist()
+
+
+def text_init(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids (with the tokenizer's special tokens) of seed sentences."""
+    return [tokenizer(text)["input_ids"] for text in texts]
+
+
+def _pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = torch.as_tensor(list(seq))
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def gibbs_sample(
+    model,
+    init_ids: Sequence[Sequence[int]],
+    *,
+    mask_id: int,
+    pad_id: int,
+    special_ids: Sequence[int],
+    steps: int,
+    burn_in: int = 0,
+    thin: int = 1,
+    order: str = "random",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    protected: Sequence[Sequence[bool]] | None = None,
+    excluded_ids: Sequence[int] = (),
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> GibbsResult:
+    """Run batched Gibbs chains from ``init_ids`` (ALGORITHMS.md §6.1, §6.4).
+
+    Resamplable positions: not a special token of the initial sequence (except ``[MASK]``) and not ``protected``.
+    After ``burn_in`` steps every ``thin``-th state without ``[MASK]`` is a sample.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if burn_in < 0 or thin < 1:
+        raise ValueError(f"need burn_in >= 0 and thin >= 1, got burn_in={burn_in}, thin={thin}")
+    if order not in ("random", "sweep"):
+        raise ValueError(f"order must be 'random' or 'sweep', got {order!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not init_ids:
+        raise ValueError("init_ids must hold at least one chain")
+    generator = rng.make_generator(seed, generator, device)
+    ids, attention = _pad(init_ids, pad_id)
+    ids, attention = ids.to(device), attention.to(device)
+    n_chains = ids.shape[0]
+    fixed = torch.isin(ids, torch.tensor(sorted(set(special_ids) - {mask_id}), device=device)) | (attention == 0)
+    if protected is not None:
+        prot, _ = _pad([[bool(v) for v in row] for row in protected], 0)
+        fixed[:, : prot.shape[1]] |= prot.bool().to(device)
+    free = ~fixed
+    counts = free.sum(-1)
+    if (counts == 0).any():
+        raise ValueError("every chain needs at least one resamplable position")
+    rows = torch.arange(n_chains, device=device)
+    chosen_lp = torch.empty(steps, n_chains, dtype=torch.float64)
+    changed = torch.zeros(steps, n_chains, dtype=torch.bool)
+    samples: list[list[list[int]]] = [[] for _ in range(n_chains)]
+    excluded = sorted(set(special_ids) | set(excluded_ids))
+    sweep_order = [free[c].nonzero()[:, 0] for c in range(n_chains)]
+    for step in tqdm(range(steps), disable=not progress, desc="Gibbs steps", leave=False):
+        still_masked = (ids == mask_id) & free
+        pool = torch.where(still_masked.any(-1, keepdim=True), still_masked, free)
+        if order == "sweep":
+            positions = torch.stack([sweep_order[c][step % int(counts[c])] for c in range(n_chains)])
+            positions = torch.where(still_masked.any(-1), _uniform_choice(pool, generator), positions)
+        else:
+            positions = _uniform_choice(pool, generator)
+        previous = ids[rows, positions].clone()
+        ids[rows, positions] = mask_id
+        logits = model(input_ids=ids, attention_mask=attention).logits[rows, positions].double()
+        logits[:, excluded] = float("-inf")
+        draws = rng.sample_categorical(logits, generator, temperature=temperature, top_k=top_k)
+        ids[rows, positions] = draws
+        chosen_lp[step] = torch.log_softmax(logits, -1)[rows, draws].cpu()
+        changed[step] = (draws != previous).cpu()
+        if step >= burn_in and (step - burn_in) % thin == 0:
+            complete = ~((ids == mask_id) & free).any(-1)
+            for c in complete.nonzero()[:, 0].tolist():
+                samples[c].append(ids[c][attention[c] == 1].tolist())
+    return GibbsResult(samples, chosen_lp, changed, counts.tolist())
+
+
+def _uniform_choice(pool: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One position per row, uniform over the ``True`` entries of ``pool [B, L]`` (float64 Gumbel-max)."""
+    logits = torch.zeros(pool.shape, dtype=torch.float64, device=pool.device).masked_fill(~pool, float("-inf"))
+    return rng.sample_categorical(logits, generator)

@@ -1,0 +1,320 @@
+"""Metropolis-Hastings over token sequences with protected keyword blocks (ALGORITHMS.md §7.2-§7.6).
+
+State ``(tokens, blocks)``: ``blocks[i]`` is the keyword index of position ``i`` (-1 for a free token); keyword
+blocks are never replaced, deleted or split (§7.5). Moves replace / insert / delete with constant probabilities; a
+drawn move that is unavailable is a self-loop (§7.3). Acceptance uses the exact ratios of §7.4: position-set sizes
+``|D(x)|``, ``|S(x)|`` and the multiplicities of runs of equal free tokens; ``faithful="su"`` uses Su's simplified
+ratios instead (not reversible; a negative control). Rejection is a self-loop; ``log u < min(0, log ratio)``.
+
+One step for ``B`` chains: draw moves and positions, one batched proposal call for all contexts, token draws in
+float64, a second proposal call only for the rare extra run contexts, one batched target call for the proposed
+states. ``transitions`` enumerates the same moves with the same ratio functions (used to build exact kernels).
+
+Decisions (§10): D8 move probabilities 1/3 each, ``max_length`` bounds insertions; D9 annealing schedule
+``temperature_schedule`` (geometric ``τ0 = 1 → 0.05`` at 80 % of the steps) scales only the target term.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from textdiff import rng
+from textdiff.mcmc.proposals import Context
+
+MOVES = ("replace", "insert", "delete")
+FAITHFUL_MODES = (None, "su")
+
+
+@dataclass(frozen=True)
+class State:
+    """A token sequence and the keyword index of each position (-1 = free token)."""
+
+    tokens: tuple[int, ...]
+    blocks: tuple[int, ...]
+
+    @classmethod
+    def from_keywords(cls, spans: Sequence[Sequence[int]]) -> State:
+        """Keyword blocks concatenated in the given order (§7.5 initial state)."""
+        tokens = tuple(t for span in spans for t in span)
+        blocks = tuple(k for k, span in enumerate(spans) for _ in span)
+        return cls(tokens, blocks)
+
+    def free_positions(self) -> list[int]:
+        """``D(x)``: deletable = replaceable positions (§7.3)."""
+        return [i for i, b in enumerate(self.blocks) if b < 0]
+
+    def insertion_slots(self) -> list[int]:
+        """``S(x)``: slots ``0..l`` except those strictly inside a keyword block (§7.3)."""
+        b, n = self.blocks, len(self.blocks)
+        return [j for j in range(n + 1) if not (0 < j < n and b[j - 1] >= 0 and b[j - 1] == b[j])]
+
+
+@dataclass(frozen=True)
+class Move:
+    """``kind`` at ``position`` (index for replace/delete, slot for insert) with ``token`` (replace/insert)."""
+
+    kind: str
+    position: int
+    token: int | None = None
+
+
+def apply_move(x: State, move: Move) -> State:
+    """The state a move leads to; inserted and replacing tokens are free (§7.3)."""
+    t, b, i = x.tokens, x.blocks, move.position
+    if move.kind == "replace":
+        return State(t[:i] + (move.token,) + t[i + 1:], b)
+    if move.kind == "insert":
+        return State(t[:i] + (move.token,) + t[i:], b[:i] + (-1,) + b[i:])
+    return State(t[:i] + t[i + 1:], b[:i] + b[i + 1:])
+
+
+def masked_context(x: State, position: int, placeholder: int) -> Context:
+    """``x`` with ``position`` replaced by the placeholder: the context of a replace at, or an insert giving, it."""
+    return x.tokens[:position] + (placeholder,) + x.tokens[position + 1:], position
+
+
+def proposal_context(x: State, kind: str, position: int, placeholder: int) -> Context:
+    """The context the token of a move is drawn from (replace/insert), or scored in for the reverse (delete)."""
+    if kind == "insert":
+        return x.tokens[:position] + (placeholder,) + x.tokens[position:], position
+    return masked_context(x, position, placeholder)
+
+
+def free_run(x: State, position: int) -> range:
+    """Positions of the maximal run of equal free tokens containing ``position`` (§7.4 multiplicities)."""
+    token, lo, hi = x.tokens[position], position, position
+    while lo > 0 and x.blocks[lo - 1] < 0 and x.tokens[lo - 1] == token:
+        lo -= 1
+    while hi + 1 < len(x.tokens) and x.blocks[hi + 1] < 0 and x.tokens[hi + 1] == token:
+        hi += 1
+    return range(lo, hi + 1)
+
+
+def insertion_contexts(long: State, short: State, position: int, placeholder: int) -> list[Context]:
+    """Contexts of every slot of ``short`` whose insertion of ``long.tokens[position]`` yields ``long`` (§7.4).
+
+    Inserting into slot ``k`` of ``short`` gives ``long`` exactly when ``k`` lies in the free run around
+    ``position`` of ``long``; the context of that slot is ``long`` with position ``k`` masked.
+    """
+    slots = set(short.insertion_slots())
+    return [masked_context(long, k, placeholder) for k in free_run(long, position) if k in slots]
+
+
+@dataclass(frozen=True)
+class MoveProbs:
+    """Constant move probabilities ``p_rep, p_ins, p_del`` (§7.3); they must sum to 1."""
+
+    replace: float = 1 / 3
+    insert: float = 1 / 3
+    delete: float = 1 / 3
+
+    def __post_init__(self):
+        values = (self.replace, self.insert, self.delete)
+        if min(values) < 0 or abs(sum(values) - 1) > 1e-9:
+            raise ValueError(f"move_probs must be >= 0 and sum to 1, got {values}")
+
+    def log(self, kind: str) -> float:
+        p = getattr(self, kind)
+        return math.log(p) if p > 0 else -math.inf
+
+
+def ratio_contexts(x: State, move: Move, placeholder: int, faithful: str | None = None) -> list[Context]:
+    """Every context whose ``g`` the acceptance ratio of ``move`` from ``x`` needs (§7.4)."""
+    primary = proposal_context(x, move.kind, move.position, placeholder)
+    if faithful == "su" or move.kind == "replace":
+        return [primary]
+    if move.kind == "insert":
+        return insertion_contexts(apply_move(x, move), x, move.position, placeholder)
+    return insertion_contexts(x, apply_move(x, move), move.position, placeholder)
+
+
+def log_proposal_pair(x: State, move: Move, log_g: Callable[[Context], torch.Tensor], probs: MoveProbs,
+                      placeholder: int, faithful: str | None = None) -> tuple[float, float]:
+    """``(log q(y←x), log q(x←y))`` of the aggregated kernels of ALGORITHMS.md §7.4 for ``y = apply_move(x, move)``.
+
+    ``faithful="su"`` returns Su's token-proposal-only terms (A8194): no position-set sizes, no multiplicities.
+    """
+    y = apply_move(x, move)
+    i = move.position
+    if move.kind == "replace":
+        row = log_g(proposal_context(x, "replace", i, placeholder))
+        return float(row[move.token]), float(row[x.tokens[i]])  # |D(x)| = |D(y)| and p_rep cancel
+    if move.kind == "insert":
+        long, short, token, sign = y, x, move.token, 1
+    else:
+        long, short, token, sign = x, y, x.tokens[i], -1
+    if faithful == "su":
+        log_ins = float(log_g(proposal_context(x, move.kind, i, placeholder))[token])
+        log_del = 0.0
+    else:
+        contexts = insertion_contexts(long, short, i, placeholder)
+        log_ins = float(torch.logsumexp(torch.stack([log_g(c)[token] for c in contexts]), 0)) if contexts else -math.inf
+        log_ins += probs.log("insert") - math.log(len(short.insertion_slots()))
+        log_del = probs.log("delete") - math.log(len(long.free_positions())) + math.log(len(free_run(long, i)))
+    # insert: forward = insertion into `short` (= x), backward = deletion from `long` (= y); delete: the reverse.
+    return (log_ins, log_del) if sign > 0 else (log_del, log_ins)
+
+
+def log_acceptance(log_pi_x: float, log_pi_y: float, log_q_fwd: float, log_q_bwd: float, tau: float = 1.0) -> float:
+    """``min(0, (log π(y) − log π(x))/τ + log q(x←y) − log q(y←x))`` with explicit ``-inf`` guards (§7.4, §7.6)."""
+    if log_pi_y == -math.inf or log_q_bwd == -math.inf:
+        return -math.inf
+    if log_pi_x == -math.inf:
+        return 0.0
+    return min(0.0, (log_pi_y - log_pi_x) / tau + log_q_bwd - log_q_fwd)
+
+
+def available_positions(x: State, kind: str, max_length: int) -> list[int]:
+    """Positions a move of ``kind`` may use; empty means the move is a self-loop (§7.3)."""
+    if kind == "insert":
+        return x.insertion_slots() if len(x.tokens) < max_length else []
+    return x.free_positions()
+
+
+def transitions(x: State, log_g: Callable[[Context], torch.Tensor], log_pi: Callable[[State], float],
+                probs: MoveProbs, max_length: int, placeholder: int, vocab_size: int, tau: float = 1.0,
+                faithful: str | None = None) -> dict[State, float]:
+    """The full row ``P(·←x)`` of the kernel the sampler implements, self-loop included (for exact tests)."""
+    row: dict[State, float] = {}
+    for kind in MOVES:
+        p_kind = getattr(probs, kind)
+        positions = available_positions(x, kind, max_length)
+        if p_kind == 0 or not positions:
+            row[x] = row.get(x, 0.0) + p_kind
+            continue
+        for position in positions:
+            p_pos = p_kind / len(positions)
+            if kind == "delete":
+                candidates = [(Move(kind, position), 1.0)]
+            else:
+                g = log_g(proposal_context(x, kind, position, placeholder)).exp()
+                candidates = [(Move(kind, position, w), float(g[w])) for w in range(vocab_size) if g[w] > 0]
+            for move, p_token in candidates:
+                y = apply_move(x, move)
+                fwd, bwd = log_proposal_pair(x, move, log_g, probs, placeholder, faithful)
+                accept = math.exp(log_acceptance(log_pi(x), log_pi(y), fwd, bwd, tau))
+                row[y] = row.get(y, 0.0) + p_pos * p_token * accept
+                row[x] = row.get(x, 0.0) + p_pos * p_token * (1.0 - accept)
+    return row
+
+
+def temperature_schedule(steps: int, kind: str = "geometric", tau0: float = 1.0, tau_min: float = 0.05,
+                         reach: float = 0.8) -> list[float]:
+    """Annealing temperatures ``τ_n`` (ALGORITHMS.md §7.6, D9): constant, linear or geometric to ``tau_min``."""
+    if not (tau0 > 0 and tau_min > 0):
+        raise ValueError(f"temperatures must be > 0, got tau0={tau0}, tau_min={tau_min}")
+    if not 0 < reach <= 1:
+        raise ValueError(f"reach must be in (0, 1], got {reach}")
+    horizon = max(1.0, reach * steps)
+    if kind == "constant":
+        return [tau0] * steps
+    if kind == "linear":
+        return [tau0 + (tau_min - tau0) * min(1.0, n / horizon) for n in range(steps)]
+    if kind == "geometric":
+        ratio = (tau_min / tau0) ** (1.0 / horizon)
+        return [max(tau_min, tau0 * ratio**n) if tau_min < tau0 else tau0 for n in range(steps)]
+    raise ValueError(f"schedule must be one of constant, linear, geometric; got {kind!r}")
+
+
+@dataclass
+class MHResult:
+    """Final and best-π states per chain, their log π, and acceptance counts."""
+
+    final: list[State]
+    final_log_pi: list[float]
+    best: list[State]
+    best_log_pi: list[float]
+    proposed: list[int]
+    accepted: list[int]
+    trace: list[list[float]] = field(default_factory=list)
+
+
+class MetropolisHastings:
+    """Batched MH chains with exact acceptance (ALGORITHMS.md §7.4) over a proposal model and a target.
+
+    ``proposal.log_probs(contexts) -> [N, V]`` float64 log ``g`` and ``proposal.placeholder``;
+    ``target.log_prob(states) -> [B]`` float64 log π.
+    """
+
+    def __init__(self, proposal, target, move_probs: MoveProbs | Sequence[float] = MoveProbs(),
+                 max_length: int = 32, faithful: str | None = None):
+        if faithful not in FAITHFUL_MODES:
+            raise ValueError(f"faithful must be one of {FAITHFUL_MODES}, got {faithful!r}")
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        self.proposal, self.target, self.faithful, self.max_length = proposal, target, faithful, max_length
+        self.probs = move_probs if isinstance(move_probs, MoveProbs) else MoveProbs(*move_probs)
+        self.log_move_probs = torch.tensor([self.probs.log(k) for k in MOVES], dtype=torch.float64)
+
+    def step(self, states: list[State], log_pi: list[float], tau: float, generator: torch.Generator):
+        """One MH step of every chain; returns (new states, their log π, which chains accepted a move)."""
+        n = len(states)
+        kinds = rng.sample_categorical(self.log_move_probs.expand(n, 3), generator).tolist()
+        u_pos = rng.uniform((n,), generator).tolist()
+        edits = {}
+        for c, x in enumerate(states):
+            positions = available_positions(x, MOVES[kinds[c]], self.max_length)
+            if positions:
+                edits[c] = (MOVES[kinds[c]], positions[min(int(u_pos[c] * len(positions)), len(positions) - 1)])
+        accepted = [False] * n
+        if not edits:
+            return states, log_pi, accepted
+        placeholder = self.proposal.placeholder
+        chains = list(edits)
+        contexts = [proposal_context(states[c], *edits[c], placeholder) for c in chains]
+        rows = self.proposal.log_probs(contexts)
+        table = {ctx: rows[k] for k, ctx in enumerate(contexts)}
+        drawn = rng.sample_categorical(rows, generator).tolist()
+        moves = {c: Move(kind, pos, None if kind == "delete" else drawn[k])
+                 for k, (c, (kind, pos)) in enumerate(zip(chains, edits.values()))}
+        extra = list({ctx for c in chains for ctx in ratio_contexts(states[c], moves[c], placeholder, self.faithful)
+                      if ctx not in table})
+        if extra:
+            table.update(zip(extra, self.proposal.log_probs(extra)))
+        proposed = {c: apply_move(states[c], moves[c]) for c in chains}
+        changed = [c for c in chains if proposed[c] != states[c]]
+        scores = self.target.log_prob([proposed[c] for c in changed]).tolist() if changed else []
+        log_u = rng.log_uniform((n,), generator).tolist()
+        new_states, new_log_pi = list(states), list(log_pi)
+        for c, log_pi_y in zip(changed, scores):
+            fwd, bwd = log_proposal_pair(states[c], moves[c], table.__getitem__, self.probs, placeholder,
+                                         self.faithful)
+            if log_u[c] < log_acceptance(log_pi[c], log_pi_y, fwd, bwd, tau):
+                new_states[c], new_log_pi[c], accepted[c] = proposed[c], log_pi_y, True
+        return new_states, new_log_pi, accepted
+
+    def run(self, states: Sequence[State], steps: int, *, temperatures: Sequence[float] | None = None,
+            seed: int | None = None, generator: torch.Generator | None = None, progress: bool = False,
+            callback: Callable[[int, list[State]], None] | None = None, trace: bool = False) -> MHResult:
+        """Run ``steps`` MH steps from ``states`` (τ = 1 unless ``temperatures`` gives one per step)."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if temperatures is not None and (len(temperatures) != steps or min(temperatures) <= 0):
+            raise ValueError("temperatures must hold one value > 0 per step")
+        states = list(states)
+        for x in states:
+            if len(x.tokens) > self.max_length:
+                raise ValueError(f"initial state has {len(x.tokens)} tokens > max_length={self.max_length}")
+        generator = rng.make_generator(seed, generator)
+        log_pi = self.target.log_prob(states).tolist()
+        best, best_log_pi = list(states), list(log_pi)
+        proposed, accepted = [0] * len(states), [0] * len(states)
+        history = []
+        for n in tqdm(range(steps), disable=not progress, desc="MH steps", leave=False):
+            tau = 1.0 if temperatures is None else float(temperatures[n])
+            states, log_pi, acc = self.step(states, log_pi, tau, generator)
+            for c, x in enumerate(states):
+                proposed[c] += 1
+                accepted[c] += acc[c]
+                if log_pi[c] > best_log_pi[c]:
+                    best[c], best_log_pi[c] = x, log_pi[c]
+            if trace:
+                history.append(list(log_pi))
+            if callback is not None:
+                callback(n, states)
+        return MHResult(states, log_pi, best, best_log_pi, proposed, accepted, history)

@@ -1,0 +1,144 @@
+"""Token proposals ``g(w | context)`` for Metropolis-Hastings edits (ALGORITHMS.md §7.3, D8).
+
+A *context* is ``(tokens, slot)``: the sequence with a placeholder at ``slot`` (the replaced position, or a new
+position for an insertion). A proposal model maps a list of contexts to float64 log-probabilities ``[N, V]`` over
+its whole vocabulary (``-inf`` outside the support), so both the forward and the reverse probability of any move
+can be read off exactly. ``g`` depends on the context only, never on the token being replaced (exactness, §7.3).
+
+* ``MLMProposal``: the masked LM's conditional at the slot (one batched forward for all contexts), special tokens
+  excluded, optionally restricted to the top-K (renormalised) and mixed with ``ε`` · uniform for full support.
+* ``CausalLMProposal`` (Su / CGMH): top-K next tokens of a causal LM given the prefix, each candidate sentence
+  re-scored by its whole-sentence probability and normalised over the K candidates; the prefix is run once and its
+  KV cache re-used for the K suffixes of every context, all contexts in one batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+Context = tuple[tuple[int, ...], int]
+
+
+def restrict(log_g: torch.Tensor, allowed: torch.Tensor, top_k: int | None, epsilon: float) -> torch.Tensor:
+    """Renormalised ``log g`` on ``allowed`` ids, optionally top-K, mixed with ``ε`` · uniform(allowed) (§7.3)."""
+    if not 0.0 <= epsilon < 1.0:
+        raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
+    log_g = log_g.double().masked_fill(~allowed, -math.inf)
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        kth = torch.topk(log_g, min(top_k, log_g.shape[-1]), dim=-1).values[..., -1:]
+        log_g = log_g.masked_fill(log_g < kth, -math.inf)
+    log_g = torch.log_softmax(log_g, dim=-1)
+    if epsilon > 0:
+        log_uniform = torch.where(allowed, -math.log(int(allowed.sum())), -math.inf).to(log_g)
+        log_g = torch.logaddexp(log_g + math.log1p(-epsilon), log_uniform + math.log(epsilon))
+    return log_g
+
+
+def excluded_mlm_ids(tokenizer) -> list[int]:
+    """Ids an MLM proposal never proposes: special tokens and ``[unused*]`` placeholders (D7)."""
+    vocab = tokenizer.get_vocab()
+    return sorted(set(tokenizer.all_special_ids) | {i for t, i in vocab.items() if t.startswith("[unused")})
+
+
+class MLMProposal:
+    """``g(· | context)`` = masked-LM conditional at the slot (ALGORITHMS.md §7.3, option "full MLM conditional")."""
+
+    def __init__(self, model, tokenizer, top_k: int | None = None, epsilon: float = 0.0,
+                 excluded: Sequence[int] | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.top_k, self.epsilon = top_k, epsilon
+        self.placeholder = tokenizer.mask_token_id
+        self.device = next(model.parameters()).device
+        self.vocab_size = model.config.vocab_size
+        self.allowed = torch.ones(self.vocab_size, dtype=torch.bool)
+        self.allowed[list(excluded_mlm_ids(tokenizer) if excluded is None else excluded)] = False
+        restrict(torch.zeros(1, self.vocab_size), self.allowed, top_k, epsilon)  # validates top_k / epsilon
+        self.forwards = 0
+
+    @torch.no_grad()
+    def log_probs(self, contexts: Sequence[Context]) -> torch.Tensor:
+        cls, sep, pad = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id, self.tokenizer.pad_token_id
+        width = max(len(tokens) for tokens, _ in contexts) + 2
+        ids = torch.full((len(contexts), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, (tokens, slot) in enumerate(contexts):
+            seq = [cls, *tokens, sep]
+            seq[slot + 1] = self.placeholder
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        slots = torch.tensor([slot + 1 for _, slot in contexts])
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+        self.forwards += 1
+        at_slot = logits[torch.arange(len(contexts)), slots.to(self.device)].cpu()
+        return restrict(torch.log_softmax(at_slot.double(), -1), self.allowed, self.top_k, self.epsilon)
+
+
+class CausalLMProposal:
+    """Su's / CGMH's proposal: prefix top-K, whole-sentence re-scoring (ALGORITHMS.md §7.7), with prefix KV reuse.
+
+    Contexts are in the causal LM's own token space. ``g(w | context) ∝ p_LM(prefix + w + suffix + EOS)`` for ``w``
+    in the top-K next tokens after the prefix (``-inf`` elsewhere), mixed with ``ε`` · uniform when ``epsilon > 0``.
+    """
+
+    def __init__(self, model, tokenizer, top_k: int = 64, epsilon: float = 0.0,
+                 prefix_ids: Sequence[int] | None = None, excluded: Sequence[int] | None = None):
+        self.model, self.tokenizer, self.top_k, self.epsilon = model, tokenizer, top_k, epsilon
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.prefix_ids = list(prefix_ids) if prefix_ids is not None else [bos]
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.placeholder = self.pad_id
+        self.device = next(model.parameters()).device
+        self.vocab_size = model.config.vocab_size
+        self.allowed = torch.ones(self.vocab_size, dtype=torch.bool)
+        self.allowed[list(tokenizer.all_special_ids if excluded is None else excluded)] = False
+        restrict(torch.zeros(1, self.vocab_size), self.allowed, top_k, epsilon)
+        self.forwards = 0
+
+    @torch.no_grad()
+    def log_probs(self, contexts: Sequence[Context]) -> torch.Tensor:
+        n, k = len(contexts), self.top_k
+        prefixes = [self.prefix_ids + list(tokens[:slot]) for tokens, slot in contexts]
+        suffixes = [list(tokens[slot + 1:]) + [self.eos_id] for tokens, slot in contexts]
+        p_width = max(map(len, prefixes))
+        p_ids = torch.full((n, p_width), self.pad_id, dtype=torch.long)
+        p_mask = torch.zeros_like(p_ids)
+        for row, seq in enumerate(prefixes):  # left padding: every prefix ends at the last column
+            p_ids[row, p_width - len(seq):] = torch.tensor(seq)
+            p_mask[row, p_width - len(seq):] = 1
+        p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=p_ids.to(self.device), attention_mask=p_mask.to(self.device),
+                         position_ids=p_pos.to(self.device), use_cache=True)
+        next_lp = torch.log_softmax(out.logits[:, -1].double().cpu(), -1).masked_fill(~self.allowed, -math.inf)
+        cand_lp, cand = torch.topk(next_lp, k, dim=-1)  # [n, k]
+
+        s_width = 1 + max(map(len, suffixes))
+        s_ids = torch.full((n * k, s_width), self.pad_id, dtype=torch.long)
+        s_mask = torch.zeros_like(s_ids)
+        for row, suffix in enumerate(suffixes):
+            for j in range(k):
+                seq = [int(cand[row, j]), *suffix]
+                s_ids[row * k + j, : len(seq)] = torch.tensor(seq)
+                s_mask[row * k + j, : len(seq)] = 1
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(k)
+        lengths = p_mask.sum(-1).repeat_interleave(k)
+        s_pos = lengths[:, None] + torch.arange(s_width)[None]
+        full_mask = torch.cat([p_mask.repeat_interleave(k, 0), s_mask], dim=1)
+        logits = self.model(input_ids=s_ids.to(self.device), attention_mask=full_mask.to(self.device),
+                            position_ids=s_pos.to(self.device), past_key_values=cache).logits[:, :-1].float()
+        self.forwards += 2
+        targets = s_ids[:, 1:].to(self.device)
+        token_lp = logits.gather(-1, targets[..., None])[..., 0].double() - torch.logsumexp(logits, -1).double()
+        suffix_lp = (token_lp.cpu() * s_mask[:, 1:]).sum(-1).view(n, k)
+        scores = cand_lp + suffix_lp  # whole-sentence log-prob minus the shared prefix term
+        log_g = torch.full((n, self.vocab_size), -math.inf, dtype=torch.float64)
+        log_g.scatter_(1, cand, torch.log_softmax(scores, -1))
+        if self.epsilon > 0:
+            return restrict(log_g, self.allowed, None, self.epsilon)
+        return log_g

@@ -1,0 +1,163 @@
+"""Targets ``log π(x)`` for Metropolis-Hastings constrained generation (ALGORITHMS.md §7.1, §7.4).
+
+A target is any object with ``log_prob(states) -> Tensor[B]`` (float64; ``-inf`` for forbidden states) where each
+state has ``.tokens`` (ids in the proposal's token space) and ``.blocks`` (keyword index per position, -1 if free).
+
+Design decisions (ALGORITHMS.md §10, D8):
+
+* The fluency term is ``γ · log p_LM(text + EOS | BOS)``, a sum of float64 log-softmax values; ``γ = 0.8`` (Su).
+  The state lives in the proposal model's token space; ``to_lm_ids`` maps it to the scorer's ids (re-tokenising the
+  decoded text when the spaces differ, the identity when the proposal is the causal LM itself).
+* Hard constraints (length bounds, banned words) give ``-inf``; keywords are guaranteed by protection (§7.5).
+* Soft terms: any callables ``texts -> sequence of floats`` added to ``log π``.
+* ``KeywordMeasure``: the chain lives on (sequence, protection mask) pairs, so its sequence marginal is
+  ``π(x) N_K(x)``; dividing by ``N_K`` makes the sequence marginal ``π`` (§7.4 "target on pairs").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+class CausalLMScorer:
+    """Sentence log-probabilities under an HF causal LM (ALGORITHMS.md §7.1, §9: sums of log-softmax).
+
+    ``log_prob_ids(seqs)`` returns ``Σ_j log p(x_j | prefix, x_{<j})`` over the tokens of each sequence followed by
+    EOS, conditioned on ``prefix_ids`` (default: the BOS token), batched with right padding and attention masks.
+    """
+
+    def __init__(self, model, tokenizer, prefix_ids: Sequence[int] | None = None, max_batch_tokens: int = 4096):
+        self.model, self.tokenizer = model, tokenizer
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.prefix_ids = list(prefix_ids) if prefix_ids is not None else [bos]
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.max_batch_tokens = max_batch_tokens
+        self.device = next(model.parameters()).device
+        self.tokens_scored = 0
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of ``texts`` without special tokens."""
+        return [self.tokenizer.encode(text, add_special_tokens=False) for text in texts]
+
+    def log_prob_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """``log p(text + EOS | prefix)`` for each text (float64)."""
+        return self.log_prob_ids(self.encode(texts))
+
+    @torch.no_grad()
+    def log_prob_ids(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        """``log p(ids + EOS | prefix)`` for each id sequence (float64), in chunks of ``max_batch_tokens``."""
+        full = [self.prefix_ids + list(seq) + [self.eos_id] for seq in seqs]
+        out = torch.empty(len(full), dtype=torch.float64)
+        order = sorted(range(len(full)), key=lambda i: len(full[i]))
+        start = 0
+        while start < len(order):
+            stop = start + 1
+            while stop < len(order) and len(full[order[stop]]) * (stop + 1 - start) <= self.max_batch_tokens:
+                stop += 1
+            chunk = order[start:stop]
+            out[chunk] = self._score([full[i] for i in chunk])
+            start = stop
+        return out
+
+    def _score(self, full: list[list[int]]) -> torch.Tensor:
+        width = max(map(len, full))
+        ids = torch.full((len(full), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(full), width), dtype=torch.long)
+        for row, seq in enumerate(full):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        targets = ids[:, 1:]
+        token_lp = logits.gather(-1, targets[..., None])[..., 0].double() - torch.logsumexp(logits, -1).double()
+        scored = mask[:, 1:].clone()
+        scored[:, : len(self.prefix_ids) - 1] = 0
+        self.tokens_scored += int(mask.sum())
+        return (token_lp * scored).sum(-1).cpu()
+
+
+def keyword_placements(tokens: Sequence[int], spans: Sequence[Sequence[int]]) -> int:
+    """``N_K(x)``: ways to place ``spans`` as ordered, contiguous, non-overlapping blocks in ``tokens`` (§7.4)."""
+    n = len(tokens)
+    ways = [1] * (n + 1)  # ways[p]: placements of the spans processed so far that end at or before position p
+    for span in spans:
+        span = list(span)
+        new = [0] * (n + 1)
+        for end in range(1, n + 1):
+            new[end] = new[end - 1]
+            start = end - len(span)
+            if start >= 0 and list(tokens[start:end]) == span:
+                new[end] += ways[start]
+        ways = new
+    return ways[n]
+
+
+def keyword_spans(state) -> list[tuple[int, ...]]:
+    """The keyword blocks of a state, in chain order."""
+    spans: dict[int, list[int]] = {}
+    for token, block in zip(state.tokens, state.blocks):
+        if block >= 0:
+            spans.setdefault(block, []).append(token)
+    return [tuple(spans[k]) for k in sorted(spans)]
+
+
+class KeywordMeasure:
+    """``log π'(x, m) = log π(x) − log N_K(x)``: makes the sequence marginal of the pair chain ``π`` (§7.4)."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def log_prob(self, states) -> torch.Tensor:
+        counts = [keyword_placements(s.tokens, keyword_spans(s)) for s in states]
+        return self.target.log_prob(states) - torch.tensor([math.log(c) for c in counts], dtype=torch.float64)
+
+
+class ConstrainedLMTarget:
+    """``log π(x) = γ · log p_LM(x) + Σ soft terms``, ``-inf`` outside the hard constraints (ALGORITHMS.md §7.1).
+
+    ``decode`` maps state tokens to text (for banned words and soft terms); ``to_lm_ids`` maps state tokens to the
+    scorer's ids. Hard constraints: ``min_length <= len(tokens) <= max_length`` and no banned word (whole words,
+    case-insensitive) in the decoded text.
+    """
+
+    def __init__(
+        self,
+        scorer: CausalLMScorer,
+        decode: Callable[[Sequence[int]], str],
+        to_lm_ids: Callable[[Sequence[int]], list[int]],
+        gamma: float = 0.8,
+        min_length: int = 1,
+        max_length: int = 10**9,
+        banned: Sequence[str] = (),
+        soft: Sequence[Callable[[list[str]], Sequence[float]]] = (),
+    ):
+        if not gamma > 0:
+            raise ValueError(f"gamma must be > 0, got {gamma}")
+        if min_length < 0 or max_length < min_length:
+            raise ValueError(f"need 0 <= min_length <= max_length, got min_length={min_length}, max_length={max_length}")
+        self.scorer, self.decode, self.to_lm_ids = scorer, decode, to_lm_ids
+        self.gamma, self.min_length, self.max_length = gamma, min_length, max_length
+        self.banned = re.compile(r"\b(" + "|".join(map(re.escape, banned)) + r")\b", re.I) if banned else None
+        self.soft = list(soft)
+
+    def log_prob(self, states) -> torch.Tensor:
+        out = torch.full((len(states),), -math.inf, dtype=torch.float64)
+        texts = [self.decode(s.tokens) for s in states]
+        allowed = [
+            i for i, (s, text) in enumerate(zip(states, texts))
+            if self.min_length <= len(s.tokens) <= self.max_length
+            and not (self.banned and self.banned.search(text))
+        ]
+        if not allowed:
+            return out
+        lm = self.scorer.log_prob_ids([self.to_lm_ids(states[i].tokens) for i in allowed])
+        values = self.gamma * lm
+        for term in self.soft:
+            values = values + torch.as_tensor(list(term([texts[i] for i in allowed])), dtype=torch.float64)
+        out[allowed] = values
+        return out
