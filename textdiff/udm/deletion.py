@@ -1,0 +1,461 @@
+"""The deletion forward process and its reverse insertion chain (ALGORITHMS.md §4).
+
+Forward: every token gets an i.i.d. survival level ``u_i ~ U(0, 1)`` and survives at time ``t`` iff
+``u_i < α(t)`` (so ``P(survive) = α(t)``, survivor sets are nested in ``t`` and ``x_1 = []``). Protected tokens have
+``u_i = 0`` and never die (§4.9). Reverse: a latent-augmented predictor (§1.2) draws an insertion pattern — slot
+counts, then the inserted tokens — which carries its own alignment; the corrector keeps every survivor and keeps
+each inserted token with probability ``β(s, t)`` (§4.4).
+
+Decisions (ALGORITHMS.md §10, D5):
+
+* Joint count constraint: slot counts are drawn independently per slot, rows whose total exceeds the budget
+  ``max_length − |x_t|`` are redrawn (rejection, exact for the truncated factorised law); after ``max_tries`` the
+  remaining rows are trimmed from the last slot backwards (documented truncation policy, never silent overflow of
+  the padded tensors). Counts beyond the budget and inside glued keyword pieces get probability 0.
+* Fill: ``oneshot`` (factorised draw at the kept placeholders) or ``iterative`` (an inner masking chain that reveals
+  ``tokens_per_step`` kept placeholders at a time in random order and stops, §4.4 "efficiency").
+* Dropped placeholders are never filled: thinning happens before the fill (§4.4).
+* ``max_length``: EXPAND raises ``ValueError`` when a row would exceed it; the samplers never produce such rows.
+* Likelihood reporting: :func:`elbo_upper_bound` estimates the continuous-time bound of §4.7 by Monte Carlo with a
+  Rao-Blackwellised, never-zero estimate of ``μ_θ(j, w)`` (D5 option iii); it is conservative in expectation.
+
+Ragged edits work on padded tensors with cumulative sums and one scatter (§4.5), no Python loop over sequences.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from textdiff.rng import make_generator, sample_categorical, uniform
+from textdiff.udm.process import Batch, ForwardProcess, Noise, StepPlan, X0Draw, as_time
+from textdiff.udm.sampler import Trajectory, reverse_sample
+
+__all__ = [
+    "Reindex", "Expansion", "expand", "compact", "slot_counts", "count_embeddings", "sample_embedding",
+    "DeletionProcess", "InsertionOutput", "ModelInsertionPredictor", "ModelPrediction", "sample_slot_counts",
+    "process_for", "sample_delete",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ragged operations on padded tensors (ALGORITHMS.md §4.5)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reindex:
+    """Where each old position lands in a new padded tensor of width ``length`` (``length`` = dropped)."""
+
+    target: Tensor  # [B, L_old] long, values in 0..length
+    length: int
+
+    def apply(self, values: Tensor, fill) -> Tensor:
+        """Scatter per-token ``values [B, L_old]`` into a fresh ``[B, length]`` tensor filled with ``fill``."""
+        out = torch.full((values.shape[0], self.length + 1), fill, dtype=values.dtype, device=values.device)
+        out.scatter_(1, self.target, values)
+        return out[:, : self.length]
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """Result of EXPAND: the expanded padded sequence, its mask, the placeholder positions and the survivor map."""
+
+    ids: Tensor
+    attention_mask: Tensor
+    is_new: Tensor
+    reindex: Reindex
+
+
+def _check_batch(ids: Tensor, attention_mask: Tensor) -> Tensor:
+    if ids.dim() != 2 or attention_mask.shape != ids.shape:
+        raise ValueError(f"ids and attention_mask must both be [B, L], got {tuple(ids.shape)} and {tuple(attention_mask.shape)}")
+    if attention_mask.dtype != torch.bool:
+        raise TypeError(f"attention_mask must be a bool tensor, got {attention_mask.dtype}")
+    lengths = attention_mask.sum(1)
+    if ids.shape[1] and not bool((attention_mask == (torch.arange(ids.shape[1], device=ids.device) < lengths[:, None])).all()):
+        raise ValueError("attention_mask must be left-aligned: True on a prefix of each row, padding on the right")
+    return lengths
+
+
+def expand(
+    ids: Tensor,
+    attention_mask: Tensor,
+    counts: Tensor,
+    placeholder_id: int,
+    pad_id: int = 0,
+    max_length: int | None = None,
+) -> Expansion:
+    """EXPAND (ALGORITHMS.md §4.5): insert ``counts[b, j]`` placeholders into slot ``j`` of row ``b``.
+
+    Slot ``j`` lies before token ``j`` (slot ``m_b`` after the last). Survivor ``i`` moves to ``i + Σ_{j≤i} n_j``.
+    ``counts`` is ``[B, L+1]`` with non-negative integers and zeros beyond each row's last slot.
+    """
+    lengths = _check_batch(ids, attention_mask)
+    batch, width = ids.shape
+    if counts.shape != (batch, width + 1):
+        raise ValueError(f"counts must have shape [B, L+1] = {(batch, width + 1)}, got {tuple(counts.shape)}")
+    if counts.dtype.is_floating_point or counts.dtype == torch.bool:
+        raise TypeError(f"counts must be an integer tensor, got {counts.dtype}")
+    counts = counts.long()
+    if bool((counts < 0).any()):
+        raise ValueError("counts must be >= 0 (number of tokens inserted per slot); got a negative count")
+    slots = torch.arange(width + 1, device=ids.device)
+    if bool((counts[slots[None, :] > lengths[:, None]] != 0).any()):
+        raise ValueError("counts must be 0 beyond each row's last slot (slot index > row length)")
+    cumulative = counts.cumsum(1)
+    new_lengths = lengths + cumulative[:, -1]
+    if max_length is not None and bool((new_lengths > max_length).any()):
+        raise ValueError(f"expansion exceeds max_length={max_length}: longest row would have {int(new_lengths.max())} tokens")
+    new_width = int(new_lengths.max()) if batch else 0
+    target = torch.arange(width, device=ids.device) + cumulative[:, :width]
+    reindex = Reindex(torch.where(attention_mask, target, new_width), new_width)
+    new_mask = torch.arange(new_width, device=ids.device)[None, :] < new_lengths[:, None]
+    occupied = reindex.apply(attention_mask, False)
+    new_ids = reindex.apply(ids, placeholder_id).masked_fill(~new_mask, pad_id)
+    return Expansion(new_ids, new_mask, new_mask & ~occupied, reindex)
+
+
+def compact(ids: Tensor, attention_mask: Tensor, keep: Tensor, pad_id: int = 0) -> tuple[Tensor, Tensor, Reindex]:
+    """Stable partition by ``keep`` (ALGORITHMS.md §4.5): kept tokens move to ``cumsum(keep) − 1``."""
+    _check_batch(ids, attention_mask)
+    if keep.shape != ids.shape or keep.dtype != torch.bool:
+        raise ValueError(f"keep must be a bool tensor of shape {tuple(ids.shape)}")
+    keep = keep & attention_mask
+    new_lengths = keep.sum(1)
+    new_width = int(new_lengths.max()) if ids.shape[0] else 0
+    reindex = Reindex(torch.where(keep, keep.cumsum(1) - 1, new_width), new_width)
+    new_mask = torch.arange(new_width, device=ids.device)[None, :] < new_lengths[:, None]
+    return reindex.apply(ids, pad_id), new_mask, reindex
+
+
+def slot_counts(survive: Tensor, attention_mask: Tensor) -> Tensor:
+    """Deleted tokens per slot of ``x_t`` (ALGORITHMS.md §4.6): ``c_j`` = deletions between survivors ``j−1`` and ``j``.
+
+    Returns ``[B, m_max + 1]`` (zeros beyond each row's last slot).
+    """
+    survive = survive & attention_mask
+    deleted = attention_mask & ~survive
+    before = survive.long().cumsum(1) - survive.long()
+    width = int(survive.sum(1).max()) if survive.shape[0] else 0
+    counts = torch.zeros(survive.shape[0], width + 2, dtype=torch.long, device=survive.device)
+    counts.scatter_add_(1, torch.where(deleted, before, width + 1), deleted.long())
+    return counts[:, : width + 1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Embeddings of x_t in x0: counting and uniform sampling (ALGORITHMS.md §4.1, §4.2)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _embedding_table(x0: Tensor, mask0: Tensor, x: Tensor, mask: Tensor) -> Tensor:
+    """``F[b, i, j]`` = number of embeddings of ``x[b, :j]`` in ``x0[b, :i]`` (float64; loop over x0 positions only)."""
+    batch, width0 = x0.shape
+    width = x.shape[1]
+    table = torch.zeros(batch, width0 + 1, width + 1, dtype=torch.float64, device=x0.device)
+    table[:, 0, 0] = 1.0
+    match = (x0[:, :, None] == x[:, None, :]) & mask0[:, :, None] & mask[:, None, :]
+    for i in range(width0):
+        row = table[:, i].clone()
+        row[:, 1:] += match[:, i].double() * table[:, i, :-1]
+        table[:, i + 1] = torch.where(mask0[:, i, None], row, table[:, i])
+    return table
+
+
+def count_embeddings(x0: Tensor, mask0: Tensor, x: Tensor, mask: Tensor) -> Tensor:
+    """``N(x0, x)``: number of strictly increasing index maps ``K`` with ``x0[K] = x`` (ALGORITHMS.md §4.1), float64."""
+    table = _embedding_table(x0, mask0, x, mask)
+    rows = torch.arange(x0.shape[0], device=x0.device)
+    return table[rows, mask0.sum(1), mask.sum(1)]
+
+
+def sample_embedding(x0: Tensor, mask0: Tensor, x: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
+    """A uniformly random embedding of ``x`` in ``x0`` as a survivor mask over ``x0`` (ALGORITHMS.md §4.2).
+
+    Backward sampling through the embedding-count table; raises ``ValueError`` if ``x`` is not a subsequence of ``x0``.
+    """
+    table = _embedding_table(x0, mask0, x, mask)
+    batch, width0 = x0.shape
+    rows = torch.arange(batch, device=x0.device)
+    j = mask.sum(1)
+    if bool((table[rows, mask0.sum(1), j] == 0).any()):
+        raise ValueError("x_t is not a subsequence of x0 in some row: no embedding exists")
+    survive = torch.zeros_like(mask0)
+    if x.shape[1] == 0:
+        return survive
+    u = uniform((batch, max(width0, 1)), generator, x0.device)
+    for i in range(width0, 0, -1):
+        active = mask0[:, i - 1] & (j > 0)
+        prev_j = (j - 1).clamp(min=0)
+        matches = active & (x0[:, i - 1] == x[rows, prev_j])
+        take_weight = torch.where(matches, table[rows, i - 1, prev_j], torch.zeros((), dtype=torch.float64))
+        take = active & (u[:, i - 1] * table[rows, i, j] < take_weight)
+        survive[:, i - 1] = take
+        j = j - take.long()
+    return survive
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Forward process and corrector (ALGORITHMS.md §4.1, §4.4)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _match_keys(x: Batch) -> Tensor:
+    """Token ids with the protected flag folded in, so protected tokens only align with protected tokens."""
+    return x.ids * 2 + x.protected.long()
+
+
+class DeletionProcess(ForwardProcess):
+    """``delete`` (ALGORITHMS.md §4): each corruptible token is deleted independently w.p. ``1 − α(t)``; ``x_1 = []``.
+
+    ``placeholder_id`` is the ``[MASK]`` id EXPAND writes; ``max_length`` caps every state. ``continuation_ids``
+    (e.g. WordPiece ``##`` pieces): a protected continuation piece right after a protected token closes the slot
+    between them, so multi-piece keywords stay contiguous (§4.9). Continuous time only.
+    """
+
+    name = "delete"
+    time_agnostic_posterior = False
+
+    def __init__(self, placeholder_id: int, pad_id: int = 0, max_length: int = 64, schedule="linear",
+                 corrector: str = "posterior", continuation_ids: Sequence[int] | Tensor | None = None):
+        super().__init__(schedule, corrector)
+        if self.schedule.is_count:
+            raise ValueError("the deletion process is continuous-time only (ALGORITHMS.md §1.2 table); use another schedule")
+        for name, value in (("placeholder_id", placeholder_id), ("pad_id", pad_id)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")
+        self.placeholder_id, self.pad_id, self.max_length = placeholder_id, pad_id, max_length
+        self.continuation_ids = torch.as_tensor([] if continuation_ids is None else continuation_ids, dtype=torch.long)
+
+    # -- forward and inverse ------------------------------------------------------------------------------------
+    def keep_tokens(self, x: Batch, keep: Tensor) -> Batch:
+        """Compaction of a batch (ids and protected flags) to the positions in ``keep``."""
+        ids, mask, reindex = compact(x.ids, x.attention_mask, keep, self.pad_id)
+        return Batch(ids, mask, reindex.apply(x.protected, False))
+
+    def corrupt(self, x0: Batch, t, noise: Noise) -> Batch:
+        """``x_t = x0[K_t]`` (ALGORITHMS.md §4.1)."""
+        return self.keep_tokens(x0, x0.attention_mask & ~self.corrupted_set(x0, t, noise))
+
+    def posterior_corrupted(self, x0: Batch, x_t: Batch, t, generator: torch.Generator) -> Tensor:
+        """Deleted set of a uniformly random embedding of ``x_t`` in ``x0`` (ALGORITHMS.md §4.2)."""
+        survive = sample_embedding(_match_keys(x0), x0.attention_mask, _match_keys(x_t), x_t.attention_mask, generator)
+        return x0.corruptible & ~survive
+
+    def log_prob(self, x0: Batch, x_t: Batch, t) -> Tensor:
+        """``log p(x_t | x0) = log N(x0, x_t) + m log α + (l − m) log(1 − α)`` over corruptible tokens (§4.1)."""
+        alpha = self.schedule.alpha(as_time(t, x0.ids.shape[0], x0.device))
+        embeddings = count_embeddings(_match_keys(x0), x0.attention_mask, _match_keys(x_t), x_t.attention_mask)
+        l, m = x0.corruptible.sum(1).double(), x_t.corruptible.sum(1).double()
+        return torch.log(embeddings) + torch.xlogy(m, alpha) + torch.xlogy(l - m, 1 - alpha)
+
+    # -- corrector ---------------------------------------------------------------------------------------------
+    def thin(self, is_new: Tensor, attention_mask: Tensor, t, s, generator: torch.Generator) -> Tensor:
+        """Corrector (ALGORITHMS.md §4.4): keep every survivor, keep each inserted token w.p. ``β(s, t)``."""
+        batch = is_new.shape[0]
+        beta = self.schedule.beta(as_time(s, batch, is_new.device), as_time(t, batch, is_new.device))
+        reinsert = uniform(is_new.shape, generator, is_new.device) < beta[:, None]
+        return attention_mask & (~is_new | reinsert)
+
+    def closed_slots(self, x: Batch) -> Tensor:
+        """``[B, L+1]``: slot ``j`` is closed when token ``j`` is a protected continuation of protected token ``j−1``."""
+        glued = x.protected & torch.isin(x.ids, self.continuation_ids.to(x.device))
+        glued[:, :1] = False
+        glued &= x.protected.roll(1, dims=1)
+        return torch.cat([glued, torch.zeros_like(glued[:, :1])], dim=1)
+
+    # -- reverse step (§1.6, §4.5) ------------------------------------------------------------------------------
+    def plan(self, x_t: Batch, t: Tensor, s: Tensor, generator: torch.Generator) -> StepPlan:
+        """Every row with ``s < t`` is active (even an empty ``x_t`` grows)."""
+        return StepPlan(t, s, s < t)
+
+    def apply(self, x_t: Batch, output: "InsertionOutput", plan: StepPlan, draw: X0Draw,
+              generator: torch.Generator) -> Batch:
+        """Counts → EXPAND → thin → fill the kept placeholders → compact (ALGORITHMS.md §4.5).
+
+        With ``corrector="baseline"`` every placeholder is filled and ``x_s = F_s(x̂0, fresh noise)``.
+        """
+        budget = self.max_length - x_t.lengths
+        counts = output.sample_counts(self.closed_slots(x_t), budget, generator)
+        counts = counts * plan.active[:, None]
+        grown = expand(x_t.ids, x_t.attention_mask, counts, self.placeholder_id, self.pad_id, self.max_length)
+        expanded = Batch(grown.ids, grown.attention_mask, grown.reindex.apply(x_t.protected, False))
+        if self.corrector == "baseline":
+            return self.baseline_correct(output.sample_fill(expanded, grown.is_new, draw, generator), plan.s, generator)
+        keep = self.thin(grown.is_new, grown.attention_mask, plan.t, plan.s, generator)
+        return self.keep_tokens(output.sample_fill(expanded, grown.is_new & keep, draw, generator), keep)
+
+    def prior_sample(self, template: Batch, generator: torch.Generator) -> Batch:
+        """``x_1``: the empty sequence, or the template's protected tokens (never deleted, §4.9)."""
+        return self.keep_tokens(template, template.attention_mask & template.protected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Latent-augmented insertion predictor (ALGORITHMS.md §1.2, §4.3)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class InsertionOutput(Protocol):
+    """What an insertion predictor returns for ``x_t`` (ALGORITHMS.md §4.3): a pattern drawn in two stages.
+
+    A trained network (:class:`ModelInsertionPredictor`) and an exact enumerated posterior in a test both return
+    one; :meth:`DeletionProcess.apply` cannot tell them apart.
+    """
+
+    def sample_counts(self, closed: Tensor, budget: Tensor, generator: torch.Generator) -> Tensor:
+        """Slot counts ``[B, L+1]``: zero on ``closed`` slots and beyond each row, row total ≤ ``budget [B]``."""
+        ...
+
+    def sample_fill(self, expanded: Batch, fill: Tensor, draw: X0Draw, generator: torch.Generator) -> Batch:
+        """``expanded`` with tokens drawn at the placeholders in ``fill`` (their joint law given the expansion)."""
+        ...
+
+
+def sample_slot_counts(count_logits: Tensor, lengths: Tensor, closed: Tensor, budget: Tensor,
+                       generator: torch.Generator, max_tries: int = 64) -> Tensor:
+    """Slot counts from per-slot logits ``[B, L+1, K+1]`` (ALGORITHMS.md §4.3, D5).
+
+    Counts above the row's ``budget``, on ``closed`` slots and on slots beyond the row's length are impossible.
+    Independent per-slot draws; rows whose total exceeds the budget are redrawn up to ``max_tries`` times, then
+    trimmed from the last slot backwards.
+    """
+    batch, slots, classes = count_logits.shape
+    if classes < 2:
+        raise ValueError(f"count logits need K + 1 >= 2 classes (K >= 1), got K = {classes - 1}")
+    if max_tries < 1:
+        raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+    values = torch.arange(classes, device=count_logits.device)
+    dead = closed | (torch.arange(slots, device=count_logits.device)[None, :] > lengths[:, None])
+    allowed = (values[None, None, :] <= budget[:, None, None]) & ~(dead[:, :, None] & (values > 0))
+    logits = count_logits.to(torch.float64).masked_fill(~allowed, -math.inf)
+    counts = torch.zeros(batch, slots, dtype=torch.long, device=count_logits.device)
+    pending = torch.ones(batch, dtype=torch.bool, device=count_logits.device)
+    for _ in range(max_tries):
+        rows = pending.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            break
+        counts[rows] = sample_categorical(logits[rows], generator)
+        pending = counts.sum(1) > budget
+    room = (budget[:, None] - (counts.cumsum(1) - counts)).clamp(min=0)
+    return torch.minimum(counts, room)
+
+
+def _fill_rank(fill: Tensor, generator: torch.Generator) -> Tensor:
+    """Rank of each fill position in a uniformly random order within its row (``-1`` elsewhere)."""
+    keys = uniform(fill.shape, generator, fill.device).masked_fill(~fill, 2.0)
+    rank = torch.argsort(torch.argsort(keys, dim=1), dim=1)
+    return torch.where(fill, rank, -1)
+
+
+@dataclass
+class ModelPrediction:
+    """:class:`InsertionOutput` of a network: count logits for ``x_t``; the fill calls the token head."""
+
+    predictor: "ModelInsertionPredictor"
+    x_t: Batch
+    count_logits: Tensor
+
+    def sample_counts(self, closed, budget, generator):
+        return sample_slot_counts(self.count_logits, self.x_t.lengths, closed, budget, generator,
+                                  self.predictor.max_tries)
+
+    @torch.no_grad()
+    def sample_fill(self, expanded: Batch, fill: Tensor, draw: X0Draw, generator) -> Batch:
+        """``oneshot``: all of ``fill`` from one token-head call; ``iterative``: ``tokens_per_step`` at a time."""
+        iterative = self.predictor.fill_mode == "iterative"
+        rank = _fill_rank(fill, generator) if iterative else fill.long() - 1
+        step = self.predictor.tokens_per_step if iterative else max(expanded.ids.shape[1], 1)
+        ids = expanded.ids.clone()
+        for start in range(0, int(fill.sum(1).max()) if fill.numel() else 0, step):
+            now = (rank >= start) & (rank < start + step)
+            logits = self.predictor.model.token_logits(ids, expanded.attention_mask)
+            ids = draw.at(logits, now, ids, generator)
+        return expanded.with_ids(ids)
+
+
+class ModelInsertionPredictor:
+    """An insertion network (``count_logits(ids, mask, t)``, ``token_logits(ids, mask)``; see
+    ``textdiff.models.insertion``) as the deletion process's predictor for :func:`textdiff.udm.sampler.reverse_sample`.
+
+    ``fill_mode`` (D5): ``oneshot`` (factorised) or ``iterative`` (``tokens_per_step`` kept placeholders revealed at a
+    time in random order, each draw conditioned on the tokens already revealed).
+    """
+
+    time_conditioned = True
+
+    def __init__(self, model, fill_mode: str = "iterative", tokens_per_step: int = 1, max_tries: int = 64):
+        if fill_mode not in FILL_MODES:
+            raise ValueError(f"fill_mode must be one of {FILL_MODES}, got {fill_mode!r}")
+        if isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, int) or tokens_per_step < 1:
+            raise ValueError(f"tokens_per_step must be an integer >= 1, got {tokens_per_step!r}")
+        if max_tries < 1:
+            raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+        self.model, self.fill_mode, self.tokens_per_step, self.max_tries = model, fill_mode, tokens_per_step, max_tries
+
+    @torch.no_grad()
+    def __call__(self, x_t: Batch, t: Tensor) -> ModelPrediction:
+        return ModelPrediction(self, x_t, self.model.count_logits(x_t.ids, x_t.attention_mask, t))
+
+
+FILL_MODES = ("oneshot", "iterative")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation (ALGORITHMS.md §1.6, §4.5, §4.9)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def process_for(model, tokenizer=None, schedule="linear", corrector: str = "posterior") -> DeletionProcess:
+    """The :class:`DeletionProcess` matching an insertion model (its ``[MASK]``, padding, length cap) and tokenizer
+    (WordPiece ``##`` pieces glue multi-piece keywords)."""
+    config = model.config
+    continuation = None
+    if tokenizer is not None:
+        continuation = [i for token, i in tokenizer.get_vocab().items() if token.startswith("##")]
+    return DeletionProcess(config.mask_token_id, config.pad_token_id, config.max_seq_length, schedule, corrector,
+                           continuation)
+
+
+def sample_delete(
+    predictor,
+    process: DeletionProcess,
+    n: int | None = None,
+    *,
+    start: Batch | None = None,
+    steps: int = 16,
+    t_start: float = 1.0,
+    draw: X0Draw | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    trajectory: Trajectory | None = None,
+    progress: bool = False,
+    stats: dict | None = None,
+) -> Batch:
+    """Variable-length samples from the reverse insertion chain (ALGORITHMS.md §4.5) via the generic loop.
+
+    From ``x_1 = []`` (``n`` rows), or from ``start`` at ``t_start`` (protected tokens of ``start`` are kept, in
+    order, by construction: §4.9). ``predictor(x_t, t)`` returns an :class:`InsertionOutput`.
+    """
+    if (n is None) == (start is None):
+        raise ValueError("give exactly one of n (start from the empty sequence) or start (a Batch at t_start)")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not 0.0 < t_start <= 1.0:
+        raise ValueError(f"t_start must be in (0, 1], got {t_start}")
+    if start is None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        start = Batch(torch.zeros(n, 0, dtype=torch.long))
+    if int(start.lengths.max()) > process.max_length:
+        raise ValueError(f"the start state has {int(start.lengths.max())} tokens, more than max_length={process.max_length}")
+    template = start if start.ids.shape[1] else Batch(torch.zeros(start.ids.shape[0], 1, dtype=torch.long))
+    grid = torch.linspace(t_start, 0.0, steps + 1, dtype=torch.float64)
+    return reverse_sample(process, predictor, template, grid=grid, draw=draw, seed=seed, generator=generator,
+                          trajectory=trajectory, x_init=start, progress=progress, stats=stats)
