@@ -46,26 +46,65 @@ class EdgeTable:
     length: torch.Tensor  # units per row
     candidate: torch.Tensor  # (R, L, K) int64
 
-    def gather(self, values: torch.Tensor) -> torch.Tensor:
-        """Per-candidate ``values`` laid out as ``(R, L, K)`` edge weights: -inf where no piece, 0 for the one-unit
-        steps that keep padded positions beyond a row's end reachable."""
-        present = self.candidate >= 0
-        out = torch.where(present, values[self.candidate.clamp(min=0)], float("-inf"))
-        pad = torch.arange(out.shape[1], device=out.device)[None, :] >= self.length[:, None]
-        out[..., -1] = torch.where(pad, 0.0, out[..., -1])
+    def gather(self, values: torch.Tensor, reach_padding: bool = False) -> torch.Tensor:
+        """Per-candidate ``values`` laid out as ``(R, L, K)`` edge weights, -inf where no piece.
+
+        ``reach_padding=True`` adds free one-unit steps beyond each row's end, so that every position is reachable
+        (needed when differentiating through the forward pass: an all -inf window has a NaN gradient).
+        """
+        out = torch.cat([values, values.new_full((1,), float("-inf"))])[self.candidate]  # index -1: the -inf
+        if reach_padding:
+            pad = torch.arange(out.shape[1], device=out.device)[None, :] >= self.length[:, None]
+            out[..., -1] = torch.where(pad, 0.0, out[..., -1])
         return out
 
 
-def unit_stream(chunks: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Code points of all chunks with a ``-1`` separator after each; and the chunk of every stream position."""
-    lengths = torch.tensor([len(c) for c in chunks], dtype=torch.int64)
-    text = "".join(chunks).encode("utf-32-le", errors="surrogatepass")
-    codes = torch.frombuffer(bytearray(text), dtype=torch.int32).to(torch.int64) if text else torch.zeros(0, dtype=torch.int64)
-    owner = torch.repeat_interleave(torch.arange(len(chunks)), lengths)
-    units = torch.full((codes.numel() + len(chunks),), -1, dtype=torch.int64)
-    units[torch.arange(codes.numel()) + owner] = codes
-    chunk_of = torch.repeat_interleave(torch.arange(len(chunks)), lengths + 1)
-    return units.to(device), chunk_of.to(device)
+@dataclass
+class ChunkStream:
+    """Unique chunks laid end to end (``-1`` after each) and the occurrences, in text order, that refer to them."""
+
+    units: torch.Tensor  # code points of the unique chunks, separators -1
+    chunk_of: torch.Tensor  # unique chunk of every stream position
+    chunk_len: torch.Tensor
+    chunk_begin: torch.Tensor  # stream position of each unique chunk
+    occ_chunk: torch.Tensor  # unique chunk of every occurrence
+    occ_text: torch.Tensor  # owning text of every occurrence (ascending)
+    occ_base: torch.Tensor  # units of the same text before this occurrence
+
+
+def chunk_stream(texts: list[list[str]] | list[str], split_at: str | None, device: torch.device) -> ChunkStream:
+    """Cut each text into chunks (its listed pre-tokens, or before every ``split_at`` character, or whole) and keep
+    one copy of each distinct chunk (design decision D10: repeated words share their lattice and forward pass)."""
+    index: dict[str, int] = {}
+    occurrences: list[int] = []
+    counts = []
+    for text in texts:
+        if isinstance(text, list):
+            ids = [index.setdefault(chunk, len(index)) for chunk in text if chunk]
+        elif split_at is not None:
+            head, *rest = text.split(split_at)
+            ids = [index.setdefault(split_at + part, len(index)) for part in rest]
+            if head:
+                ids.insert(0, index.setdefault(head, len(index)))
+        else:
+            ids = [index.setdefault(text, len(index))] if text else []
+        occurrences += ids
+        counts.append(len(ids))
+    chunks = list(index)
+    chunk_len = torch.tensor([len(c) for c in chunks], dtype=torch.int64)
+    raw = "".join(chunks).encode("utf-32-le", errors="surrogatepass")
+    codes = torch.frombuffer(bytearray(raw), dtype=torch.int32).to(torch.int64) if raw else torch.zeros(0, dtype=torch.int64)
+    chunk_begin = torch.cumsum(chunk_len + 1, 0) - (chunk_len + 1)
+    chunk_of = torch.repeat_interleave(torch.arange(len(chunks)), chunk_len + 1)
+    units = torch.full_like(chunk_of, -1)
+    units[torch.arange(codes.numel()) + torch.repeat_interleave(torch.arange(len(chunks)), chunk_len)] = codes
+    occ_chunk = torch.tensor(occurrences, dtype=torch.int64)
+    occ_text = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.int64))
+    occ_len = chunk_len[occ_chunk]
+    before = torch.cumsum(occ_len, 0) - occ_len
+    occ_base = before - before[torch.searchsorted(occ_text, occ_text)]
+    parts = (units, chunk_of, chunk_len, chunk_begin, occ_chunk, occ_text, occ_base)
+    return ChunkStream(*(t.to(device) for t in parts))
 
 
 def find_candidates(units: torch.Tensor, trie: PieceTrie, unk_id: int | None) -> Candidates:
@@ -77,12 +116,11 @@ def find_candidates(units: torch.Tensor, trie: PieceTrie, unk_id: int | None) ->
     cid = trie.code_ids(units)
     is_text = units >= 0
     pos = torch.nonzero(cid > 0).flatten()
-    state = trie.root[cid[pos]]
+    state = torch.zeros_like(pos)
     starts, lengths, pieces = [], [], []
     single = torch.full_like(units, -1)
     for k in range(1, trie.max_len + 1):
-        if k > 1:
-            state = trie.child(state, cid[pos + k - 1])
+        state = trie.child(state, cid[pos + k - 1])
         alive = state >= 0
         pos, state = pos[alive], state[alive]
         if pos.numel() == 0:
@@ -128,34 +166,52 @@ def find_segments(units: torch.Tensor, cands: Candidates) -> Segments:
 
 
 def bucket_lengths(lengths: torch.Tensor) -> list[tuple[int, int]]:
-    """Inclusive length ranges of the buckets: exact lengths up to 32, then ranges doubling in width."""
+    """Inclusive length ranges of the buckets: 2, 3, 4, then ranges growing by about a third (few forward steps,
+    little padding)."""
     if lengths.numel() == 0:
         return []
-    top = int(lengths.max())
-    ranges = [(n, n) for n in range(2, min(top, 32) + 1)]
-    lo = 33
+    top, ranges, lo = int(lengths.max()), [], 2
     while lo <= top:
-        ranges.append((lo, 2 * lo - 2))
-        lo = 2 * lo - 1
+        hi = lo if lo <= 4 else lo + max(1, lo // 3)
+        ranges.append((lo, hi))
+        lo = hi + 1
     return ranges
 
 
 def edge_tables(cands: Candidates, segs: Segments, max_len: int) -> list[EdgeTable]:
-    """One dense :class:`EdgeTable` per non-empty bucket of segments longer than one unit (§8.8 step 1)."""
+    """One dense :class:`EdgeTable` per non-empty bucket of segments longer than one unit (§8.8 step 1).
+
+    All tables are views into one flat buffer, filled by a single scatter of every candidate.
+    """
+    ranges = bucket_lengths(segs.length)
+    if not ranges:
+        return []
+    device = segs.length.device
+    lows = torch.tensor([lo for lo, _ in ranges], device=device)
+    bucket = torch.searchsorted(lows, segs.length, right=True) - 1  # -1: single-unit segments
+    order = torch.argsort(bucket)
+    cuts = torch.searchsorted(bucket[order], torch.arange(len(ranges) + 1, device=device)).tolist()
+    highs = torch.tensor([hi for _, hi in ranges], device=device)
+    widths = highs.clamp(max=max_len)
+    rows_per_bucket = torch.tensor([cuts[b + 1] - cuts[b] for b in range(len(ranges))], device=device)
+    base = torch.cumsum(rows_per_bucket * highs * widths, 0) - rows_per_bucket * highs * widths
+    row = torch.empty_like(segs.length)
+    row[order] = torch.arange(order.numel(), device=device) - torch.tensor(cuts[:-1], device=device)[bucket[order].clamp(min=0)]
+
+    seg = segs.of_candidate
+    b = bucket[seg]
+    keep = b >= 0
+    b, seg, index = b[keep], seg[keep], torch.nonzero(keep).flatten()
+    rel_end = cands.start[index] + cands.length[index] - segs.first[seg]
+    width = widths[b]
+    flat = base[b] + (row[seg] * highs[b] + rel_end - 1) * width + width - cands.length[index]
+    buffer = torch.full((int((rows_per_bucket * highs * widths).sum()),), -1, dtype=torch.int64, device=device)
+    buffer[flat] = index
     tables = []
-    rel_end = cands.start + cands.length - segs.first[segs.of_candidate]
-    seg_len_of_cand = segs.length[segs.of_candidate]
-    for lo, hi in bucket_lengths(segs.length):
-        rows = torch.nonzero((segs.length >= lo) & (segs.length <= hi)).flatten()
-        if rows.numel() == 0:
-            continue
-        width = min(max_len, hi)
-        row_of_segment = torch.full_like(segs.length, -1)
-        row_of_segment[rows] = torch.arange(rows.numel(), device=rows.device)
-        chosen = torch.nonzero((seg_len_of_cand >= lo) & (seg_len_of_cand <= hi)).flatten()
-        flat = (row_of_segment[segs.of_candidate[chosen]] * hi + rel_end[chosen] - 1) * width
-        flat += width - cands.length[chosen]
-        candidate = torch.full((rows.numel() * hi * width,), -1, dtype=torch.int64, device=rows.device)
-        candidate[flat] = chosen
-        tables.append(EdgeTable(rows, segs.length[rows], candidate.view(rows.numel(), hi, width)))
+    for k, (_, hi) in enumerate(ranges):
+        n, w = cuts[k + 1] - cuts[k], min(max_len, hi)
+        if n:
+            start = int(base[k])
+            rows = order[cuts[k] : cuts[k + 1]]
+            tables.append(EdgeTable(rows, segs.length[rows], buffer[start : start + n * hi * w].view(n, hi, w)))
     return tables

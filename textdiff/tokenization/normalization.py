@@ -22,13 +22,50 @@ METASPACE = "\u2581"
 _EACH_CHAR = Regex("[\\s\\S]")
 
 
+@dataclass(frozen=True)
+class SentencePieceWhitespace:
+    """SentencePiece's whitespace rules after the charsmap: drop leading/trailing spaces and collapse runs
+    (``remove_extra``), prepend one space to non-empty text (``dummy_prefix``), spaces -> ``▁`` (``escape``)."""
+
+    remove_extra: bool = True
+    dummy_prefix: bool = True
+    escape: bool = True
+
+    def steps(self) -> list[normalizers.Normalizer]:
+        """The rules as `tokenizers` normalisers (alignment-tracking; used for offsets and non-ASCII text)."""
+        steps = []
+        if self.remove_extra:
+            steps += [normalizers.Replace(Regex("^ +| +$"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+        if self.dummy_prefix:
+            steps.append(normalizers.Prepend(" "))
+        if self.escape:
+            steps.append(normalizers.Replace(" ", METASPACE))
+        return steps
+
+    def apply(self, text: str) -> str:
+        """The same rules with plain ``str`` methods (fast path)."""
+        if self.remove_extra:
+            text = " ".join(filter(None, text.split(" ")))
+        if self.dummy_prefix and text:
+            text = " " + text
+        return text.replace(" ", METASPACE) if self.escape else text
+
+
 @dataclass
 class TextPipeline:
-    """`tokenizers` normaliser, pre-tokenizer and decoder around the unigram lattice (each may be ``None``)."""
+    """`tokenizers` normaliser, optional SentencePiece whitespace rules, pre-tokenizer and decoder (each optional)."""
 
     normalizer: normalizers.Normalizer | None = None
+    whitespace: SentencePieceWhitespace | None = None
     pre_tokenizer: object | None = None
     decoder: decoders.Decoder | None = None
+
+    def __post_init__(self) -> None:
+        steps = ([self.normalizer] if self.normalizer is not None else []) + (
+            self.whitespace.steps() if self.whitespace is not None else []
+        )
+        self._full = normalizers.Sequence(steps) if steps else None
+        self._ascii = _ascii_table(self.normalizer)
 
     @classmethod
     def identity(cls) -> TextPipeline:
@@ -40,23 +77,18 @@ class TextPipeline:
         """SentencePiece's normaliser: charsmap, extra-whitespace removal, dummy prefix, ``' ' -> '▁'``."""
         if model.treat_whitespace_as_suffix:
             raise ValueError("SentencePiece models with treat_whitespace_as_suffix=true are not supported")
-        steps = []
-        if model.precompiled_charsmap:
-            steps.append(normalizers.Precompiled(model.precompiled_charsmap))
-        if model.remove_extra_whitespaces:
-            steps += [normalizers.Replace(Regex("^ +| +$"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
-        if model.add_dummy_prefix:
-            steps.append(normalizers.Prepend(" "))
-        if model.escape_whitespaces:
-            steps.append(normalizers.Replace(" ", METASPACE))
+        charsmap = normalizers.Precompiled(model.precompiled_charsmap) if model.precompiled_charsmap else None
+        whitespace = SentencePieceWhitespace(
+            model.remove_extra_whitespaces, model.add_dummy_prefix, model.escape_whitespaces
+        )
         decoding = [decoders.Replace(METASPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
         if model.add_dummy_prefix:
             decoding.append(decoders.Strip(" ", 1, 0))
-        return cls(normalizers.Sequence(steps), None, decoders.Sequence(decoding))
+        return cls(charsmap, whitespace, None, decoders.Sequence(decoding))
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Tokenizer) -> TextPipeline:
-        return cls(tokenizer.normalizer, tokenizer.pre_tokenizer, tokenizer.decoder)
+        return cls(tokenizer.normalizer, None, tokenizer.pre_tokenizer, tokenizer.decoder)
 
     # -- serialisation (tokenizers JSON, never pickle) ------------------------------------------------------------
     def to_json(self) -> str:
@@ -65,38 +97,42 @@ class TextPipeline:
             if getattr(self, name) is not None:
                 setattr(holder, name, getattr(self, name))
         full = json.loads(holder.to_str())
-        return json.dumps({name: full[name] for name in ("normalizer", "pre_tokenizer", "decoder")})
+        parts = {name: full[name] for name in ("normalizer", "pre_tokenizer", "decoder")}
+        parts["whitespace"] = None if self.whitespace is None else vars(self.whitespace)
+        return json.dumps(parts)
 
     @classmethod
     def from_json(cls, text: str) -> TextPipeline:
         parts = json.loads(text)
+        whitespace = parts.pop("whitespace", None)
         holder = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "post_processor": None}
         holder.update(parts, model={"type": "WordLevel", "vocab": {"<unk>": 0}, "unk_token": "<unk>"})
-        return cls.from_tokenizer(Tokenizer.from_str(json.dumps(holder)))
+        hf = Tokenizer.from_str(json.dumps(holder))
+        rules = None if whitespace is None else SentencePieceWhitespace(**whitespace)
+        return cls(hf.normalizer, rules, hf.pre_tokenizer, hf.decoder)
 
     # -- text -> chunks ----------------------------------------------------------------------------------------
     def normalize(self, text: str) -> str:
-        return text if self.normalizer is None else self.normalizer.normalize_str(text)
+        """Normalised text. ASCII text takes a fast path through a per-character table that was checked against
+        the `tokenizers` normaliser when the pipeline was built (see :func:`_ascii_table`)."""
+        table, triggers = self._ascii
+        if text.isascii() and not any(c in text for c in triggers):
+            text = text.translate(table)
+            return text if self.whitespace is None else self.whitespace.apply(text)
+        return text if self._full is None else self._full.normalize_str(text)
 
-    def chunks(self, texts: list[str]) -> tuple[list[str], list[int]]:
-        """Normalised, pre-tokenised chunks of all ``texts`` and the index of the text each chunk came from."""
+    def pieces_of_text(self, texts: list[str]) -> list[str] | list[list[str]]:
+        """Normalised texts, or the list of pre-tokens of each when the pipeline has a pre-tokenizer."""
         normalized = [self.normalize(text) for text in texts]
         if self.pre_tokenizer is None:
-            owners = [i for i, text in enumerate(normalized) if text]
-            return [normalized[i] for i in owners], owners
-        chunks, owners = [], []
-        for i, text in enumerate(normalized):
-            for word, _ in self.pre_tokenizer.pre_tokenize_str(text):
-                if word:
-                    chunks.append(word)
-                    owners.append(i)
-        return chunks, owners
+            return normalized
+        return [[word for word, _ in self.pre_tokenizer.pre_tokenize_str(text)] for text in normalized]
 
     def unit_offsets(self, text: str) -> list[tuple[int, int]]:
         """Original-text character span of every unit (code point) of ``text``'s chunks, in chunk order."""
         pretok = PreTokenizedString(text)
-        if self.normalizer is not None:
-            pretok.normalize(lambda ns: self.normalizer.normalize(ns))
+        if self._full is not None:
+            pretok.normalize(lambda ns: self._full.normalize(ns))
         if self.pre_tokenizer is not None:
             self.pre_tokenizer.pre_tokenize(pretok)
         pretok.split(lambda _, ns: ns.split(_EACH_CHAR, "isolated"))
@@ -105,3 +141,20 @@ class TextPipeline:
     # -- pieces -> text ----------------------------------------------------------------------------------------
     def decode(self, pieces: list[str]) -> str:
         return "".join(pieces) if self.decoder is None else self.decoder.decode(pieces)
+
+
+def _ascii_table(normalizer: normalizers.Normalizer | None) -> tuple[dict[int, str], str] | None:
+    """``str.translate`` table reproducing ``normalizer`` on ASCII text, and the characters that start multi-character
+    rules (text containing one takes the slow path; SentencePiece's nmt_nfkc has ``\\r\\n -> ' '``).
+
+    Checked on every single ASCII character and on all 16,384 ordered pairs (rules keyed by three or more pure-ASCII
+    characters would go unnoticed; SentencePiece's and NFKC's charsmaps have none).
+    """
+    if normalizer is None:
+        return {}, ""
+    chars = [chr(i) for i in range(128)]
+    singles = [normalizer.normalize_str(c) for c in chars]
+    triggers = "".join(
+        sorted({a for a in chars for b in chars if normalizer.normalize_str(a + b) != singles[ord(a)] + singles[ord(b)]})
+    )
+    return {i: s for i, s in enumerate(singles) if s != chr(i)}, triggers

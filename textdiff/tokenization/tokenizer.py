@@ -16,6 +16,7 @@ user-defined pieces (SentencePiece matches those before normalising). Sampling a
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -30,23 +31,45 @@ from tokenizers import Tokenizer
 
 from textdiff import rng
 from textdiff.tokenization import lattice, viterbi
-from textdiff.tokenization.normalization import TextPipeline
+from textdiff.tokenization.normalization import METASPACE, TextPipeline
 from textdiff.tokenization.sentencepiece_model import BYTE, CONTROL, UNKNOWN, parse_model
 from textdiff.tokenization.vocab import BYTE_PIECES, PieceTrie, Vocab, pieces_with_extras
 
 FORMAT = "textdiff-unigram-tokenizer"
 WEIGHTS_NAME = "tokenizer.safetensors"
-_UNITS_PER_BATCH = 1 << 18
+_UNITS_PER_BATCH = 1 << 20
+
+
+class _Occurrences:
+    """Where each unique chunk occurs: occurrence ``o`` is chunk ``chunk[o]``; lists every occurrence of a segment."""
+
+    def __init__(self, chunk: torch.Tensor, chunk_of_segment: torch.Tensor, n_chunks: int) -> None:
+        self.chunk = chunk
+        self.by_chunk = torch.argsort(chunk, stable=True)
+        self.count = torch.bincount(chunk, minlength=n_chunks)
+        self.begin = torch.cumsum(self.count, 0) - self.count
+        self.chunk_of_segment = chunk_of_segment
+
+    def expand(self, segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For every occurrence of every listed segment: its index in ``segments`` and the occurrence id."""
+        chunk = self.chunk_of_segment[segments]
+        repeats = self.count[chunk]
+        row = torch.repeat_interleave(torch.arange(segments.numel(), device=segments.device), repeats)
+        rank = torch.arange(row.numel(), device=row.device) - torch.repeat_interleave(
+            torch.cumsum(repeats, 0) - repeats, repeats
+        )
+        return row, self.by_chunk[self.begin[chunk][row] + rank]
 
 
 @dataclass
 class Tokens:
-    """Chosen pieces of a batch in text order: owning text, piece id, unit span inside the text's chunk stream."""
+    """Chosen pieces of a batch in text order: owning text, piece id and (when asked for) the unit span of each
+    piece inside the concatenation of its text's chunks."""
 
     text: torch.Tensor
     piece: torch.Tensor
-    start: torch.Tensor
-    end: torch.Tensor
+    start: torch.Tensor | None = None
+    end: torch.Tensor | None = None
 
 
 class UnigramTokenizer:
@@ -58,6 +81,9 @@ class UnigramTokenizer:
         self._tries: dict[str, PieceTrie] = {}
         self._scores = vocab.lattice_scores()
         self._byte_ids = torch.tensor(vocab.byte_ids, dtype=torch.int64)
+        whitespace = self.pipeline.whitespace
+        splits = whitespace is not None and whitespace.escape and not any(METASPACE in p[1:] for p in vocab.pieces)
+        self._split_at = METASPACE if splits else None  # boundaries before "▁" are lattice cuts: chunk there
 
     # ------------------------------------------------------------------------------------------- constructors
     @classmethod
@@ -205,8 +231,8 @@ class UnigramTokenizer:
         """
         single = isinstance(texts, str)
         batch = [texts] if single else _check_texts(texts)
-        tokens = self._segment(batch, alpha, seed, generator, device)
-        ids = _split(tokens.piece.tolist(), tokens.text, len(batch))
+        tokens = self._segment(batch, alpha, seed, generator, device, return_offsets)
+        ids = _split(tokens.piece, tokens.text, len(batch))
         if return_offsets:
             offsets = self._offsets(batch, tokens)
             return (ids[0], offsets[0]) if single else (ids, offsets)
@@ -251,32 +277,37 @@ class UnigramTokenizer:
         if alpha is None:
             raise ValueError("segmentation_stats needs alpha >= 0 (a sampling temperature), got a negative alpha")
         batch = [texts] if isinstance(texts, str) else _check_texts(texts)
-        chunks, owners = self.pipeline.chunks(batch)
         device = torch.device(device)
         log_z = torch.zeros(len(batch), dtype=torch.float64, device=device)
         tokens = torch.zeros_like(log_z)
         mean_score = torch.zeros_like(log_z)
-        for part, part_owners in self._batches(chunks, owners):
-            units, chunk_of = lattice.unit_stream(part, device)
-            cands = lattice.find_candidates(units, self._trie(device), self.vocab.unk_id)
+        trie = self._trie(device)
+        for offset, group in self._groups(batch):
+            stream = lattice.chunk_stream(self.pipeline.pieces_of_text(group), self._split_at, device)
+            if stream.occ_chunk.numel() == 0:
+                continue
+            units = stream.units
+            cands = lattice.find_candidates(units, trie, self.vocab.unk_id)
             segs = lattice.find_segments(units, cands)
             score = self._scores.to(device)[cands.piece].double()
             weight = (alpha * score).requires_grad_()
-            total = torch.zeros((), dtype=torch.float64, device=device)
             row_log_z = torch.zeros(segs.first.numel(), dtype=torch.float64, device=device)
-            for table in lattice.edge_tables(cands, segs, self._trie(device).max_len):
-                weights = table.gather(weight)
+            for table in lattice.edge_tables(cands, segs, trie.max_len):
+                weights = table.gather(weight, reach_padding=True)
                 z = viterbi.log_partition(viterbi.forward(weights, "log"), weights, table.length)
                 row_log_z = row_log_z.index_put((table.rows,), z)
             alone = segs.length[segs.of_candidate] == 1
             row_log_z = row_log_z.index_add(0, segs.of_candidate[alone], weight[alone])
-            total = row_log_z.sum()
-            (marginal,) = torch.autograd.grad(total, weight) if total.requires_grad else (torch.ones_like(weight),)
-            text_of_seg = torch.tensor(part_owners, device=device)[chunk_of[segs.first]]
-            text_of_cand = text_of_seg[segs.of_candidate]
-            log_z.index_add_(0, text_of_seg, row_log_z.detach())
-            tokens.index_add_(0, text_of_cand, marginal * self._output_length(cands, units).double())
-            mean_score.index_add_(0, text_of_cand, marginal * score)
+            (marginal,) = torch.autograd.grad(row_log_z.sum(), weight)  # forward-backward = gradient of log Z
+            occurrences = _Occurrences(stream.occ_chunk, stream.chunk_of[segs.first], stream.chunk_len.numel())
+            row, occ = occurrences.expand(torch.arange(segs.first.numel(), device=device))
+            text_of_row = stream.occ_text[occ] + offset  # (segment, occurrence) pairs
+            log_z.index_add_(0, text_of_row, row_log_z.detach()[row])
+            per_segment = torch.zeros_like(row_log_z)
+            tokens_of_cand = marginal * self._output_length(cands, units).double()
+            tokens.index_add_(0, text_of_row, per_segment.index_add(0, segs.of_candidate, tokens_of_cand)[row])
+            score_of_cand = marginal * score
+            mean_score.index_add_(0, text_of_row, per_segment.index_add(0, segs.of_candidate, score_of_cand)[row])
         viterbi_counts = torch.tensor([len(row) for row in self.encode(batch, device=device)], dtype=torch.float64)
         return {
             "log_z": log_z.cpu(),
@@ -375,82 +406,107 @@ class UnigramTokenizer:
             self._tries[key] = PieceTrie(self.vocab, device)
         return self._tries[key]
 
-    def _batches(self, chunks: list[str], owners: list[int]):
-        """Consecutive slices of the chunks with at most ``_UNITS_PER_BATCH`` code points each."""
+    def _groups(self, texts: list[str]):
+        """``(offset, slice)`` of consecutive texts with about ``_UNITS_PER_BATCH`` characters each."""
         begin, size = 0, 0
-        for i, chunk in enumerate(chunks):
-            size += len(chunk) + 1
-            if size > _UNITS_PER_BATCH and i > begin:
-                yield chunks[begin:i], owners[begin:i]
-                begin, size = i, len(chunk) + 1
-        if begin < len(chunks):
-            yield chunks[begin:], owners[begin:]
+        for i, text in enumerate(texts):
+            size += len(text) + 1
+            if size > _UNITS_PER_BATCH:
+                yield begin, texts[begin : i + 1]
+                begin, size = i + 1, 0
+        if begin < len(texts):
+            yield begin, texts[begin:]
 
-    def _segment(self, texts: list[str], alpha, seed, generator, device) -> Tokens:
+    def _segment(self, texts: list[str], alpha, seed, generator, device, with_offsets: bool = False) -> Tokens:
         """Chosen pieces of all texts in text order (§8.2 decoding or §8.5 exact sampling)."""
         alpha = _check_alpha(alpha)
         device = torch.device(device)
         gen = None if alpha is None else rng.make_generator(seed, generator, device)
-        chunks, owners = self.pipeline.chunks(texts)
-        parts = [self._segment_chunks(part, part_owners, alpha, gen, device) for part, part_owners in self._batches(chunks, owners)]
+        parts = []
+        for offset, group in self._groups(texts):
+            tokens = self._segment_group(group, alpha, gen, device, with_offsets)
+            tokens.text += offset
+            parts.append(tokens)
+        empty = torch.zeros(0, dtype=torch.int64)
         if not parts:
-            empty = torch.zeros(0, dtype=torch.int64)
-            return Tokens(empty, empty, empty, empty)
-        return Tokens(*(torch.cat([getattr(p, name) for p in parts]) for name in ("text", "piece", "start", "end")))
+            return Tokens(empty, empty, empty if with_offsets else None, empty if with_offsets else None)
+        names = ("text", "piece", "start", "end") if with_offsets else ("text", "piece")
+        return Tokens(*(torch.cat([getattr(p, name) for p in parts]) for name in names))
 
-    def _segment_chunks(self, chunks, owners, alpha, gen, device) -> Tokens:
+    def _segment_group(self, texts, alpha: float | None, gen, device: torch.device, with_offsets: bool) -> Tokens:
+        """Segment one group of texts. Identical chunks (repeated words) share their lattice and forward pass; only
+        the predecessor draws and the backtrack run once per occurrence (design decision D10, chunk dedup)."""
+        stream = lattice.chunk_stream(self.pipeline.pieces_of_text(texts), self._split_at, device)
+        empty = torch.zeros(0, dtype=torch.int64)
+        if stream.occ_chunk.numel() == 0:
+            return Tokens(empty, empty, empty, empty)
         trie = self._trie(device)
-        units, chunk_of = lattice.unit_stream(chunks, device)
+        units = stream.units
         cands = lattice.find_candidates(units, trie, self.vocab.unk_id)
         segs = lattice.find_segments(units, cands)
         scores = self._scores.to(device)[cands.piece]
-        chosen = [torch.nonzero(segs.length[segs.of_candidate] == 1).flatten()]
+        occurrences = _Occurrences(stream.occ_chunk, stream.chunk_of[segs.first], stream.chunk_len.numel())
+
+        single = torch.nonzero(segs.length[segs.of_candidate] == 1).flatten()
+        row, occ = occurrences.expand(segs.of_candidate[single])
+        picked, picked_occ = [single[row]], [occ]
         for table in lattice.edge_tables(cands, segs, trie.max_len):
+            row, occ = occurrences.expand(table.rows)
             if alpha is None:
                 weights = table.gather(scores)
-                prefix = viterbi.forward(weights, "max")
+                choice = viterbi.best_predecessors(viterbi.forward(weights, "max"), weights)
+                cand, owner = viterbi.backtrack(table.candidate, table.length, row, choice=choice)
             else:
                 weights = table.gather(alpha * scores.double())
                 prefix = viterbi.forward(weights, "log")
-            choice = viterbi.predecessors(prefix, weights, gen)
-            chosen.append(viterbi.backtrack(choice, table.candidate, table.length))
-        chosen = torch.cat(chosen)
-        chosen = chosen[torch.argsort(cands.start[chosen])]
-        start = cands.start[chosen]
-        chunk = chunk_of[start]
-        chunk_begin = torch.zeros(len(chunks), dtype=torch.int64, device=device)
-        chunk_begin[1:] = torch.cumsum(torch.tensor([len(c) + 1 for c in chunks], device=device), 0)[:-1]
-        text = torch.tensor(owners, dtype=torch.int64, device=device)[chunk]
-        tokens = Tokens(text, cands.piece[chosen], start - chunk_begin[chunk], start - chunk_begin[chunk] + cands.length[chosen])
-        tokens.start, tokens.end = self._text_positions(tokens, chunks, owners, chunk, device)
-        return self._spell_bytes(tokens, units[start]) if self.vocab.byte_fallback else _to_cpu(tokens)
+                cand, owner = viterbi.backtrack(table.candidate, table.length, row, None, prefix, weights, gen)
+            picked.append(cand)
+            picked_occ.append(occ[owner])
+        cand, occ = torch.cat(picked), torch.cat(picked_occ)
 
-    def _text_positions(self, tokens, chunks, owners, chunk, device):
-        """Unit offsets relative to the concatenation of each text's chunks (what offsets are measured against)."""
-        base, seen = [], {}
-        for length, owner in zip((len(c) for c in chunks), owners):
-            base.append(seen.get(owner, 0))
-            seen[owner] = base[-1] + length
-        shift = torch.tensor(base, dtype=torch.int64, device=device)[chunk]
-        return tokens.start + shift, tokens.end + shift
+        start = cands.start[cand]
+        in_chunk = start - stream.chunk_begin[stream.chunk_of[start]]
+        occ_len = stream.chunk_len[stream.occ_chunk]
+        slot = (torch.cumsum(occ_len, 0) - occ_len)[occ] + in_chunk  # distinct: one piece starts per unit
+        at = torch.full((int(occ_len.sum()),), -1, dtype=torch.int64, device=device)
+        at[slot] = torch.arange(slot.numel(), device=device)
+        order = at[at >= 0]  # pieces in text order
+        cand, occ = cand[order], occ[order]
+        tokens = Tokens(stream.occ_text[occ].cpu(), cands.piece[cand].cpu())
+        if with_offsets:
+            start = (stream.occ_base[occ] + in_chunk[order]).cpu()
+            tokens.start, tokens.end = start, start + cands.length[cand].cpu()
+        if self.vocab.byte_fallback:
+            return self._spell_bytes(tokens, units[cands.start[cand]].cpu())
+        return tokens
 
     def _spell_bytes(self, tokens: Tokens, code_points: torch.Tensor) -> Tokens:
         """Byte fallback: every ``unk`` piece becomes the ``<0xNN>`` pieces of its character's UTF-8 bytes."""
-        tokens, code_points = _to_cpu(tokens), code_points.cpu()
-        unk = tokens.piece == self.vocab.unk_id
-        if not bool(unk.any()):
+        unk = torch.nonzero(tokens.piece == self.vocab.unk_id).flatten()
+        if unk.numel() == 0:
             return tokens
-        n_bytes = _utf8_length(code_points)
-        repeats = torch.where(unk, n_bytes, 1)
-        expand = lambda t: torch.repeat_interleave(t, repeats)  # noqa: E731
-        out = Tokens(*(expand(getattr(tokens, name)) for name in ("text", "piece", "start", "end")))
-        cp, n = expand(code_points), expand(n_bytes)
-        first = torch.cumsum(repeats, 0) - repeats
-        rank = torch.arange(out.piece.numel()) - expand(first)
-        shifted = cp >> (6 * (n - 1 - rank))
-        lead = torch.tensor([0, 0, 0xC0, 0xE0, 0xF0])[n]
-        byte = torch.where(rank == 0, lead | shifted, 0x80 | (shifted & 0x3F))
-        out.piece = torch.where(expand(unk), self._byte_ids[byte.clamp(0, 255)], out.piece)
+        cp = code_points[unk]
+        n_bytes = _utf8_length(cp)
+        repeats = torch.ones_like(tokens.piece)
+        repeats[unk] = n_bytes
+        dest = torch.cumsum(repeats, 0) - repeats
+        total = int(dest[-1] + repeats[-1])
+        fields = [name for name in ("text", "piece", "start", "end") if getattr(tokens, name) is not None]
+        out = Tokens(*([None] * 4))
+        for name in fields:
+            value = getattr(tokens, name)
+            spread = value.new_empty(total)
+            spread[dest] = value
+            for rank in range(1, 4):  # continuation bytes inherit text and span
+                has = n_bytes > rank
+                spread[dest[unk[has]] + rank] = value[unk[has]]
+            setattr(out, name, spread)
+        lead = torch.tensor([0, 0, 0xC0, 0xE0, 0xF0])[n_bytes]
+        for rank in range(4):
+            has = n_bytes > rank
+            shifted = cp[has] >> (6 * (n_bytes[has] - 1 - rank))
+            byte = lead[has] | shifted if rank == 0 else 0x80 | (shifted & 0x3F)
+            out.piece[dest[unk[has]] + rank] = self._byte_ids[byte]
         return out
 
     def _output_length(self, cands, units) -> torch.Tensor:
@@ -460,8 +516,8 @@ class UnigramTokenizer:
         return torch.where(cands.piece == self.vocab.unk_id, _utf8_length(units[cands.start]), 1)
 
     def _offsets(self, texts: list[str], tokens: Tokens) -> list[list[tuple[int, int]]]:
-        starts = _split(tokens.start.tolist(), tokens.text, len(texts))
-        ends = _split(tokens.end.tolist(), tokens.text, len(texts))
+        starts = _split(tokens.start, tokens.text, len(texts))
+        ends = _split(tokens.end, tokens.text, len(texts))
         out = []
         for text, row_starts, row_ends in zip(texts, starts, ends):
             spans = self.pipeline.unit_offsets(text)
@@ -473,18 +529,11 @@ def _utf8_length(code_points: torch.Tensor) -> torch.Tensor:
     return 1 + (code_points >= 0x80).long() + (code_points >= 0x800).long() + (code_points >= 0x10000).long()
 
 
-def _to_cpu(tokens: Tokens) -> Tokens:
-    return Tokens(tokens.text.cpu(), tokens.piece.cpu(), tokens.start.cpu(), tokens.end.cpu())
-
-
-def _split(values: list[int], owner: torch.Tensor, n: int) -> list[list[int]]:
-    """Split a flat list (grouped by owner, owners ascending) into ``n`` lists."""
+def _split(values: torch.Tensor, owner: torch.Tensor, n: int) -> list[list[int]]:
+    """Split a flat tensor (grouped by owner, owners ascending) into ``n`` Python lists."""
     counts = torch.bincount(owner.cpu(), minlength=n).tolist() if owner.numel() else [0] * n
-    out, begin = [], 0
-    for count in counts:
-        out.append(values[begin : begin + count])
-        begin += count
-    return out
+    flat = iter(values.tolist())
+    return [list(itertools.islice(flat, count)) for count in counts]
 
 
 def _check_alpha(alpha) -> float | None:

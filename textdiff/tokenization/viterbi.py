@@ -34,33 +34,53 @@ def forward(weights: torch.Tensor, semiring: str) -> torch.Tensor:
     return prefix
 
 
-def predecessors(prefix: torch.Tensor, weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Window index ``j`` of the chosen last edge into every position (§8.5 Gumbel-max form, §8.8 step 4).
+def best_predecessors(prefix: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Window index of the best last edge into every position (max-plus argmax, §8.2); the first maximum (longest
+    piece) wins ties."""
+    windows = prefix[:, :-1].unfold(1, weights.shape[2], 1)  # (R, L, K)
+    return (windows + weights).argmax(2)
 
-    With a generator: ``argmax_j (prefix[s_j] + weights[j] + G_j)``, an exact draw from ``Z(s) e^{αv} / Z(e)``.
-    Without: the max-plus argmax (decoding); the first maximum (longest piece) wins ties.
+
+def backtrack(
+    candidate: torch.Tensor,
+    length: torch.Tensor,
+    table_row: torch.Tensor,
+    choice: torch.Tensor | None = None,
+    prefix: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pieces on one path per row, from the row's end back to 0 (§8.8 step 5, vectorised over rows).
+
+    Row ``i`` reads edge-table row ``table_row[i]`` (several rows may share one: repeated chunks). Decoding passes
+    ``choice`` (per table row, from :func:`best_predecessors`). Sampling passes ``prefix``, ``weights`` and a
+    ``generator`` and draws the predecessor of each visited position as
+    ``argmax_j (log Z(s_j) + alpha v_j + G_j)`` with float64 Gumbel noise (§8.5 Gumbel-max form): an exact draw from
+    ``Z(s) e^{alpha v} / Z(e)``. Draws are independent across positions, so drawing only at the positions the path
+    visits gives the same law as drawing everywhere (§8.8 step 4) at a fraction of the noise.
+    Returns the picked candidates and the row each belongs to.
     """
-    width = weights.shape[2]
-    windows = prefix[:, :-1].unfold(1, width, 1)  # (R, L, K)
-    total = windows + weights
-    if generator is not None:
-        total = total + rng.gumbel(total.shape, generator, total.device)
-    return total.argmax(2)
-
-
-def backtrack(choice: torch.Tensor, candidate: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-    """Candidate indices on the path of every row, from its end back to 0 (§8.8 step 5, vectorised over rows)."""
     width = candidate.shape[2]
-    rows = torch.arange(choice.shape[0], device=choice.device)
-    end = length.clone()
-    picked = []
+    rows = torch.arange(table_row.numel(), device=table_row.device)
+    end = length[table_row]
+    windows = None if prefix is None else prefix[:, :-1].unfold(1, width, 1)
+    picked, owner = [], []
     while rows.numel():
-        j = choice[rows, end - 1]
-        picked.append(candidate[rows, end - 1, j])
+        source = table_row[rows]
+        if choice is not None:
+            j = choice[source, end - 1]
+        else:
+            total = windows[source, end - 1] + weights[source, end - 1]
+            j = (total + rng.gumbel(total.shape, generator, total.device)).argmax(1)
+        picked.append(candidate[source, end - 1, j])
+        owner.append(rows)
         end = end - (width - j)
         alive = end > 0
         rows, end = rows[alive], end[alive]
-    return torch.cat(picked) if picked else torch.zeros(0, dtype=torch.int64, device=choice.device)
+    if not picked:
+        empty = torch.zeros(0, dtype=torch.int64, device=table_row.device)
+        return empty, empty
+    return torch.cat(picked), torch.cat(owner)
 
 
 def log_partition(prefix: torch.Tensor, weights: torch.Tensor, length: torch.Tensor) -> torch.Tensor:

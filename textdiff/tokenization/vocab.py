@@ -5,9 +5,10 @@ follow SentencePiece (normal, unknown, control, user-defined, unused, byte). Onl
 enter the lattice; unknown characters become one ``unk`` edge scored ``min(normal scores) - 10`` (SentencePiece's
 ``kUnkPenalty``), which byte-fallback models later spell as ``<0xNN>`` byte pieces.
 
-Design decision (D10, edge-table construction): the trie is a dense table ``code point -> alphabet id``, a dense
-root-children table, and one open-addressing hash table ``(state, alphabet id) -> child state`` with exact integer
-keys (no hash collisions to verify). The same tensors serve CPU and CUDA lookups.
+Design decision (D10, edge-table construction): the trie is a dense table ``code point -> alphabet id`` plus a
+transition table ``(state, alphabet id) -> child state``: dense (one gather per step) while states x alphabet stays
+below ``DENSE_LIMIT``, otherwise an open-addressing hash table with exact integer keys (no collisions to verify).
+The same tensors serve CPU and CUDA lookups.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ UNK_PENALTY = 10.0
 BYTE_PIECES = [f"<0x{b:02X}>" for b in range(256)]
 _HASH_MULTIPLIER = 0x9E3779B1
 _EMPTY = -1
+DENSE_LIMIT = 1 << 23  # transition-table entries (int32, 32 MiB) below which the trie is a dense table
 
 
 @dataclass
@@ -142,23 +144,19 @@ class PieceTrie:
         max_cp = alphabet[-1] if alphabet else 0
         cid_table = torch.zeros(max_cp + 2, dtype=torch.int64)  # last entry: any code point above max_cp
         cid_table[torch.tensor(alphabet, dtype=torch.int64)] = torch.arange(1, len(alphabet) + 1)
-        root = torch.full((self.alphabet_size,), _EMPTY, dtype=torch.int64)
-        deeper = {}
-        for (state, cid), child in children.items():
-            if state == 0:
-                root[cid] = child
-            else:
-                deeper[state * self.alphabet_size + cid] = child
-        if (len(piece_of_state) * self.alphabet_size) >= 2**31:
+        n_states, width = len(piece_of_state), self.alphabet_size
+        if n_states * width >= 2**31:
             raise ValueError("vocabulary too large for the trie key space (states x alphabet >= 2**31)")
-        keys, values, self.hash_bits, self.max_probe = _open_addressing(deeper)
-        tensors = dict(
-            cid_table=cid_table,
-            root=root,
-            table_keys=keys,
-            table_values=values,
-            piece_of_state=torch.tensor(piece_of_state, dtype=torch.int64),
-        )
+        keys = torch.tensor([state * width + cid for state, cid in children], dtype=torch.int64)
+        values = torch.tensor(list(children.values()), dtype=torch.int64)
+        tensors = dict(cid_table=cid_table, piece_of_state=torch.tensor(piece_of_state, dtype=torch.int64))
+        self.dense = n_states * width <= DENSE_LIMIT
+        if self.dense:  # one gather per step
+            transitions = torch.full((n_states * width,), _EMPTY, dtype=torch.int32)
+            transitions[keys] = values.to(torch.int32)
+            tensors["transitions"] = transitions
+        else:  # large alphabets (e.g. CJK): hash table
+            tensors["table_keys"], tensors["table_values"], self.hash_bits, self.max_probe = _open_addressing(keys, values)
         self._tensors = {name: t.to(device) for name, t in tensors.items()}
         self.device = torch.device(device)
 
@@ -174,8 +172,10 @@ class PieceTrie:
         return self.cid_table[torch.where(units < 0, last, units.clamp(max=last))]
 
     def child(self, state: torch.Tensor, cid: torch.Tensor) -> torch.Tensor:
-        """Child state for ``(state, cid)`` pairs (states > 0), ``-1`` where the trie has no such edge."""
+        """Child state for ``(state, cid)`` pairs (state 0 = root), ``-1`` where the trie has no such edge."""
         key = state * self.alphabet_size + cid
+        if self.dense:
+            return self.transitions[key].long()
         slot = _slot(key, self.hash_bits)
         out = torch.full_like(key, _EMPTY)
         pending = torch.arange(key.numel(), device=key.device)
@@ -192,25 +192,22 @@ class PieceTrie:
 
 
 def _slot(key: torch.Tensor, bits: int) -> torch.Tensor:
-    return ((key * _HASH_MULTIPLIER) >> (32 - bits + 16)) & ((1 << bits) - 1)
+    """Fibonacci hashing of keys < 2**31: top ``bits`` of the low 32 bits of ``key * 0x9E3779B1``."""
+    return ((key * _HASH_MULTIPLIER) & 0xFFFFFFFF) >> (32 - bits)
 
 
-def _open_addressing(entries: dict[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+def _open_addressing(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """Linear-probing table (load <= 1/4) of int keys -> int values; returns keys, values, bits, longest probe."""
-    bits = max(4, math.ceil(math.log2(max(1, 4 * len(entries)))))
+    bits = max(4, math.ceil(math.log2(max(1, 4 * keys.numel()))))
     size = 1 << bits
-    keys = [_EMPTY] * size
-    values = [_EMPTY] * size
-    if entries:
-        home = _slot(torch.tensor(list(entries), dtype=torch.int64), bits).tolist()
-    else:
-        home = []
+    table_keys = [_EMPTY] * size
+    table_values = [_EMPTY] * size
     longest = 0
-    for (key, value), slot in zip(entries.items(), home):
+    for key, value, slot in zip(keys.tolist(), values.tolist(), _slot(keys, bits).tolist()):
         probe = 0
-        while keys[(slot + probe) & (size - 1)] != _EMPTY:
+        while table_keys[(slot + probe) & (size - 1)] != _EMPTY:
             probe += 1
-        keys[(slot + probe) & (size - 1)] = key
-        values[(slot + probe) & (size - 1)] = value
+        table_keys[(slot + probe) & (size - 1)] = key
+        table_values[(slot + probe) & (size - 1)] = value
         longest = max(longest, probe)
-    return torch.tensor(keys, dtype=torch.int64), torch.tensor(values, dtype=torch.int64), bits, longest
+    return torch.tensor(table_keys), torch.tensor(table_values), bits, longest
