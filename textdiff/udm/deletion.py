@@ -39,7 +39,8 @@ from textdiff.udm.sampler import Trajectory, reverse_sample
 __all__ = [
     "Reindex", "Expansion", "expand", "compact", "slot_counts", "count_embeddings", "sample_embedding",
     "DeletionProcess", "InsertionOutput", "ModelInsertionPredictor", "ModelPrediction", "sample_slot_counts",
-    "process_for", "sample_delete",
+    "TrainingTargets", "training_targets", "process_for", "sample_delete", "KeywordSample", "generate_from_keywords", "completeness_score",
+    "elbo_upper_bound",
 ]
 
 
@@ -256,6 +257,16 @@ class DeletionProcess(ForwardProcess):
         l, m = x0.corruptible.sum(1).double(), x_t.corruptible.sum(1).double()
         return torch.log(embeddings) + torch.xlogy(m, alpha) + torch.xlogy(l - m, 1 - alpha)
 
+    def time_for_survival(self, alpha) -> Tensor:
+        """The ``t`` with ``α(t) = alpha`` (bisection on the non-increasing schedule), float64."""
+        alpha = torch.as_tensor(alpha, dtype=torch.float64)
+        low, high = torch.zeros_like(alpha), torch.ones_like(alpha)
+        for _ in range(60):
+            mid = (low + high) / 2
+            above = self.schedule.alpha(mid) > alpha
+            low, high = torch.where(above, mid, low), torch.where(above, high, mid)
+        return (low + high) / 2
+
     # -- corrector ---------------------------------------------------------------------------------------------
     def thin(self, is_new: Tensor, attention_mask: Tensor, t, s, generator: torch.Generator) -> Tensor:
         """Corrector (ALGORITHMS.md §4.4): keep every survivor, keep each inserted token w.p. ``β(s, t)``."""
@@ -269,7 +280,7 @@ class DeletionProcess(ForwardProcess):
         glued = x.protected & torch.isin(x.ids, self.continuation_ids.to(x.device))
         glued[:, :1] = False
         glued &= x.protected.roll(1, dims=1)
-        return torch.cat([glued, torch.zeros_like(glued[:, :1])], dim=1)
+        return torch.cat([glued, glued.new_zeros(glued.shape[0], 1)], dim=1)
 
     # -- reverse step (§1.6, §4.5) ------------------------------------------------------------------------------
     def plan(self, x_t: Batch, t: Tensor, s: Tensor, generator: torch.Generator) -> StepPlan:
@@ -295,6 +306,25 @@ class DeletionProcess(ForwardProcess):
     def prior_sample(self, template: Batch, generator: torch.Generator) -> Batch:
         """``x_1``: the empty sequence, or the template's protected tokens (never deleted, §4.9)."""
         return self.keep_tokens(template, template.attention_mask & template.protected)
+
+
+@dataclass(frozen=True)
+class TrainingTargets:
+    """One forward draw for training (ALGORITHMS.md §4.6): ``x_t``, its slot counts, the expanded sequence ``y``
+    (deleted tokens replaced by ``[MASK]``) and the deleted positions (``fill``), with ``x0`` for the token targets."""
+
+    x_t: Batch
+    counts: Tensor
+    expanded: Tensor
+    fill: Tensor
+
+
+def training_targets(process: DeletionProcess, x0: Batch, t, generator: torch.Generator) -> TrainingTargets:
+    """Targets from the forward process itself (ALGORITHMS.md §4.6): the survivor alignment is known."""
+    deleted = process.corrupted_set(x0, t, process.sample_noise(x0, generator))
+    x_t = process.keep_tokens(x0, x0.attention_mask & ~deleted)
+    counts = slot_counts(x0.attention_mask & ~deleted, x0.attention_mask)
+    return TrainingTargets(x_t, counts, x0.ids.masked_fill(deleted, process.placeholder_id), deleted)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -459,3 +489,175 @@ def sample_delete(
     grid = torch.linspace(t_start, 0.0, steps + 1, dtype=torch.float64)
     return reverse_sample(process, predictor, template, grid=grid, draw=draw, seed=seed, generator=generator,
                           trajectory=trajectory, x_init=start, progress=progress, stats=stats)
+
+
+@dataclass(frozen=True)
+class KeywordSample:
+    """One keyword-anchored sentence: its text, the keyword order it started from and its completeness score."""
+
+    text: str
+    order: tuple[str, ...]
+    score: float
+
+
+def keyword_orders(keywords: Sequence[str], orders: str | int, generator: torch.Generator) -> list[tuple[str, ...]]:
+    """``"given"``: the given order; ``"all"``: every permutation; an int ``k``: the given order + ``k − 1`` random
+    distinct other permutations (all of them when there are fewer)."""
+    every = list(itertools.permutations(keywords))
+    if orders == "given":
+        return [tuple(keywords)]
+    if orders == "all":
+        return every
+    if isinstance(orders, bool) or not isinstance(orders, int) or orders < 1:
+        raise ValueError(f"orders must be 'given', 'all' or an integer >= 1, got {orders!r}")
+    if orders >= len(every):
+        return every
+    rest = torch.randperm(len(every) - 1, generator=generator, device=generator.device).tolist()
+    return [tuple(keywords)] + [every[1 + i] for i in rest[: orders - 1]]
+
+
+def keyword_start(tokenizer, orders: Sequence[Sequence[str]], copies: int, max_length: int) -> Batch:
+    """``x_t`` = the keywords' WordPieces in each order (``copies`` rows per order), all protected (§4.9)."""
+    rows = []
+    for order in orders:
+        pieces = [i for word in order for i in tokenizer(word, add_special_tokens=False)["input_ids"]]
+        if len(pieces) > max_length:
+            raise ValueError(f"keywords take {len(pieces)} tokens, more than max_length={max_length}")
+        rows += [pieces] * copies
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+    mask = torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]
+    return Batch(ids, mask, mask.clone())
+
+
+@torch.no_grad()
+def completeness_score(model, x: Batch, t: float = 1e-3) -> Tensor:
+    """``Σ_j log P(n_j = 0 | x, t)``: the count head's belief that ``x`` is already a whole sentence (rerank score)."""
+    batch = x.ids.shape[0]
+    logits = model.count_logits(x.ids, x.attention_mask, torch.full((batch,), t, dtype=torch.float64))
+    zero = torch.log_softmax(logits.double(), -1)[..., 0]
+    slots = torch.arange(zero.shape[1])[None, :] <= x.lengths[:, None]
+    return (zero * slots).sum(1)
+
+
+def generate_from_keywords(
+    model,
+    tokenizer,
+    keywords: str | Sequence[str],
+    n: int = 1,
+    *,
+    orders: str | int = 6,
+    samples_per_order: int = 4,
+    expected_length: int | None = None,
+    steps: int = 12,
+    fill_mode: str = "iterative",
+    draw: X0Draw | None = None,
+    rerank: bool = True,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> list[KeywordSample]:
+    """Sentences containing every keyword, in order, by the reverse insertion chain from ``x_{t*} = keywords``.
+
+    ALGORITHMS.md §4.9: ``t*`` solves ``α(t*) = m / expected_length`` (``m`` keyword tokens; default
+    ``expected_length = max(14, 2m)``). Each keyword order gets ``samples_per_order`` chains; the ``n`` best distinct
+    sentences by :func:`completeness_score` are returned (``rerank=False``: in generation order). Keywords are
+    protected, so they are never removed; WordPiece continuations glue multi-piece keywords. A keyword may still
+    receive a suffix piece (``dog`` → ``dog ##s``), as CommonGen expects inflections. The law sampled is the
+    length-tilted ``p(x0 | x_{t*} = kw)`` of §4.9, not ``p(x0 | kw ⊂ x0)``.
+    """
+    if isinstance(keywords, str):
+        keywords = keywords.split()
+    keywords = list(keywords)
+    if not keywords or not all(isinstance(k, str) and k.strip() for k in keywords):
+        raise ValueError(f"keywords must be a non-empty list of non-empty strings, got {keywords!r}")
+    for name, value in (("n", n), ("samples_per_order", samples_per_order)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    process = process_for(model, tokenizer)
+    gen = make_generator(seed, generator)
+    chosen = keyword_orders(keywords, orders, gen)
+    start = keyword_start(tokenizer, chosen, samples_per_order, process.max_length)
+    m = int(start.lengths[0])
+    target = max(14, 2 * m) if expected_length is None else expected_length
+    if isinstance(target, bool) or not isinstance(target, int) or target < m or target > process.max_length:
+        raise ValueError(f"expected_length must be an integer in [{m}, max_length={process.max_length}], got {target!r}")
+    t_star = float(process.time_for_survival(torch.tensor(min(m / target, 0.95))))
+    out = sample_delete(ModelInsertionPredictor(model, fill_mode), process, start=start, steps=steps, t_start=t_star,
+                        draw=draw, generator=gen, progress=progress)
+    scores = completeness_score(model, out) if rerank else -torch.arange(out.ids.shape[0], dtype=torch.float64)
+    results, seen = [], set()
+    for row in torch.argsort(scores, descending=True).tolist():
+        text = tokenizer.decode(out.ids[row, : int(out.lengths[row])].tolist(), skip_special_tokens=True)
+        if text not in seen:
+            seen.add(text)
+            results.append(KeywordSample(text, chosen[row // samples_per_order], float(scores[row])))
+    return results[:n]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Likelihood bound (ALGORITHMS.md §4.7, D5 option iii)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def elbo_upper_bound(model, process: DeletionProcess, x0: Batch, generator: torch.Generator,
+                     chunk: int = 16) -> Tensor:
+    """One-sample Monte Carlo estimate, per row, of the continuous-time bound on ``−log p_θ(x0)`` (nats, §4.7).
+
+    ``t ~ U(0, 1)`` stratified over the batch, ``x_t`` and its survivor set from the forward process; then
+    ``η(t) [Σ_j E_θ n_j − Σ_{(j,w)} c log μ̂_θ(j, w) + Σ_{(j,w)} (c log c − c)]`` with the sampled survivor set's
+    counts ``c`` (unbiased for the θ-part, an over-estimate of ``C(x0)`` by convexity) and
+    ``μ̂_θ(j, w) = P(n_j ≥ 1) Σ_r P_fill(w at the r-th placeholder of slot j)`` with ``n_j ~ P(· | n_j ≥ 1)`` and the
+    other slots' counts drawn from the count head and trimmed to the length budget (never zero; ``E log μ̂ ≤ log μ``
+    makes it conservative).
+    The bound is for the aligned-path model with oneshot fill and untruncated independent slot counts (restricted
+    to the length budget), in the fine-grid limit.
+    """
+    batch = x0.ids.shape[0]
+    t = ((uniform((1,), generator, x0.device) + torch.arange(batch, device=x0.device) / batch) % 1.0).clamp(min=1e-4)
+    targets = training_targets(process, x0, t, generator)
+    x_t, counts, deleted = targets.x_t, targets.counts, targets.fill
+    budget = process.max_length - x_t.lengths
+    values = torch.arange(model.config.max_count + 1, device=x0.device)
+    slots = torch.arange(counts.shape[1], device=x0.device)[None, :] <= x_t.lengths[:, None]
+    allowed = (values[None, None, :] <= budget[:, None, None]) & (slots[:, :, None] | (values == 0))
+    log_p = torch.log_softmax(model.count_logits(x_t.ids, x_t.attention_mask, t).double().masked_fill(~allowed, -math.inf), -1)
+    expected_total = (log_p.exp() * values).sum((1, 2))
+
+    # slot of every deleted token of x0, and the (row, slot) pairs that need μ̂
+    slot_of = (x0.attention_mask & ~deleted).long().cumsum(1)
+    pairs = counts.nonzero()
+    pair_index = torch.full(counts.shape, -1, dtype=torch.long, device=x0.device)
+    pair_index[pairs[:, 0], pairs[:, 1]] = torch.arange(len(pairs), device=x0.device)
+    rows, j = pairs[:, 0], pairs[:, 1]
+    sampled = sample_categorical(log_p[rows], generator)
+    at_least_one = log_p[rows, j].clone()
+    at_least_one[:, 0] = -math.inf
+    forced = sample_categorical(at_least_one, generator)
+    sampled[torch.arange(len(pairs)), j] = 0
+    room = (budget[rows] - forced)[:, None] - (sampled.cumsum(1) - sampled)
+    sampled = torch.minimum(sampled, room.clamp(min=0))  # other slots trimmed to the length budget
+    sampled[torch.arange(len(pairs)), j] = forced
+    log_p_occupied = torch.logsumexp(at_least_one, -1)
+    grown = expand(x_t.ids[rows], x_t.attention_mask[rows], sampled, process.placeholder_id, process.pad_id)
+    placeholder_slot = (~grown.is_new & grown.attention_mask).long().cumsum(1)
+    in_slot = grown.is_new & (placeholder_slot == j[:, None])
+    log_mu = []
+    for start in range(0, len(pairs), chunk):
+        part = slice(start, start + chunk)
+        logits = model.token_logits(grown.ids[part], grown.attention_mask[part]).double()
+        log_probs = torch.log_softmax(logits, -1).masked_fill(~in_slot[part, :, None], -math.inf)
+        log_mu.append(torch.logsumexp(log_probs, 1) + log_p_occupied[part, None])
+    log_mu = torch.cat(log_mu) if log_mu else torch.zeros(0, model.config.vocab_size, dtype=torch.float64)
+
+    b_idx, i_idx = deleted.nonzero(as_tuple=True)
+    p_idx = pair_index[b_idx, slot_of[b_idx, i_idx]]
+    cross = torch.zeros(batch, dtype=torch.float64, device=x0.device)
+    cross.index_add_(0, b_idx, log_mu[p_idx, x0.ids[b_idx, i_idx]])
+    keys = torch.stack([b_idx, slot_of[b_idx, i_idx], x0.ids[b_idx, i_idx]], 1)
+    unique, multiplicity = torch.unique(keys, dim=0, return_counts=True) if len(keys) else (keys, keys[:, 0])
+    c_log_c = torch.zeros(batch, dtype=torch.float64, device=x0.device)
+    c_log_c.index_add_(0, unique[:, 0], torch.xlogy(multiplicity.double(), multiplicity.double()))
+    eta = process.schedule.eta(t)
+    return eta * (expected_total - cross + c_log_c - deleted.sum(1).double())
