@@ -18,7 +18,7 @@ class ToyProposal:
 
     def __init__(self, vocab_size: int = 3, top_k: int | None = None, seed: int = 0):
         self.vocab_size, self.top_k, self.placeholder = vocab_size, top_k, vocab_size
-        self.table = torch.randn(vocab_size + 1, vocab_size + 1, 8, vocab_size,
+        self.table = torch.randn(vocab_size + 1, vocab_size + 1, 16, vocab_size,
                                  generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         self.calls = 0
 
@@ -28,7 +28,7 @@ class ToyProposal:
         for tokens, slot in contexts:
             left = tokens[slot - 1] if slot > 0 else self.vocab_size
             right = tokens[slot + 1] if slot + 1 < len(tokens) else self.vocab_size
-            logits = self.table[left, right, len(tokens)].clone()
+            logits = self.table[left, right, min(len(tokens), 15)].clone()
             if self.top_k is not None:
                 logits[torch.argsort(logits, descending=True)[self.top_k:]] = -math.inf
             rows.append(torch.log_softmax(logits, -1))

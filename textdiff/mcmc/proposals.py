@@ -46,11 +46,14 @@ def excluded_mlm_ids(tokenizer) -> list[int]:
 
 
 class MLMProposal:
-    """``g(· | context)`` = masked-LM conditional at the slot (ALGORITHMS.md §7.3, option "full MLM conditional")."""
+    """``g(· | context)`` = masked-LM conditional at the slot (ALGORITHMS.md §7.3, option "full MLM conditional").
+
+    The MLM sees ``[CLS] context suffix_ids [SEP]`` (``suffix_ids``: fixed text after the state, e.g. the final ".").
+    """
 
     def __init__(self, model, tokenizer, top_k: int | None = None, epsilon: float = 0.0,
-                 excluded: Sequence[int] | None = None):
-        self.model, self.tokenizer = model, tokenizer
+                 excluded: Sequence[int] | None = None, suffix_ids: Sequence[int] = ()):
+        self.model, self.tokenizer, self.suffix_ids = model, tokenizer, list(suffix_ids)
         self.top_k, self.epsilon = top_k, epsilon
         self.placeholder = tokenizer.mask_token_id
         self.device = next(model.parameters()).device
@@ -63,11 +66,11 @@ class MLMProposal:
     @torch.no_grad()
     def log_probs(self, contexts: Sequence[Context]) -> torch.Tensor:
         cls, sep, pad = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id, self.tokenizer.pad_token_id
-        width = max(len(tokens) for tokens, _ in contexts) + 2
+        width = max(len(tokens) for tokens, _ in contexts) + 2 + len(self.suffix_ids)
         ids = torch.full((len(contexts), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, (tokens, slot) in enumerate(contexts):
-            seq = [cls, *tokens, sep]
+            seq = [cls, *tokens, *self.suffix_ids, sep]
             seq[slot + 1] = self.placeholder
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
@@ -82,12 +85,15 @@ class CausalLMProposal:
     """Su's / CGMH's proposal: prefix top-K, whole-sentence re-scoring (ALGORITHMS.md §7.7), with prefix KV reuse.
 
     Contexts are in the causal LM's own token space. ``g(w | context) ∝ p_LM(prefix + w + suffix + EOS)`` for ``w``
-    in the top-K next tokens after the prefix (``-inf`` elsewhere), mixed with ``ε`` · uniform when ``epsilon > 0``.
+    in the top-K next tokens after the prefix (``-inf`` elsewhere), mixed with ``ε`` · uniform when ``epsilon > 0``;
+    ``suffix_ids`` is fixed text after the state (scored with every candidate).
     """
 
     def __init__(self, model, tokenizer, top_k: int = 64, epsilon: float = 0.0,
-                 prefix_ids: Sequence[int] | None = None, excluded: Sequence[int] | None = None):
+                 prefix_ids: Sequence[int] | None = None, excluded: Sequence[int] | None = None,
+                 suffix_ids: Sequence[int] = ()):
         self.model, self.tokenizer, self.top_k, self.epsilon = model, tokenizer, top_k, epsilon
+        self.suffix_ids = list(suffix_ids)
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.prefix_ids = list(prefix_ids) if prefix_ids is not None else [bos]
         self.eos_id = tokenizer.eos_token_id
@@ -104,7 +110,7 @@ class CausalLMProposal:
     def log_probs(self, contexts: Sequence[Context]) -> torch.Tensor:
         n, k = len(contexts), self.top_k
         prefixes = [self.prefix_ids + list(tokens[:slot]) for tokens, slot in contexts]
-        suffixes = [list(tokens[slot + 1:]) + [self.eos_id] for tokens, slot in contexts]
+        suffixes = [list(tokens[slot + 1:]) + self.suffix_ids + [self.eos_id] for tokens, slot in contexts]
         p_width = max(map(len, prefixes))
         p_ids = torch.full((n, p_width), self.pad_id, dtype=torch.long)
         p_mask = torch.zeros_like(p_ids)

@@ -1,0 +1,188 @@
+"""Keyword-to-sentence generation, textdiff's main job (``textdiff generate``; ALGORITHMS.md §7).
+
+``KeywordGenerator`` wires the pieces: proposal (masked LM by default, or the causal LM as in Su's CGMH), target
+``γ · log p_LM(text + EOS | BOS)`` under SmolLM2 (``targets.ConstrainedLMTarget``), keyword blocks, annealing and
+batched chains (``mh.MetropolisHastings``).
+
+Design decisions (§10):
+
+* D8 state space = the proposal's tokens. With the MLM proposal the state is uncased WordPiece ids; the text is the
+  WordPiece decoding with its first letter capitalised followed by a fixed ``end`` (default ``"."``, outside the
+  state, also shown to the MLM as right context); SmolLM2 re-tokenises that text. With ``proposal="lm"`` the state is
+  SmolLM2 ids and keyword spans are the tokens of ``" " + keyword``.
+* Proposal: full MLM conditional (special and ``[unused]`` ids excluded), top-K off, ``ε = 0`` (full support
+  already); move probabilities 1/3; ``γ = 0.8``; ``max_length = 24`` proposal tokens; target on sequences
+  (``π/N_K``).
+* Unordered keywords: every (order x inflected form) start is ranked by its target ``log π`` and chains start from
+  the best ``chains`` of them; each chain keeps the best-π state it visits (D9 geometric annealing 1 -> 0.05 at 80 %
+  of the steps); the ``n`` best distinct sentences are returned.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from textdiff import rng
+from textdiff.mcmc.keywords import candidate_starts, inflections, parse_keywords
+from textdiff.mcmc.mh import MetropolisHastings, State, temperature_schedule
+from textdiff.mcmc.proposals import CausalLMProposal, MLMProposal
+from textdiff.mcmc.targets import CausalLMScorer, ConstrainedLMTarget, KeywordMeasure, keyword_spans
+
+MAX_STARTS = 64
+
+
+@dataclass
+class Sentence:
+    """One generated sentence with its scores."""
+
+    text: str
+    log_pi: float
+    lm_log_prob: float
+    lm_tokens: int
+    keywords: list[str]
+    chain: int
+    acceptance: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def capitalize(text: str) -> str:
+    text = text.strip()
+    return text[:1].upper() + text[1:]
+
+
+class KeywordGenerator:
+    """Generate sentences containing keywords with MH chains (models loaded once, reused across calls)."""
+
+    def __init__(self, lm, lm_tokenizer, mlm=None, mlm_tokenizer=None, *, proposal: str = "mlm", gamma: float = 0.8,
+                 max_length: int = 24, end: str = ".", top_k: int | None = None, epsilon: float = 0.0,
+                 lm_top_k: int = 64):
+        if proposal not in ("mlm", "lm"):
+            raise ValueError(f"proposal must be 'mlm' or 'lm', got {proposal!r}")
+        if proposal == "mlm" and mlm is None:
+            raise ValueError("proposal='mlm' needs a masked LM (mlm=...)")
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        self.scorer = CausalLMScorer(lm, lm_tokenizer)
+        self.lm_tokenizer, self.mlm_tokenizer = lm_tokenizer, mlm_tokenizer
+        self.kind, self.gamma, self.max_length, self.end = proposal, gamma, max_length, end
+        if proposal == "mlm":
+            end_ids = mlm_tokenizer.encode(end, add_special_tokens=False) if end else []
+            self.proposal = MLMProposal(mlm, mlm_tokenizer, top_k=top_k, epsilon=epsilon, suffix_ids=end_ids)
+        else:
+            self.proposal = CausalLMProposal(lm, lm_tokenizer, top_k=lm_top_k, epsilon=epsilon,
+                                             suffix_ids=lm_tokenizer.encode(end, add_special_tokens=False))
+
+    # --- token spaces -------------------------------------------------------------------------------------------
+    def decode(self, tokens: Sequence[int]) -> str:
+        """The sentence a state stands for."""
+        if self.kind == "mlm":
+            return capitalize(self.mlm_tokenizer.decode(list(tokens)) + self.end)
+        return capitalize(self.lm_tokenizer.decode(list(tokens)) + self.end)
+
+    def to_lm_ids(self, tokens: Sequence[int]) -> list[int]:
+        if self.kind == "mlm":
+            return self.lm_tokenizer.encode(self.decode(tokens), add_special_tokens=False)
+        return list(tokens) + self.lm_tokenizer.encode(self.end, add_special_tokens=False)
+
+    def keyword_span(self, word: str) -> tuple[int, ...]:
+        """Token span of one keyword in the state space; ``ValueError`` if the tokenizer cannot encode it."""
+        if self.kind == "mlm":
+            tok = self.mlm_tokenizer
+            ids = tok.encode(word, add_special_tokens=False)
+            bad = not ids or tok.unk_token_id in ids
+        else:
+            ids = self.lm_tokenizer.encode(" " + word, add_special_tokens=False)
+            bad = not ids or self.lm_tokenizer.decode(ids).strip() != word
+        if bad:
+            raise ValueError(f"keywords: {word!r} cannot be encoded by the proposal tokenizer")
+        return tuple(ids)
+
+    def keyword_forms(self, word: str, inflect: bool) -> list[tuple[int, ...]]:
+        """The lemma's span, plus (``inflect``) the inflected forms that are single tokens of the vocabulary."""
+        spans = [self.keyword_span(word)]
+        if inflect:
+            for form in inflections(word)[1:]:
+                try:
+                    span = self.keyword_span(form)
+                except ValueError:
+                    continue
+                if len(span) == 1 and span not in spans:
+                    spans.append(span)
+        return spans
+
+    # --- generation ---------------------------------------------------------------------------------------------
+    def make_target(self, min_length: int, banned: Sequence[str], soft: Sequence[Callable]):
+        return KeywordMeasure(ConstrainedLMTarget(
+            self.scorer, self.decode, self.to_lm_ids, gamma=self.gamma, min_length=min_length,
+            max_length=self.max_length, banned=banned, soft=soft))
+
+    def generate(self, keywords: str | Iterable[str], n: int = 1, *, steps: int = 200, chains: int | None = None,
+                 seed: int | None = None, inflect: bool = False, schedule: str = "geometric",
+                 temperature: float = 1.0, final_temperature: float = 0.05, output: str = "best",
+                 min_length: int = 1, banned: Sequence[str] = (), soft: Sequence[Callable] = (),
+                 progress: bool = False) -> list[Sentence]:
+        """``n`` sentences containing every keyword, best first (see the module docstring for the method)."""
+        words = parse_keywords(keywords)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if not temperature > 0 or not final_temperature > 0:
+            raise ValueError(f"temperature and final_temperature must be > 0, got {temperature}, {final_temperature}")
+        if output not in ("best", "final"):
+            raise ValueError(f"output must be 'best' or 'final', got {output!r}")
+        chains = max(n, 4) if chains is None else chains
+        if chains < 1:
+            raise ValueError(f"chains must be >= 1, got {chains}")
+        forms = [self.keyword_forms(w, inflect) for w in words]
+        if sum(len(f[0]) for f in forms) > self.max_length:
+            raise ValueError(f"max_length={self.max_length} is smaller than the {sum(len(f[0]) for f in forms)} "
+                             f"keyword tokens; raise max_length or use fewer keywords")
+        generator = rng.make_generator(seed)
+        target = self.make_target(min_length, banned, soft)
+        starts = [State.from_keywords(spans) for spans in candidate_starts(forms, MAX_STARTS, generator)]
+        starts = [s for s in starts if len(s.tokens) <= self.max_length]
+        start_scores = target.log_prob(starts)
+        ranked = torch.argsort(start_scores, descending=True, stable=True).tolist()
+        initial = [starts[ranked[c % len(ranked)]] for c in range(chains)]
+        sampler = MetropolisHastings(self.proposal, target, max_length=self.max_length)
+        temperatures = temperature_schedule(steps, schedule, temperature, final_temperature)
+        result = sampler.run(initial, steps, temperatures=temperatures, generator=generator, progress=progress)
+        states, scores = (result.best, result.best_log_pi) if output == "best" else (result.final, result.final_log_pi)
+        order = sorted(range(chains), key=lambda c: -scores[c])
+        lm_scores = self.scorer.log_prob_ids([self.to_lm_ids(states[c].tokens) for c in order])
+        sentences, seen = [], set()
+        for rank, c in enumerate(order):
+            text = self.decode(states[c].tokens)
+            if text in seen:
+                continue
+            seen.add(text)
+            used = [self.lm_tokenizer.decode(list(s)).strip() if self.kind == "lm" else self.mlm_tokenizer.decode(list(s))
+                    for s in keyword_spans(states[c])]
+            sentences.append(Sentence(text, scores[c], float(lm_scores[rank]),
+                                      len(self.to_lm_ids(states[c].tokens)) + 1, used, c,
+                                      result.accepted[c] / result.proposed[c]))
+        return sentences[:n]
+
+
+@functools.lru_cache(maxsize=4)
+def default_generator(lm: str | None = None, mlm: str | None = None, device: str = "cpu", proposal: str = "mlm"
+                      ) -> KeywordGenerator:
+    """A ``KeywordGenerator`` on the default (or named) models, loaded once per process."""
+    from textdiff.models.loading import load_lm, load_mlm
+
+    lm_model, lm_tok = load_lm(lm, device=device)
+    mlm_model, mlm_tok = load_mlm(mlm, device=device) if proposal == "mlm" else (None, None)
+    return KeywordGenerator(lm_model, lm_tok, mlm_model, mlm_tok, proposal=proposal)
+
+
+def generate(keywords: str | Iterable[str], n: int = 1, *, lm: str | None = None, mlm: str | None = None,
+             device: str = "cpu", proposal: str = "mlm", **kwargs) -> list[Sentence]:
+    """``n`` sentences containing every keyword, on the default SmolLM2 + MiniLM models (the CLI's API)."""
+    return default_generator(lm, mlm, device, proposal).generate(keywords, n, **kwargs)
