@@ -108,10 +108,8 @@ def chunk_stream(texts: list[list[str]] | list[str], split_at: str | None, devic
 
 
 def find_candidates(units: torch.Tensor, trie: PieceTrie, unk_id: int | None) -> Candidates:
-    """Every ``(start, length, piece)`` with ``units[start:start+length]`` a piece, plus ``unk`` edges.
-
-    A character with no single-character piece gets a one-unit ``unk_id`` edge (SentencePiece's rule); without an
-    unk piece such a character raises ``ValueError``.
+    """Every ``(start, length, piece)`` with ``units[start:start+length]`` a piece, plus ``unk`` edges: a character
+    with no single-character piece gets a one-unit ``unk_id`` edge (SentencePiece's rule) when there is an unk piece.
     """
     cid = trie.code_ids(units)
     is_text = units >= 0
@@ -133,13 +131,7 @@ def find_candidates(units: torch.Tensor, trie: PieceTrie, unk_id: int | None) ->
         if k == 1:
             single[starts[-1]] = pieces[-1]
     uncovered = torch.nonzero(is_text & (single < 0)).flatten()
-    if uncovered.numel():
-        if unk_id is None:
-            where = int(uncovered[0])
-            raise ValueError(
-                f"character {chr(int(units[where]))!r} is in no piece and the vocabulary has neither an unknown "
-                "piece nor byte fallback, so the text has no segmentation"
-            )
+    if uncovered.numel() and unk_id is not None:
         starts.append(uncovered)
         lengths.append(torch.ones_like(uncovered))
         pieces.append(torch.full_like(uncovered, unk_id))
@@ -215,3 +207,21 @@ def edge_tables(cands: Candidates, segs: Segments, max_len: int) -> list[EdgeTab
             rows = order[cuts[k] : cuts[k + 1]]
             tables.append(EdgeTable(rows, segs.length[rows], buffer[start : start + n * hi * w].view(n, hi, w)))
     return tables
+
+
+def require_segmentable(units: torch.Tensor, segs: Segments, reached: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming a chunk whose end no path of pieces reaches (``reached``: one flag per segment)."""
+    if bool(reached.all()):
+        return
+    seg = int(torch.nonzero(~reached)[0])
+    first = int(segs.first[seg])
+    begin, end = first, first
+    while begin > 0 and int(units[begin - 1]) >= 0:
+        begin -= 1
+    while end < units.numel() and int(units[end]) >= 0:
+        end += 1
+    text = "".join(chr(int(c)) for c in units[begin:end].tolist())
+    raise ValueError(
+        f"{text!r} cannot be segmented: no sequence of pieces covers it and the vocabulary has neither an unknown "
+        "piece nor byte fallback (add single-character pieces, an unk piece or byte_fallback=True)"
+    )

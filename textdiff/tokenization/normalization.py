@@ -123,7 +123,7 @@ class TextPipeline:
 
     def pieces_of_text(self, texts: list[str]) -> list[str] | list[list[str]]:
         """Normalised texts, or the list of pre-tokens of each when the pipeline has a pre-tokenizer."""
-        normalized = [self.normalize(text) for text in texts]
+        normalized = list(texts) if self._full is None else [self.normalize(text) for text in texts]
         if self.pre_tokenizer is None:
             return normalized
         return [[word for word, _ in self.pre_tokenizer.pre_tokenize_str(text)] for text in normalized]

@@ -16,7 +16,6 @@ user-defined pieces (SentencePiece matches those before normalising). Sampling a
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -91,7 +90,7 @@ class UnigramTokenizer:
         """Load a SentencePiece unigram ``.model`` file (no protobuf needed); same normaliser and pieces."""
         data = Path(path).read_bytes()
         model = parse_model(data)
-        vocab = Vocab(model.pieces, model.scores, model.kinds, None, model.byte_fallback, model.unk_surface)
+        vocab = Vocab(model.pieces, model.scores, model.kinds, None, model.byte_fallback, model.unk_surface, True)
         return cls(vocab, TextPipeline.sentencepiece(model))
 
     @classmethod
@@ -292,10 +291,13 @@ class UnigramTokenizer:
             score = self._scores.to(device)[cands.piece].double()
             weight = (alpha * score).requires_grad_()
             row_log_z = torch.zeros(segs.first.numel(), dtype=torch.float64, device=device)
+            reached = torch.bincount(segs.of_candidate, minlength=segs.first.numel()) > 0
             for table in lattice.edge_tables(cands, segs, trie.max_len):
                 weights = table.gather(weight, reach_padding=True)
                 z = viterbi.log_partition(viterbi.forward(weights, "log"), weights, table.length)
+                reached[table.rows] &= torch.isfinite(z.detach())
                 row_log_z = row_log_z.index_put((table.rows,), z)
+            lattice.require_segmentable(units, segs, reached)
             alone = segs.length[segs.of_candidate] == 1
             row_log_z = row_log_z.index_add(0, segs.of_candidate[alone], weight[alone])
             (marginal,) = torch.autograd.grad(row_log_z.sum(), weight)  # forward-backward = gradient of log Z
@@ -336,12 +338,12 @@ class UnigramTokenizer:
         path = Path(path)
         blob = "\n".join(self.vocab.pieces).encode("utf-8")
         tensors = {
-            "scores": torch.tensor(self.vocab.scores, dtype=torch.float32),
+            "scores": torch.tensor(self.vocab.scores, dtype=torch.float64),
             "kinds": torch.tensor(self.vocab.kinds, dtype=torch.int8),
             "pieces_utf8": torch.frombuffer(bytearray(blob), dtype=torch.uint8).clone(),
         }
         config = {"unk_id": self.vocab.unk_id, "byte_fallback": self.vocab.byte_fallback}
-        config["unk_surface"] = self.vocab.unk_surface
+        config.update(unk_surface=self.vocab.unk_surface, float32_scores=self.vocab.float32_scores)
         if any("\n" in p for p in self.vocab.pieces):
             config["pieces"] = self.vocab.pieces
         metadata = {"format": FORMAT, "config": json.dumps(config), "pipeline": self.pipeline.to_json()}
@@ -444,21 +446,33 @@ class UnigramTokenizer:
         units = stream.units
         cands = lattice.find_candidates(units, trie, self.vocab.unk_id)
         segs = lattice.find_segments(units, cands)
-        scores = self._scores.to(device)[cands.piece]
+        scores = self._scores.to(device)[cands.piece]  # decoding: in the model's score precision (module docstring)
         occurrences = _Occurrences(stream.occ_chunk, stream.chunk_of[segs.first], stream.chunk_len.numel())
 
         single = torch.nonzero(segs.length[segs.of_candidate] == 1).flatten()
         row, occ = occurrences.expand(segs.of_candidate[single])
         picked, picked_occ = [single[row]], [occ]
+        checked = self.vocab.unk_id is not None  # with an unk piece every text is segmentable
+        reached = torch.bincount(segs.of_candidate, minlength=segs.first.numel()) > 0
+        work = []
         for table in lattice.edge_tables(cands, segs, trie.max_len):
-            row, occ = occurrences.expand(table.rows)
             if alpha is None:
                 weights = table.gather(scores)
-                choice = viterbi.best_predecessors(viterbi.forward(weights, "max"), weights)
-                cand, owner = viterbi.backtrack(table.candidate, table.length, row, choice=choice)
+                prefix = viterbi.forward(weights, "max")
             else:
                 weights = table.gather(alpha * scores.double())
                 prefix = viterbi.forward(weights, "log")
+            if not checked:
+                reached[table.rows] &= torch.isfinite(viterbi.log_partition(prefix, weights, table.length))
+            work.append((table, weights, prefix))
+        if not checked:
+            lattice.require_segmentable(units, segs, reached)
+        for table, weights, prefix in work:
+            row, occ = occurrences.expand(table.rows)
+            if alpha is None:
+                choice = viterbi.best_predecessors(prefix, weights)
+                cand, owner = viterbi.backtrack(table.candidate, table.length, row, choice=choice)
+            else:
                 cand, owner = viterbi.backtrack(table.candidate, table.length, row, None, prefix, weights, gen)
             picked.append(cand)
             picked_occ.append(occ[owner])
@@ -531,9 +545,10 @@ def _utf8_length(code_points: torch.Tensor) -> torch.Tensor:
 
 def _split(values: torch.Tensor, owner: torch.Tensor, n: int) -> list[list[int]]:
     """Split a flat tensor (grouped by owner, owners ascending) into ``n`` Python lists."""
-    counts = torch.bincount(owner.cpu(), minlength=n).tolist() if owner.numel() else [0] * n
-    flat = iter(values.tolist())
-    return [list(itertools.islice(flat, count)) for count in counts]
+    counts = torch.bincount(owner.cpu(), minlength=n) if owner.numel() else torch.zeros(n, dtype=torch.int64)
+    ends = torch.cumsum(counts, 0)
+    flat = values.tolist()
+    return [flat[begin:end] for begin, end in zip((ends - counts).tolist(), ends.tolist())]
 
 
 def _check_alpha(alpha) -> float | None:

@@ -29,7 +29,8 @@ DENSE_LIMIT = 1 << 23  # transition-table entries (int32, 32 MiB) below which th
 
 @dataclass
 class Vocab:
-    """Pieces with float32 scores (as SentencePiece stores them) and kinds; ids are list positions."""
+    """Pieces with scores and kinds; ids are list positions. ``float32_scores``: the scores are float32 numbers and
+    lattice arithmetic for decoding happens in float32 (SentencePiece models)."""
 
     pieces: list[str]
     scores: list[float]
@@ -37,6 +38,7 @@ class Vocab:
     unk_id: int | None = None
     byte_fallback: bool = False
     unk_surface: str = " \u2047 "
+    float32_scores: bool = False
     index: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -73,14 +75,19 @@ class Vocab:
     def byte_ids(self) -> list[int]:
         return [self.index[p] for p in BYTE_PIECES] if self.byte_fallback else []
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32 if self.float32_scores else torch.float64
+
     def lattice_scores(self) -> torch.Tensor:
-        """Edge score of every id as SentencePiece's lattice uses it (float32; NaN for ids outside the lattice)."""
-        scores = torch.tensor(self.scores, dtype=torch.float32)
+        """Edge score of every id as SentencePiece's lattice uses it (NaN for ids outside the lattice), in
+        :attr:`dtype`: user-defined pieces ``len(bytes) * max - 0.1``, unk ``min - 10`` over normal pieces."""
+        scores = torch.tensor(self.scores, dtype=self.dtype)
         kinds = torch.tensor(self.kinds)
         normal = kinds == NORMAL
-        lowest = scores[normal].min() if normal.any() else torch.tensor(0.0)
-        highest = scores[normal].max() if normal.any() else torch.tensor(0.0)
-        out = torch.where(normal, scores, torch.tensor(float("nan")))
+        lowest = scores[normal].min() if normal.any() else scores.new_zeros(())
+        highest = scores[normal].max() if normal.any() else scores.new_zeros(())
+        out = torch.where(normal, scores, scores.new_tensor(float("nan")))
         for i in torch.nonzero(kinds == USER_DEFINED).flatten().tolist():
             out[i] = len(self.pieces[i].encode("utf-8")) * highest - 0.1
         if self.unk_id is not None:
