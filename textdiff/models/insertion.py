@@ -18,7 +18,7 @@ import math
 
 import torch
 from torch import Tensor, nn
-from transformers import BertConfig, BertModel, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, BertConfig, BertModel, PretrainedConfig, PreTrainedModel
 
 
 class InsertionConfig(PretrainedConfig):
@@ -96,9 +96,6 @@ class InsertionModel(PreTrainedModel):
         )
         self.token_transform = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden))
         self.token_decoder = nn.Linear(hidden, config.vocab_size)
-        excluded = torch.zeros(config.vocab_size, dtype=torch.bool)
-        excluded[list(config.excluded_token_ids)] = True
-        self.register_buffer("excluded_tokens", excluded, persistent=False)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -133,8 +130,12 @@ class InsertionModel(PreTrainedModel):
     def token_logits(self, ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Token logits ``[B, L, V]`` on an expanded sequence; special tokens get ``−inf``."""
         hidden = self._encode(ids, attention_mask, None)[:, 1:-1]
-        logits = self.token_decoder(self.token_transform(hidden)).float()
-        return logits.masked_fill(self.excluded_tokens, -math.inf)
+        return self._exclude(self.token_decoder(self.token_transform(hidden)).float())
+
+    def _exclude(self, logits: Tensor) -> Tensor:
+        """Special tokens can never be inserted: their logits become ``−inf``."""
+        excluded = torch.as_tensor(self.config.excluded_token_ids, dtype=torch.long, device=logits.device)
+        return logits.index_fill(-1, excluded, -math.inf)
 
     def forward(self, ids_t, mask_t, t, ids_expanded, mask_expanded, target_counts=None, fill_positions=None,
                 target_ids=None):
@@ -144,8 +145,7 @@ class InsertionModel(PreTrainedModel):
         """
         count_logits = self.count_logits(ids_t, mask_t, t)
         hidden = self._encode(ids_expanded, mask_expanded, None)[:, 1:-1]
-        token_logits = self.token_decoder(self.token_transform(hidden[fill_positions])).float()
-        token_logits = token_logits.masked_fill(self.excluded_tokens, -math.inf)
+        token_logits = self._exclude(self.token_decoder(self.token_transform(hidden[fill_positions])).float())
         if target_counts is None:
             return count_logits, token_logits
         slots = torch.arange(count_logits.shape[1], device=ids_t.device)[None, :] <= mask_t.sum(1)[:, None]
@@ -173,3 +173,7 @@ def init_from_bert(model: InsertionModel, bert_dir: str) -> InsertionModel:
             layer_t.load_state_dict(layer_s.state_dict())
     model.tie_weights()
     return model
+
+
+AutoConfig.register(InsertionConfig.model_type, InsertionConfig)
+AutoModel.register(InsertionConfig, InsertionModel)

@@ -39,7 +39,7 @@ from textdiff.udm.sampler import Trajectory, reverse_sample
 __all__ = [
     "Reindex", "Expansion", "expand", "compact", "slot_counts", "count_embeddings", "sample_embedding",
     "DeletionProcess", "InsertionOutput", "ModelInsertionPredictor", "ModelPrediction", "sample_slot_counts",
-    "TrainingTargets", "training_targets", "process_for", "sample_delete", "KeywordSample", "generate_from_keywords", "completeness_score",
+    "TrainingTargets", "training_targets", "process_for", "sample_delete", "KeywordSample", "generate_from_keywords", "pseudo_log_likelihood",
     "elbo_upper_bound",
 ]
 
@@ -493,7 +493,7 @@ def sample_delete(
 
 @dataclass(frozen=True)
 class KeywordSample:
-    """One keyword-anchored sentence: its text, the keyword order it started from and its completeness score."""
+    """One keyword-anchored sentence: its text, the keyword order it started from and its rerank score."""
 
     text: str
     order: tuple[str, ...]
@@ -531,13 +531,20 @@ def keyword_start(tokenizer, orders: Sequence[Sequence[str]], copies: int, max_l
 
 
 @torch.no_grad()
-def completeness_score(model, x: Batch, t: float = 1e-3) -> Tensor:
-    """``Σ_j log P(n_j = 0 | x, t)``: the count head's belief that ``x`` is already a whole sentence (rerank score)."""
-    batch = x.ids.shape[0]
-    logits = model.count_logits(x.ids, x.attention_mask, torch.full((batch,), t, dtype=torch.float64))
-    zero = torch.log_softmax(logits.double(), -1)[..., 0]
-    slots = torch.arange(zero.shape[1])[None, :] <= x.lengths[:, None]
-    return (zero * slots).sum(1)
+def pseudo_log_likelihood(model, x: Batch, chunk: int = 256) -> Tensor:
+    """Mean over tokens of ``log P_fill(x_i | x with position i masked)`` per row (a rerank heuristic, not a bound)."""
+    lengths = x.lengths
+    rows = torch.repeat_interleave(torch.arange(x.ids.shape[0], device=x.device), lengths)
+    positions = torch.cat([torch.arange(int(n), device=x.device) for n in lengths])
+    total = torch.zeros(x.ids.shape[0], dtype=torch.float64, device=x.device)
+    for start in range(0, len(rows), chunk):
+        r, p = rows[start : start + chunk], positions[start : start + chunk]
+        ids = x.ids[r].clone()
+        targets = ids[torch.arange(len(r)), p]
+        ids[torch.arange(len(r)), p] = model.config.mask_token_id
+        logits = model.token_logits(ids, x.attention_mask[r])[torch.arange(len(r)), p].double()
+        total.index_add_(0, r, torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1))
+    return total / lengths.clamp(min=1)
 
 
 def generate_from_keywords(
@@ -552,7 +559,7 @@ def generate_from_keywords(
     steps: int = 12,
     fill_mode: str = "iterative",
     draw: X0Draw | None = None,
-    rerank: bool = True,
+    rerank: str = "pll",
     seed: int | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
@@ -561,7 +568,8 @@ def generate_from_keywords(
 
     ALGORITHMS.md §4.9: ``t*`` solves ``α(t*) = m / expected_length`` (``m`` keyword tokens; default
     ``expected_length = max(14, 2m)``). Each keyword order gets ``samples_per_order`` chains; the ``n`` best distinct
-    sentences by :func:`completeness_score` are returned (``rerank=False``: in generation order). Keywords are
+    sentences by the mean pseudo-log-likelihood of the token head are returned (``rerank="pll"``; ``"none"``: in
+    generation order). Keywords are
     protected, so they are never removed; WordPiece continuations glue multi-piece keywords. A keyword may still
     receive a suffix piece (``dog`` → ``dog ##s``), as CommonGen expects inflections. The law sampled is the
     length-tilted ``p(x0 | x_{t*} = kw)`` of §4.9, not ``p(x0 | kw ⊂ x0)``.
@@ -585,7 +593,9 @@ def generate_from_keywords(
     t_star = float(process.time_for_survival(torch.tensor(min(m / target, 0.95))))
     out = sample_delete(ModelInsertionPredictor(model, fill_mode), process, start=start, steps=steps, t_start=t_star,
                         draw=draw, generator=gen, progress=progress)
-    scores = completeness_score(model, out) if rerank else -torch.arange(out.ids.shape[0], dtype=torch.float64)
+    if rerank not in ("pll", "none"):
+        raise ValueError(f"rerank must be 'pll' or 'none', got {rerank!r}")
+    scores = pseudo_log_likelihood(model, out) if rerank == "pll" else -torch.arange(len(out.ids), dtype=torch.float64)
     results, seen = [], set()
     for row in torch.argsort(scores, descending=True).tolist():
         text = tokenizer.decode(out.ids[row, : int(out.lengths[row])].tolist(), skip_special_tokens=True)

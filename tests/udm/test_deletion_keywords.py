@@ -1,0 +1,90 @@
+"""Keyword-anchored generation with the deletion process (ALGORITHMS.md §4.9)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from textdiff.models.insertion import InsertionConfig, InsertionModel
+from textdiff.udm.deletion import (
+    ModelInsertionPredictor,
+    generate_from_keywords,
+    keyword_orders,
+    keyword_start,
+    process_for,
+    sample_delete,
+)
+from textdiff.rng import make_generator
+
+SHIPPED = Path(__file__).resolve().parents[2] / "data" / "models" / "insertion"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(str(SHIPPED))
+
+
+@pytest.fixture(scope="module")
+def random_model(tokenizer):
+    """An untrained network: it inserts anything anywhere, the harshest test of the keyword guarantees."""
+    torch.manual_seed(0)
+    config = InsertionConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                             num_attention_heads=2, intermediate_size=64, max_seq_length=20, max_count=20,
+                             excluded_token_ids=tuple(tokenizer.all_special_ids))
+    return InsertionModel(config).eval()
+
+
+def contains_in_order(ids: list[int], pieces: list[list[int]]) -> bool:
+    """Every keyword's WordPieces appear contiguously, keywords in the given order."""
+    at = 0
+    for word in pieces:
+        while at + len(word) <= len(ids) and ids[at : at + len(word)] != word:
+            at += 1
+        if at + len(word) > len(ids):
+            return False
+        at += len(word)
+    return True
+
+
+def test_keywords_stay_in_order_and_intact(random_model, tokenizer):
+    orders = keyword_orders(["skateboard", "dog", "frisbee"], "all", make_generator(0))
+    assert len(orders) == 6 and len(set(orders)) == 6
+    start = keyword_start(tokenizer, orders, 8, 20)
+    process = process_for(random_model, tokenizer)
+    out = sample_delete(ModelInsertionPredictor(random_model, "oneshot"), process, start=start, steps=6,
+                        t_start=0.8, seed=0)
+    grew = 0
+    for row in range(out.ids.shape[0]):
+        ids = out.ids[row, : int(out.lengths[row])].tolist()
+        pieces = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in orders[row // 8]]
+        assert any(len(p) > 1 for p in pieces)  # "skateboard"/"frisbee" are multi-piece: glue is exercised
+        assert contains_in_order(ids, pieces), tokenizer.convert_ids_to_tokens(ids)
+        grew += len(ids) > sum(map(len, pieces))
+    assert grew > out.ids.shape[0] // 2
+
+
+def test_shipped_model_writes_sentences_around_keywords(tokenizer):
+    model = InsertionModel.from_pretrained(str(SHIPPED), dtype=torch.float32).eval()
+    samples = generate_from_keywords(model, tokenizer, "dog frisbee catch", n=3, orders=3, samples_per_order=2,
+                                     steps=8, seed=0)
+    assert 1 <= len(samples) <= 3
+    for sample in samples:
+        ids = tokenizer(sample.text, add_special_tokens=False)["input_ids"]
+        pieces = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in sample.order]
+        assert contains_in_order(ids, pieces), sample
+        assert len(sample.text.split()) > 3
+    assert [s.score for s in samples] == sorted((s.score for s in samples), reverse=True)
+
+
+def test_keyword_bad_input(random_model, tokenizer):
+    with pytest.raises(ValueError, match="max_length=20"):
+        generate_from_keywords(random_model, tokenizer, ["antidisestablishmentarianism"] * 5, seed=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        generate_from_keywords(random_model, tokenizer, [], seed=0)
+    with pytest.raises(ValueError, match="orders"):
+        generate_from_keywords(random_model, tokenizer, "dog", orders=0, seed=0)
+    with pytest.raises(ValueError, match="expected_length"):
+        generate_from_keywords(random_model, tokenizer, "dog cat", expected_length=99, seed=0)
