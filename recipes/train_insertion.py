@@ -23,7 +23,7 @@ import torch
 
 from textdiff.models.insertion import InsertionConfig, InsertionModel, init_from_bert
 from textdiff.rng import make_generator, uniform
-from textdiff.udm.deletion import DeletionProcess, training_targets
+from textdiff.udm.deletion import DeletionProcess, elbo_upper_bound, training_targets
 from textdiff.udm.process import Batch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,6 +85,23 @@ def evaluate(model, process, rows, batch_size: int, seed: int) -> dict:
     }
 
 
+@torch.no_grad()
+def elbo_per_token(model, process, rows, batch_size: int, repeats: int, seed: int) -> dict:
+    """Monte Carlo upper bound on −log p_θ(x0) (ALGORITHMS.md §4.7, D5 iii): nats per WordPiece ± standard error."""
+    model.eval()
+    generator = make_generator(seed)
+    per_sentence = []
+    for start in range(0, len(rows), batch_size):
+        ids0, mask0 = pad_batch(rows[start : start + batch_size], process.pad_id)
+        draws = torch.stack([elbo_upper_bound(model, process, Batch(ids0, mask0), generator) for _ in range(repeats)])
+        per_sentence.append(draws.mean(0) / mask0.sum(1))
+    values = torch.cat(per_sentence)
+    model.train()
+    return {"elbo_nats_per_token_upper_bound": float(values.mean()),
+            "elbo_standard_error": float(values.std() / math.sqrt(len(values))), "elbo_sentences": len(values),
+            "elbo_time_draws_per_sentence": repeats}
+
+
 def save_fp16(model, tokenizer, out: Path, card: dict) -> None:
     """Atomic save: write fp16 safetensors + tokenizer + metrics into a temp dir, then swap it in."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +139,9 @@ def main(argv=None) -> int:
     parser.add_argument("--time-limit", type=float, default=0, help="stop after this many minutes (0 = no limit)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-only", action="store_true",
+                        help="evaluate the model in --out (accuracies + ELBO bound) and update its training_metrics.json")
+    parser.add_argument("--elbo-sentences", type=int, default=200, help="held-out sentences for the ELBO bound")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -140,10 +160,20 @@ def main(argv=None) -> int:
         cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id,
         excluded_token_ids=tuple(tokenizer.all_special_ids),
     )
+    process = DeletionProcess(tokenizer.mask_token_id, tokenizer.pad_token_id, args.max_length)
+    if args.eval_only:
+        model = InsertionModel.from_pretrained(args.out, dtype=torch.float32)
+        card = json.loads((args.out / "training_metrics.json").read_text())
+        card.update(evaluate(model, process, held_out, 100, seed=1234))
+        card.update(elbo_per_token(model, process, held_out[: args.elbo_sentences], 50, 2, seed=4321))
+        tmp = args.out / "training_metrics.json.tmp"
+        tmp.write_text(json.dumps(card, indent=2) + "\n")
+        os.replace(tmp, args.out / "training_metrics.json")
+        print(json.dumps(card, indent=2))
+        return 0
     model = InsertionModel(config)
     if args.init_from:
         init_from_bert(model, args.init_from)
-    process = DeletionProcess(tokenizer.mask_token_id, tokenizer.pad_token_id, args.max_length)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda k: min(1.0, (k + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(k / args.steps, 1.0))))
