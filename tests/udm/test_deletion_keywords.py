@@ -88,3 +88,20 @@ def test_keyword_bad_input(random_model, tokenizer):
         generate_from_keywords(random_model, tokenizer, "dog", orders=0, seed=0)
     with pytest.raises(ValueError, match="expected_length"):
         generate_from_keywords(random_model, tokenizer, "dog cat", expected_length=99, seed=0)
+
+
+def test_elbo_bound_is_finite_and_lower_for_the_trained_model(random_model, tokenizer):
+    """§4.7 bound (D5 iii): finite and positive; the trained model explains English better than an untrained one."""
+    from textdiff.udm.deletion import elbo_upper_bound
+    from textdiff.udm.process import Batch
+
+    trained = InsertionModel.from_pretrained(str(SHIPPED), dtype=torch.float32).eval()
+    sentences = ["a dog catches a frisbee in the park .", "the man is standing in a field ."] * 8
+    encoded = tokenizer(sentences, add_special_tokens=False, padding=True, return_tensors="pt")
+    x0 = Batch(encoded["input_ids"], encoded["attention_mask"].bool())
+    bounds = {}
+    for name, model in (("trained", trained), ("random", random_model)):
+        values = elbo_upper_bound(model, process_for(model, tokenizer), x0, make_generator(0))
+        assert bool(torch.isfinite(values).all()) and bool((values > 0).all())
+        bounds[name] = float(values.sum() / x0.lengths.sum())
+    assert bounds["trained"] < bounds["random"] - 1.0, bounds

@@ -9,7 +9,6 @@ spread over its embeddings (multiplicity N(x0, x_t) ignored).
 from __future__ import annotations
 
 import itertools
-import math
 from collections import defaultdict
 
 import pytest
@@ -18,7 +17,7 @@ from scipy import stats
 
 from textdiff.rng import sample_categorical
 from textdiff.udm.deletion import DeletionProcess, count_embeddings, sample_delete
-from textdiff.udm.process import Batch, X0Draw
+from textdiff.udm.process import Batch
 from textdiff.udm.sampler import Trajectory
 
 A, B_, MASK, PAD = 0, 1, 2, 3

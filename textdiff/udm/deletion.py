@@ -1,8 +1,8 @@
 """The deletion forward process and its reverse insertion chain (ALGORITHMS.md §4).
 
-Forward: every token gets an i.i.d. survival level ``u_i ~ U(0, 1)`` and survives at time ``t`` iff
-``u_i < α(t)`` (so ``P(survive) = α(t)``, survivor sets are nested in ``t`` and ``x_1 = []``). Protected tokens have
-``u_i = 0`` and never die (§4.9). Reverse: a latent-augmented predictor (§1.2) draws an insertion pattern — slot
+Forward: every token gets the protocol's i.i.d. order noise ``u_i ~ U(0, 1)`` and is deleted at time ``t`` iff
+``u_i ≤ 1 − α(t)`` (``textdiff.udm.process``), so survivor sets are nested in ``t`` and ``x_1 = []``; protected tokens
+are never deleted (§4.9). Reverse: a latent-augmented predictor (§1.2) draws an insertion pattern — slot
 counts, then the inserted tokens — which carries its own alignment; the corrector keeps every survivor and keeps
 each inserted token with probability ``β(s, t)`` (§4.4).
 
@@ -16,6 +16,9 @@ Decisions (ALGORITHMS.md §10, D5):
   ``tokens_per_step`` kept placeholders at a time in random order and stops, §4.4 "efficiency").
 * Dropped placeholders are never filled: thinning happens before the fill (§4.4).
 * ``max_length``: EXPAND raises ``ValueError`` when a row would exceed it; the samplers never produce such rows.
+* Plugged into the generic loop (:func:`textdiff.udm.sampler.reverse_sample`): the predictor returns an
+  :class:`InsertionOutput` (count draw + fill), :meth:`DeletionProcess.apply` runs counts → EXPAND → thin → fill →
+  compact. Keyword rerank (:func:`generate_from_keywords`) uses the token head's pseudo-log-likelihood, a heuristic.
 * Likelihood reporting: :func:`elbo_upper_bound` estimates the continuous-time bound of §4.7 by Monte Carlo with a
   Rao-Blackwellised, never-zero estimate of ``μ_θ(j, w)`` (D5 option iii); it is conservative in expectation.
 
@@ -27,7 +30,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -39,8 +42,8 @@ from textdiff.udm.sampler import Trajectory, reverse_sample
 __all__ = [
     "Reindex", "Expansion", "expand", "compact", "slot_counts", "count_embeddings", "sample_embedding",
     "DeletionProcess", "InsertionOutput", "ModelInsertionPredictor", "ModelPrediction", "sample_slot_counts",
-    "TrainingTargets", "training_targets", "process_for", "sample_delete", "KeywordSample", "generate_from_keywords", "pseudo_log_likelihood",
-    "elbo_upper_bound",
+    "TrainingTargets", "training_targets", "process_for", "sample_delete", "KeywordSample", "keyword_orders",
+    "keyword_start", "generate_from_keywords", "pseudo_log_likelihood", "elbo_upper_bound",
 ]
 
 
