@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from textdiff.models.insertion import InsertionConfig, InsertionModel
+from textdiff.models.insertion import InsertionConfig, InsertionModel, load_insertion_model
 from textdiff.udm.deletion import (
     ModelInsertionPredictor,
     generate_from_keywords,
@@ -16,6 +16,7 @@ from textdiff.udm.deletion import (
     keyword_start,
     process_for,
     sample_delete,
+    sample_sentences,
 )
 from textdiff.rng import make_generator
 
@@ -66,8 +67,8 @@ def test_keywords_stay_in_order_and_intact(random_model, tokenizer):
     assert grew > out.ids.shape[0] // 2
 
 
-def test_shipped_model_writes_sentences_around_keywords(tokenizer):
-    model = InsertionModel.from_pretrained(str(SHIPPED), dtype=torch.float32).eval()
+def test_shipped_model_writes_sentences_around_keywords():
+    model, tokenizer = load_insertion_model()
     samples = generate_from_keywords(model, tokenizer, "dog frisbee catch", n=3, orders=3, samples_per_order=2,
                                      steps=8, seed=0)
     assert 1 <= len(samples) <= 3
@@ -105,3 +106,17 @@ def test_elbo_bound_is_finite_and_lower_for_the_trained_model(random_model, toke
         assert bool(torch.isfinite(values).all()) and bool((values > 0).all())
         bounds[name] = float(values.sum() / x0.lengths.sum())
     assert bounds["trained"] < bounds["random"] - 1.0, bounds
+
+
+def test_sentences_from_the_empty_sequence_on_device(random_model, tokenizer, device):
+    model = random_model.to(device)
+    texts = sample_sentences(model, tokenizer, 6, steps=4, fill_mode="oneshot", seed=3)
+    assert len(texts) == 6 and all(isinstance(t, str) for t in texts)
+    assert len({len(t.split()) for t in texts}) > 1  # variable length
+    assert texts == sample_sentences(model, tokenizer, 6, steps=4, fill_mode="oneshot", seed=3)  # seeded
+    random_model.to("cpu")
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no insertion model"):
+        load_insertion_model(tmp_path)

@@ -15,6 +15,7 @@ Inputs are bare token ids ``[B, L]`` (no specials) with a left-aligned bool ``at
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -173,6 +174,21 @@ def init_from_bert(model: InsertionModel, bert_dir: str) -> InsertionModel:
             layer_t.load_state_dict(layer_s.state_dict())
     model.tie_weights()
     return model
+
+
+#: the small insertion model shipped with the repository (data/models/insertion)
+DEFAULT_INSERTION_DIR = Path(__file__).resolve().parents[2] / "data" / "models" / "insertion"
+
+
+def load_insertion_model(path: str | Path | None = None, device: str | torch.device = "cpu"):
+    """``(model, tokenizer)`` of an insertion model folder (default: the shipped ``data/models/insertion``), float32."""
+    from transformers import AutoTokenizer
+
+    path = Path(path) if path is not None else DEFAULT_INSERTION_DIR
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no insertion model at {path} (expected config.json + model.safetensors)")
+    model = InsertionModel.from_pretrained(str(path), dtype=torch.float32).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(str(path))
 
 
 AutoConfig.register(InsertionConfig.model_type, InsertionConfig)

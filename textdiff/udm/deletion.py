@@ -42,7 +42,7 @@ from textdiff.udm.sampler import Trajectory, reverse_sample
 __all__ = [
     "Reindex", "Expansion", "expand", "compact", "slot_counts", "count_embeddings", "sample_embedding",
     "DeletionProcess", "InsertionOutput", "ModelInsertionPredictor", "ModelPrediction", "sample_slot_counts",
-    "TrainingTargets", "training_targets", "process_for", "sample_delete", "KeywordSample", "keyword_orders",
+    "TrainingTargets", "training_targets", "process_for", "sample_delete", "decode", "sample_sentences", "KeywordSample", "keyword_orders",
     "keyword_start", "generate_from_keywords", "pseudo_log_likelihood", "elbo_upper_bound",
 ]
 
@@ -470,6 +470,7 @@ def sample_delete(
     trajectory: Trajectory | None = None,
     progress: bool = False,
     stats: dict | None = None,
+    device: str | torch.device = "cpu",
 ) -> Batch:
     """Variable-length samples from the reverse insertion chain (ALGORITHMS.md §4.5) via the generic loop.
 
@@ -485,13 +486,29 @@ def sample_delete(
     if start is None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
-        start = Batch(torch.zeros(n, 0, dtype=torch.long))
+        start = Batch(torch.zeros(n, 0, dtype=torch.long, device=device))
     if int(start.lengths.max()) > process.max_length:
         raise ValueError(f"the start state has {int(start.lengths.max())} tokens, more than max_length={process.max_length}")
-    template = start if start.ids.shape[1] else Batch(torch.zeros(start.ids.shape[0], 1, dtype=torch.long))
-    grid = torch.linspace(t_start, 0.0, steps + 1, dtype=torch.float64)
+    template = start if start.ids.shape[1] else Batch(start.ids.new_zeros(start.ids.shape[0], 1))
+    grid = torch.linspace(t_start, 0.0, steps + 1, dtype=torch.float64, device=start.device)
     return reverse_sample(process, predictor, template, grid=grid, draw=draw, seed=seed, generator=generator,
                           trajectory=trajectory, x_init=start, progress=progress, stats=stats)
+
+
+def decode(tokenizer, x: Batch) -> list[str]:
+    """The texts of a padded batch."""
+    return [tokenizer.decode(row[: int(n)], skip_special_tokens=True) for row, n in zip(x.ids.tolist(), x.lengths.tolist())]
+
+
+def sample_sentences(model, tokenizer, n: int, *, steps: int = 16, fill_mode: str = "iterative",
+                     tokens_per_step: int = 1, draw: X0Draw | None = None, seed: int | None = None,
+                     generator: torch.Generator | None = None, progress: bool = False) -> list[str]:
+    """``n`` variable-length sentences grown from the empty sequence by an insertion model (``textdiff sample
+    --process delete``)."""
+    device = next(model.parameters()).device
+    out = sample_delete(ModelInsertionPredictor(model, fill_mode, tokens_per_step), process_for(model, tokenizer), n,
+                        steps=steps, draw=draw, seed=seed, generator=generator, progress=progress, device=device)
+    return decode(tokenizer, out)
 
 
 @dataclass(frozen=True)
@@ -586,9 +603,10 @@ def generate_from_keywords(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     process = process_for(model, tokenizer)
-    gen = make_generator(seed, generator)
+    device = next(model.parameters()).device
+    gen = make_generator(seed, generator, device)
     chosen = keyword_orders(keywords, orders, gen)
-    start = keyword_start(tokenizer, chosen, samples_per_order, process.max_length)
+    start = keyword_start(tokenizer, chosen, samples_per_order, process.max_length).to(device)
     m = int(start.lengths[0])
     target = max(14, 2 * m) if expected_length is None else expected_length
     if isinstance(target, bool) or not isinstance(target, int) or target < m or target > process.max_length:
@@ -598,10 +616,11 @@ def generate_from_keywords(
                         draw=draw, generator=gen, progress=progress)
     if rerank not in ("pll", "none"):
         raise ValueError(f"rerank must be 'pll' or 'none', got {rerank!r}")
-    scores = pseudo_log_likelihood(model, out) if rerank == "pll" else -torch.arange(len(out.ids), dtype=torch.float64)
+    scores = pseudo_log_likelihood(model, out).cpu() if rerank == "pll" else -torch.arange(len(out.ids), dtype=torch.float64)
+    texts = decode(tokenizer, out)
     results, seen = [], set()
     for row in torch.argsort(scores, descending=True).tolist():
-        text = tokenizer.decode(out.ids[row, : int(out.lengths[row])].tolist(), skip_special_tokens=True)
+        text = texts[row]
         if text not in seen:
             seen.add(text)
             results.append(KeywordSample(text, chosen[row // samples_per_order], float(scores[row])))
