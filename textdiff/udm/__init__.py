@@ -16,10 +16,12 @@ from textdiff.udm.process import (
     get_schedule,
     time_grid,
 )
+from textdiff.udm.registry import PROCESS_NAMES, make_process
+from textdiff.udm.replacement import ReplaceAnyProcess, ReplaceDiffProcess
 from textdiff.udm.sampler import PredictorCache, Trajectory, make_template, reverse_sample
 
 __all__ = [
     "Batch", "CosineSchedule", "CountSchedule", "ForwardProcess", "LinearSchedule", "LogLinearSchedule",
-    "MaskingProcess", "Noise", "PredictorCache", "Schedule", "StepPlan", "Trajectory", "X0Draw", "as_batch",
+    "MaskingProcess", "Noise", "PROCESS_NAMES", "ReplaceAnyProcess", "ReplaceDiffProcess", "make_process", "PredictorCache", "Schedule", "StepPlan", "Trajectory", "X0Draw", "as_batch",
     "get_schedule", "make_template", "reverse_sample", "time_grid",
 ]

@@ -1,0 +1,179 @@
+"""x0 predictors: a bidirectional transformer denoiser (HF ``PreTrainedModel``) and a wrapper that makes any
+``AutoModelForMaskedLM`` a masking-process predictor (ALGORITHMS.md §1.3, §2.2).
+
+Decisions: pre-LayerNorm transformer with learned absolute positions and tied input/output embeddings; optional time
+conditioning (a sinusoidal embedding of ``t`` added to every position; off by default because the masking posterior
+is time-agnostic, §2.2); ``causal=True`` gives the autoregressive baseline of the same size (``--objective ar``).
+Checkpoints are safetensors only: directories holding pickle weights are refused.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput
+
+from textdiff.udm.process import Batch
+
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
+
+
+def check_safetensors_dir(path: str | Path) -> None:
+    """Refuse a local checkpoint directory (or file) that holds pickle weights instead of safetensors."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path} is not a safetensors file; pickle checkpoints are refused (never unpickled)")
+        return
+    if path.is_dir() and not any(path.glob("*.safetensors")):
+        found = [name for name in PICKLE_WEIGHTS if (path / name).exists()]
+        detail = f"found {found}" if found else "no model.safetensors"
+        raise ValueError(f"{path}: {detail}; only safetensors checkpoints are loaded (pickle files are never unpickled)")
+
+
+class DenoiserConfig(PretrainedConfig):
+    """Configuration of :class:`DenoiserModel`."""
+
+    model_type = "textdiff_denoiser"
+
+    def __init__(self, vocab_size: int = 30522, hidden_size: int = 256, num_hidden_layers: int = 4,
+                 num_attention_heads: int = 4, intermediate_size: int | None = None, max_position_embeddings: int = 512,
+                 dropout: float = 0.0, time_conditioning: bool = False, causal: bool = False,
+                 mask_token_id: int | None = None, pad_token_id: int | None = None, **kwargs):
+        kwargs.setdefault("tie_word_embeddings", True)
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        if hidden_size % num_attention_heads:
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})")
+        self.vocab_size, self.hidden_size = vocab_size, hidden_size
+        self.num_hidden_layers, self.num_attention_heads = num_hidden_layers, num_attention_heads
+        self.intermediate_size = intermediate_size or 4 * hidden_size
+        self.max_position_embeddings, self.dropout = max_position_embeddings, dropout
+        self.time_conditioning, self.causal, self.mask_token_id = time_conditioning, causal, mask_token_id
+
+
+def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of ``t ∈ [0, 1]`` (scaled by 1000), ``[B, dim]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = 1000.0 * t.float()[:, None] * freqs[None]
+    emb = torch.cat([angles.sin(), angles.cos()], -1)
+    return nn.functional.pad(emb, (0, dim - 2 * half))
+
+
+class DenoiserModel(PreTrainedModel):
+    """Bidirectional (or causal) transformer returning logits ``[B, L, V]`` for ``input_ids`` (and ``t``)."""
+
+    config_class = DenoiserConfig
+    base_model_prefix = "denoiser"
+    _tied_weights_keys = {"lm_head.weight": "embed_tokens.weight"}
+
+    def __init__(self, config: DenoiserConfig):
+        super().__init__(config)
+        h = config.hidden_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, h)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings, h)
+        self.time_mlp = nn.Sequential(nn.Linear(h, h), nn.SiLU(), nn.Linear(h, h)) if config.time_conditioning else None
+        layer = nn.TransformerEncoderLayer(h, config.num_attention_heads, config.intermediate_size, config.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, config.num_hidden_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(h)
+        self.lm_head = nn.Linear(h, config.vocab_size, bias=False)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      t: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states ``[B, L, H]``."""
+        B, L = input_ids.shape
+        if L > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {L} exceeds max_position_embeddings={self.config.max_position_embeddings}")
+        x = self.embed_tokens(input_ids) + self.embed_positions(torch.arange(L, device=input_ids.device))[None]
+        if self.time_mlp is not None:
+            if t is None:
+                raise ValueError("this denoiser is time-conditioned: pass t [B]")
+            x = x + self.time_mlp(time_embedding(torch.as_tensor(t, device=x.device).expand(B), x.shape[-1]))[:, None]
+        causal = nn.Transformer.generate_square_subsequent_mask(L, device=x.device, dtype=x.dtype) if self.config.causal else None
+        pad = None if attention_mask is None else ~attention_mask.bool()
+        return self.norm(self.layers(x, mask=causal, src_key_padding_mask=pad, is_causal=self.config.causal))
+
+    def logits_at(self, input_ids, attention_mask, where: torch.Tensor, t=None) -> torch.Tensor:
+        """Logits only at ``where [B, L]`` (``[n, V]``): the output projection is skipped elsewhere."""
+        return self.lm_head(self.hidden_states(input_ids, attention_mask, t)[where])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                t: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs) -> MaskedLMOutput:
+        logits = self.lm_head(self.hidden_states(input_ids, attention_mask, t))
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100)
+        return MaskedLMOutput(loss=loss, logits=logits)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """HF ``from_pretrained`` restricted to safetensors (local directories with pickle weights are refused)."""
+        if Path(str(pretrained_model_name_or_path)).exists():
+            check_safetensors_dir(pretrained_model_name_or_path)
+        kwargs["use_safetensors"] = True
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
+class DenoiserPredictor:
+    """A :class:`DenoiserModel` as a UDM x0 predictor ``(x_t: Batch, t) -> logits [B, L, V]``."""
+
+    def __init__(self, model: DenoiserModel):
+        self.model = model
+        self.time_conditioned = bool(model.config.time_conditioning)
+
+    @torch.no_grad()
+    def __call__(self, x: Batch, t: torch.Tensor) -> torch.Tensor:
+        t = t if self.time_conditioned else None
+        return self.model(input_ids=x.ids, attention_mask=x.attention_mask, t=t).logits
+
+
+class MaskedLMPredictor:
+    """Wraps any HF masked LM (``AutoModelForMaskedLM``) as a masking-process x0 predictor, SUBS-parameterised
+    (§2.2): ``[MASK]`` logit −inf, unmasked positions carried over (a point mass on the visible token)."""
+
+    time_conditioned = False
+
+    def __init__(self, model, mask_token_id: int):
+        if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int):
+            raise TypeError(f"mask_token_id must be an int, got {type(mask_token_id).__name__}")
+        self.model, self.mask_token_id = model, mask_token_id
+
+    @torch.no_grad()
+    def __call__(self, x: Batch, t: torch.Tensor) -> torch.Tensor:
+        logits = self.model(input_ids=x.ids, attention_mask=x.attention_mask.long()).logits.float()
+        logits[..., self.mask_token_id] = -math.inf
+        visible = x.ids != self.mask_token_id
+        carry = torch.full_like(logits, -math.inf).scatter(-1, x.ids[..., None], 0.0)
+        return torch.where(visible[..., None], carry, logits)
+
+
+def load_masked_lm(path: str | Path, device="cpu", dtype: torch.dtype | None = None):
+    """``(model, tokenizer)`` from a local HF masked-LM directory (safetensors only; offline)."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory not found: {path}")
+    check_safetensors_dir(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForMaskedLM.from_pretrained(path, use_safetensors=True,
+                                                 dtype=dtype or (torch.float32 if str(device) == "cpu" else torch.bfloat16))
+    return model.to(device).eval(), tokenizer

@@ -1,0 +1,68 @@
+"""UDM training loss and the masking ELBO (ALGORITHMS.md §1.4, §1.5, §2.4).
+
+Decisions (ALGORITHMS.md §10, D2):
+
+* Time sampling: continuous ``t ~ U[t_min, 1]`` with ``t_min = 1e-3``, antithetic over the batch
+  (``t_b = (u + b/B) mod 1`` mapped to ``[t_min, 1]``); count form ``k ~ U{1..n}``.
+* Training loss: unweighted UDM cross-entropy ``−log q(x0_i | x_t)`` averaged over the corrupted positions of the
+  batch (the network is trained as a plain MLM at a random mask rate). Likelihoods are always reported with the ELBO
+  weights: ``η(t)`` per masked token (continuous) or ``n/k`` (count form).
+* Padding and protected tokens are never corrupted nor scored; ``n`` is the number of corruptible tokens of a row.
+* Cross-entropy is computed in float32 or higher (logits are upcast under bf16/fp16, §9).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from textdiff.rng import uniform
+from textdiff.udm.process import Schedule, get_schedule
+
+
+def sample_times(batch_size: int, generator: torch.Generator, t_min: float = 1e-3, antithetic: bool = True,
+                 device=None) -> torch.Tensor:
+    """``t ∈ [t_min, 1]`` per example, float64; antithetic (stratified) over the batch by default (§1.4)."""
+    if not 0 <= t_min < 1:
+        raise ValueError(f"t_min must be in [0, 1), got {t_min}")
+    if antithetic:
+        u = (uniform((1,), generator, device) + torch.arange(batch_size, dtype=torch.float64, device=device)
+             / batch_size) % 1.0
+    else:
+        u = uniform((batch_size,), generator, device)
+    return t_min + (1 - t_min) * u
+
+
+def masked_token_nll(logits: torch.Tensor, x0: torch.Tensor, mask_id: int | None = None) -> torch.Tensor:
+    """``−log P_i(x0_i)`` for logits ``[..., V]`` and targets ``[...]``, in float32+; with ``mask_id`` the SUBS
+    parameterisation (``[MASK]`` logit = −inf, §2.2) is applied first."""
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    if mask_id is not None:
+        logits = logits.clone()
+        logits[..., mask_id] = -math.inf
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x0.reshape(-1),
+                                             reduction="none").view(x0.shape)
+
+
+def masking_elbo_weight(t: torch.Tensor, corrupted_count: torch.Tensor, corruptible_count: torch.Tensor,
+                        schedule: Schedule | str = "linear") -> torch.Tensor:
+    """Weight of ``Σ_{i∈M} −log P_i(x0_i)`` in the masking ELBO (ALGORITHMS.md §2.4): continuous ``η(t)``
+    (``1/t`` for the linear schedule); count form ``n/k``. Unbiased single-sample estimate per sequence."""
+    schedule = get_schedule(schedule)
+    if schedule.is_count:
+        return corruptible_count.double() / corrupted_count.double().clamp(min=1)
+    return schedule.eta(t)
+
+
+def masking_elbo(nll: torch.Tensor, masked: torch.Tensor, t: torch.Tensor, corruptible: torch.Tensor,
+                 schedule: Schedule | str = "linear") -> torch.Tensor:
+    """Per-sequence ELBO estimate (upper bound on ``−log p_θ(x0)`` in nats) from per-position NLL ``[B, L]``, the
+    masked set ``M [B, L]`` and the times ``t [B]``: ``w(t) Σ_{i∈M} −log P_i(x0_i)`` (ALGORITHMS.md §1.5 table)."""
+    total = (nll.double() * masked).sum(-1)
+    return masking_elbo_weight(t, masked.sum(-1), corruptible.sum(-1), schedule) * total
+
+
+def udm_loss(nll: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
+    """Unweighted UDM loss (§1.4): mean ``−log q(x0_i | x_t)`` over the corrupted positions of the batch."""
+    return (nll * corrupted).sum() / corrupted.sum().clamp(min=1)
