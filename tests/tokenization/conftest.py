@@ -36,9 +36,9 @@ def _train(lines: list[str], path, **options) -> str:
 
 @pytest.fixture(scope="session")
 def sp_model(tmp_path_factory, corpus_lines) -> str:
-    """A 1000-piece SentencePiece unigram model with byte fallback (trained on 20k lines in a few seconds)."""
+    """A 1000-piece SentencePiece unigram model with byte fallback (trained on 10k lines in a few seconds)."""
     path = tmp_path_factory.mktemp("spm") / "bytes.model"
-    return _train(corpus_lines[:20000], path, vocab_size=1000, byte_fallback=True)
+    return _train(corpus_lines[:10000], path, vocab_size=1000, byte_fallback=True)
 
 
 @pytest.fixture(scope="session")

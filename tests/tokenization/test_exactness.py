@@ -65,11 +65,11 @@ def law_test(counts: Counter, law: dict) -> tuple[float, float]:
     return p_value, float(np.max(deviation / np.where(sigma > 0, sigma, np.inf)))
 
 
-def draw(tok: UnigramTokenizer, text: str, alpha: float, device: str, seed: int) -> Counter:
-    """N_DRAWS samples of ``text`` in one batch, interleaved with a longer string (another length bucket)."""
-    batch = [text, text + text[:3]] * N_DRAWS
-    rows = tok.tokenize(batch, alpha=alpha, seed=seed, device=device)[::2]
-    return Counter(tuple(row) for row in rows)
+def draw(tok: UnigramTokenizer, text: str, alpha: float, device: str, seed: int, mixed: bool = False) -> Counter:
+    """N_DRAWS samples of ``text`` in one batch; ``mixed`` interleaves a longer string (another length bucket)."""
+    batch = [text, text + text[:3]] * (N_DRAWS // 2) if mixed else [text] * N_DRAWS
+    rows = tok.encode(batch, alpha=alpha, seed=seed, device=device)[:: 2 if mixed else 1]
+    return Counter({tuple(map(tok.id_to_piece, ids)): n for ids, n in Counter(map(tuple, rows)).items()})
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
@@ -79,6 +79,12 @@ def test_samples_follow_exact_law(case, alpha, device):
     law = exact_law(case, tok, alpha)
     assert len(law) == (28 if case == "ababab" else 3)
     p_value, worst = law_test(draw(tok, case, alpha, device, seed=11), law)
+    assert p_value > 1e-3 and worst < 4.5, (p_value, worst)
+
+
+def test_law_does_not_depend_on_the_rest_of_the_batch(device):
+    tok = ababab()
+    p_value, worst = law_test(draw(tok, "ababab", 0.5, device, seed=12, mixed=True), exact_law("ababab", tok, 0.5))
     assert p_value > 1e-3 and worst < 4.5, (p_value, worst)
 
 

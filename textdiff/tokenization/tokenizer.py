@@ -271,7 +271,10 @@ class UnigramTokenizer:
         self, texts: list[str] | str, alpha: float, device: str | torch.device = "cpu"
     ) -> dict[str, torch.Tensor]:
         """Per text, under ``P(w) ∝ exp(alpha * score(w))``: ``log_z``, ``entropy`` (nats) and ``expected_tokens``
-        (forward-backward, §8.5), plus ``viterbi_tokens`` for comparison; float64 tensors on the CPU."""
+        (forward-backward, §8.5), plus ``viterbi_tokens`` for comparison; float64 tensors on the CPU.
+
+        ``expected_tokens`` counts output pieces (byte-fallback characters as their UTF-8 length, unknown characters
+        one each, although :meth:`encode` fuses runs of them into one ``unk`` like SentencePiece)."""
         alpha = _check_alpha(alpha)
         if alpha is None:
             raise ValueError("segmentation_stats needs alpha >= 0 (a sampling temperature), got a negative alpha")
@@ -492,7 +495,21 @@ class UnigramTokenizer:
             tokens.start, tokens.end = start, start + cands.length[cand].cpu()
         if self.vocab.byte_fallback:
             return self._spell_bytes(tokens, units[cands.start[cand]].cpu())
-        return tokens
+        return self._fuse_unknown(tokens) if self.vocab.unk_id is not None else tokens
+
+    def _fuse_unknown(self, tokens: Tokens) -> Tokens:
+        """Consecutive ``unk`` pieces of one text become one, as SentencePiece outputs them."""
+        unk = tokens.piece == self.vocab.unk_id
+        repeat = torch.zeros_like(unk)
+        repeat[1:] = unk[1:] & unk[:-1] & (tokens.text[1:] == tokens.text[:-1])
+        if not bool(repeat.any()):
+            return tokens
+        kept = torch.nonzero(~repeat).flatten()
+        out = Tokens(tokens.text[kept], tokens.piece[kept])
+        if tokens.start is not None:
+            last = torch.cat([kept[1:], kept.new_tensor([repeat.numel()])]) - 1  # last piece of each kept run
+            out.start, out.end = tokens.start[kept], tokens.end[last]
+        return out
 
     def _spell_bytes(self, tokens: Tokens, code_points: torch.Tensor) -> Tokens:
         """Byte fallback: every ``unk`` piece becomes the ``<0xNN>`` pieces of its character's UTF-8 bytes."""
