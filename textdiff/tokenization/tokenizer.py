@@ -384,7 +384,8 @@ class UnigramTokenizer:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> UnigramTokenizer:
-        """Load ``directory/tokenizer.safetensors``, or a SentencePiece ``.model`` / ``tokenizer.json`` in it."""
+        """Load ``directory/tokenizer.safetensors``, or a SentencePiece ``.model`` / ``tokenizer.json`` in it; a path
+        to one such file also works."""
         directory = Path(directory)
         if directory.is_file():
             return cls._from_file(directory)
