@@ -6,6 +6,9 @@ batched chains (``mh.MetropolisHastings``).
 
 Design decisions (§10):
 
+* D8 target: ``γ · log p_LM(text + EOS | prompt)``; for chat LMs (SmolLM2-Instruct) the prompt is an empty assistant
+  turn ``<|im_start|>assistant\\n`` and EOS is ``<|im_end|>`` (it separates fluent sentences from keyword lists far
+  better than BOS alone); the prompt's KV cache is computed once.
 * D8 state space = the proposal's tokens. With the MLM proposal the state is uncased WordPiece ids; the text is the
   WordPiece decoding with its first letter capitalised followed by a fixed ``end`` (default ``"."``, outside the
   state, also shown to the MLM as right context); SmolLM2 re-tokenises that text. With ``proposal="lm"`` the state is
@@ -33,6 +36,15 @@ from textdiff.mcmc.proposals import CausalLMProposal, MLMProposal
 from textdiff.mcmc.targets import CausalLMScorer, ConstrainedLMTarget, KeywordMeasure, keyword_spans
 
 MAX_STARTS = 64
+CHAT_PROMPT = "<|im_start|>assistant\n"
+
+
+def scoring_prefix(tokenizer, prompt: str | None) -> list[int] | None:
+    """Prefix ids the LM conditions on: ``prompt`` when given, else (chat-format LMs such as SmolLM2-Instruct) an
+    empty assistant turn ``<|im_start|>assistant\\n``, else ``None`` (= BOS only)."""
+    if prompt is None and "<|im_start|>" in tokenizer.get_vocab():
+        prompt = CHAT_PROMPT
+    return None if prompt is None else tokenizer.encode(prompt, add_special_tokens=False)
 
 
 @dataclass
@@ -61,21 +73,22 @@ class KeywordGenerator:
 
     def __init__(self, lm, lm_tokenizer, mlm=None, mlm_tokenizer=None, *, proposal: str = "mlm", gamma: float = 0.8,
                  max_length: int = 24, end: str = ".", top_k: int | None = None, epsilon: float = 0.0,
-                 lm_top_k: int = 64):
+                 lm_top_k: int = 64, prompt: str | None = None):
         if proposal not in ("mlm", "lm"):
             raise ValueError(f"proposal must be 'mlm' or 'lm', got {proposal!r}")
         if proposal == "mlm" and mlm is None:
             raise ValueError("proposal='mlm' needs a masked LM (mlm=...)")
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
-        self.scorer = CausalLMScorer(lm, lm_tokenizer)
+        prefix = scoring_prefix(lm_tokenizer, prompt)
+        self.scorer = CausalLMScorer(lm, lm_tokenizer, prefix_ids=prefix)
         self.lm_tokenizer, self.mlm_tokenizer = lm_tokenizer, mlm_tokenizer
         self.kind, self.gamma, self.max_length, self.end = proposal, gamma, max_length, end
         if proposal == "mlm":
             end_ids = mlm_tokenizer.encode(end, add_special_tokens=False) if end else []
             self.proposal = MLMProposal(mlm, mlm_tokenizer, top_k=top_k, epsilon=epsilon, suffix_ids=end_ids)
         else:
-            self.proposal = CausalLMProposal(lm, lm_tokenizer, top_k=lm_top_k, epsilon=epsilon,
+            self.proposal = CausalLMProposal(lm, lm_tokenizer, top_k=lm_top_k, epsilon=epsilon, prefix_ids=prefix,
                                              suffix_ids=lm_tokenizer.encode(end, add_special_tokens=False))
 
     # --- token spaces -------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def restrict(log_g: torch.Tensor, allowed: torch.Tensor, top_k: int | None, epsi
         log_g = log_g.masked_fill(log_g < kth, -math.inf)
     log_g = torch.log_softmax(log_g, dim=-1)
     if epsilon > 0:
-        log_uniform = torch.where(allowed, -math.log(int(allowed.sum())), -math.inf).to(log_g)
+        log_uniform = torch.full_like(log_g, -math.log(int(allowed.sum()))).masked_fill(~allowed, -math.inf)
         log_g = torch.logaddexp(log_g + math.log1p(-epsilon), log_uniform + math.log(epsilon))
     return log_g
 

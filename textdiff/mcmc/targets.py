@@ -16,6 +16,7 @@ Design decisions (ALGORITHMS.md §10, D8):
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -27,18 +28,22 @@ class CausalLMScorer:
     """Sentence log-probabilities under an HF causal LM (ALGORITHMS.md §7.1, §9: sums of log-softmax).
 
     ``log_prob_ids(seqs)`` returns ``Σ_j log p(x_j | prefix, x_{<j})`` over the tokens of each sequence followed by
-    EOS, conditioned on ``prefix_ids`` (default: the BOS token), batched with right padding and attention masks.
+    EOS, conditioned on ``prefix_ids`` (default: the BOS token). The prefix runs once; its KV cache is re-used for
+    every batch (right padding + attention masks), so only the sentence tokens cost a forward pass.
     """
 
     def __init__(self, model, tokenizer, prefix_ids: Sequence[int] | None = None, max_batch_tokens: int = 4096):
         self.model, self.tokenizer = model, tokenizer
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.prefix_ids = list(prefix_ids) if prefix_ids is not None else [bos]
+        if not self.prefix_ids:
+            raise ValueError("prefix_ids must hold at least one token (e.g. BOS)")
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.max_batch_tokens = max_batch_tokens
         self.device = next(model.parameters()).device
         self.tokens_scored = 0
+        self.prefix_cache, self.first_log_probs = None, None
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of ``texts`` without special tokens."""
@@ -51,7 +56,12 @@ class CausalLMScorer:
     @torch.no_grad()
     def log_prob_ids(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         """``log p(ids + EOS | prefix)`` for each id sequence (float64), in chunks of ``max_batch_tokens``."""
-        full = [self.prefix_ids + list(seq) + [self.eos_id] for seq in seqs]
+        if self.prefix_cache is None:
+            prefix = torch.tensor([self.prefix_ids], device=self.device)
+            out = self.model(input_ids=prefix, use_cache=True)
+            self.prefix_cache = out.past_key_values
+            self.first_log_probs = torch.log_softmax(out.logits[0, -1].double(), -1).cpu()
+        full = [list(seq) + [self.eos_id] for seq in seqs]
         out = torch.empty(len(full), dtype=torch.float64)
         order = sorted(range(len(full)), key=lambda i: len(full[i]))
         start = 0
@@ -65,20 +75,25 @@ class CausalLMScorer:
         return out
 
     def _score(self, full: list[list[int]]) -> torch.Tensor:
-        width = max(map(len, full))
-        ids = torch.full((len(full), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(full), width), dtype=torch.long)
+        n, width, p = len(full), max(map(len, full)), len(self.prefix_ids)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
         for row, seq in enumerate(full):
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        targets = ids[:, 1:]
+        first = self.first_log_probs[ids[:, 0]]
+        if width == 1:
+            return first
+        cache = copy.deepcopy(self.prefix_cache)
+        cache.batch_repeat_interleave(n)
+        attention = torch.cat([torch.ones(n, p, dtype=torch.long), mask], 1).to(self.device)
+        positions = (p + torch.arange(width)).expand(n, width).to(self.device)
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=attention, position_ids=positions,
+                            past_key_values=cache).logits[:, :-1].float()
+        targets = ids[:, 1:].to(self.device)
         token_lp = logits.gather(-1, targets[..., None])[..., 0].double() - torch.logsumexp(logits, -1).double()
-        scored = mask[:, 1:].clone()
-        scored[:, : len(self.prefix_ids) - 1] = 0
         self.tokens_scored += int(mask.sum())
-        return (token_lp * scored).sum(-1).cpu()
+        return first + (token_lp.cpu() * mask[:, 1:]).sum(-1)
 
 
 def keyword_placements(tokens: Sequence[int], spans: Sequence[Sequence[int]]) -> int:
