@@ -107,7 +107,7 @@ class DenoiserModel(PreTrainedModel):
             if t is None:
                 raise ValueError("this denoiser is time-conditioned: pass t [B]")
             x = x + self.time_mlp(time_embedding(torch.as_tensor(t, device=x.device).expand(B), x.shape[-1]))[:, None]
-        causal = nn.Transformer.generate_square_subsequent_mask(L, device=x.device, dtype=x.dtype) if self.config.causal else None
+        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).triu(1) if self.config.causal else None
         pad = None if attention_mask is None else ~attention_mask.bool()
         return self.norm(self.layers(x, mask=causal, src_key_padding_mask=pad, is_causal=self.config.causal))
 

@@ -1,0 +1,77 @@
+"""The denoiser network and the masked-LM predictor wrapper: HF save/load (safetensors only), time conditioning,
+causality of the AR baseline, SUBS parameterisation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import BertConfig, BertForMaskedLM
+
+from textdiff.models import DenoiserConfig, DenoiserModel, DenoiserPredictor, MaskedLMPredictor, load_masked_lm
+from textdiff.udm import Batch
+
+TINY = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16)
+
+
+def test_save_and_load_roundtrip_is_safetensors_only(tmp_path):
+    torch.manual_seed(0)
+    model = DenoiserModel(DenoiserConfig(**TINY)).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert not list(tmp_path.glob("*.bin"))
+    loaded = DenoiserModel.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, 50, (2, 10))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+    assert loaded.lm_head.weight.data_ptr() == loaded.embed_tokens.weight.data_ptr()  # tied
+
+
+def test_pickle_checkpoint_is_refused(tmp_path):
+    DenoiserConfig(**TINY).save_pretrained(tmp_path)
+    torch.save(DenoiserModel(DenoiserConfig(**TINY)).state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="pickle"):
+        DenoiserModel.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="pickle"):
+        load_masked_lm(tmp_path)
+
+
+def test_time_conditioning_is_optional():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (2, 8))
+    plain = DenoiserPredictor(DenoiserModel(DenoiserConfig(**TINY)).eval())
+    assert not plain.time_conditioned
+    torch.testing.assert_close(plain(Batch(ids), torch.tensor([0.1, 0.1])), plain(Batch(ids), torch.tensor([0.9, 0.9])))
+    timed = DenoiserPredictor(DenoiserModel(DenoiserConfig(**TINY, time_conditioning=True)).eval())
+    assert timed.time_conditioned
+    assert not torch.allclose(timed(Batch(ids), torch.tensor([0.1, 0.1])), timed(Batch(ids), torch.tensor([0.9, 0.9])))
+    with pytest.raises(ValueError, match="time-conditioned"):
+        timed.model(ids)
+
+
+def test_causal_baseline_ignores_the_future():
+    torch.manual_seed(0)
+    model = DenoiserModel(DenoiserConfig(**TINY, causal=True)).eval()
+    a = torch.randint(0, 50, (1, 12))
+    b = a.clone()
+    b[0, 8:] = (b[0, 8:] + 1) % 50
+    torch.testing.assert_close(model(a).logits[0, :8], model(b).logits[0, :8])
+    assert not torch.allclose(model(a).logits[0, 8:], model(b).logits[0, 8:])
+
+
+def test_masked_lm_predictor_is_subs(tmp_path):
+    """Any AutoModelForMaskedLM, wrapped: −inf on [MASK], point mass on visible tokens (carry-over)."""
+    torch.manual_seed(0)
+    bert = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=64, max_position_embeddings=32)).eval()
+    mask_id = 4
+    predictor = MaskedLMPredictor(bert, mask_id)
+    ids = torch.tensor([[2, 7, mask_id, 9, mask_id, 3]])
+    logits = predictor(Batch(ids), torch.tensor([0.5]))
+    assert torch.isinf(logits[..., mask_id]).all()
+    visible = ids[0] != mask_id
+    assert (logits[0, visible].argmax(-1) == ids[0, visible]).all()
+    assert torch.isinf(logits[0, visible]).sum(-1).eq(49).all()
+    probs = torch.softmax(logits[0, ~visible].double(), -1)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, dtype=torch.float64))
+    assert (probs > 0).sum(-1).eq(49).all() and math.isfinite(float(logits[0, 2, 0]))
