@@ -63,6 +63,19 @@ class Sentence:
         return asdict(self)
 
 
+def check_settings(n: int = 1, steps: int = 200, chains: int | None = None, temperature: float = 1.0,
+                   final_temperature: float = 0.05, output: str = "best", **_) -> None:
+    """``ValueError`` naming the first out-of-range generation setting (cheap; runs before models load)."""
+    for name, value in (("n", n), ("steps", steps), ("chains", 1 if chains is None else chains)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    for name, value in (("temperature", temperature), ("final_temperature", final_temperature)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    if output not in ("best", "final"):
+        raise ValueError(f"output must be 'best' or 'final', got {output!r}")
+
+
 def capitalize(text: str) -> str:
     text = text.strip()
     return text[:1].upper() + text[1:]
@@ -142,17 +155,9 @@ class KeywordGenerator:
                  progress: bool = False) -> list[Sentence]:
         """``n`` sentences containing every keyword, best first (see the module docstring for the method)."""
         words = parse_keywords(keywords)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        if not temperature > 0 or not final_temperature > 0:
-            raise ValueError(f"temperature and final_temperature must be > 0, got {temperature}, {final_temperature}")
-        if output not in ("best", "final"):
-            raise ValueError(f"output must be 'best' or 'final', got {output!r}")
+        check_settings(n=n, steps=steps, chains=chains, temperature=temperature,
+                       final_temperature=final_temperature, output=output)
         chains = max(n, 4) if chains is None else chains
-        if chains < 1:
-            raise ValueError(f"chains must be >= 1, got {chains}")
         forms = [self.keyword_forms(w, inflect) for w in words]
         if sum(len(f[0]) for f in forms) > self.max_length:
             raise ValueError(f"max_length={self.max_length} is smaller than the {sum(len(f[0]) for f in forms)} "
@@ -198,4 +203,6 @@ def default_generator(lm: str | None = None, mlm: str | None = None, device: str
 def generate(keywords: str | Iterable[str], n: int = 1, *, lm: str | None = None, mlm: str | None = None,
              device: str = "cpu", proposal: str = "mlm", **kwargs) -> list[Sentence]:
     """``n`` sentences containing every keyword, on the default SmolLM2 + MiniLM models (the CLI's API)."""
+    parse_keywords(keywords)
+    check_settings(n, **kwargs)
     return default_generator(lm, mlm, device, proposal).generate(keywords, n, **kwargs)

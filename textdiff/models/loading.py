@@ -111,6 +111,14 @@ def smollm2_dir() -> Path:
     return convert_gguf(gguf_path, out_dir)
 
 
+def _check_local(name_or_path: str | Path) -> str | Path:
+    """A path-like name that does not exist is a missing directory, not a hub name."""
+    text = str(name_or_path)
+    if not Path(text).exists() and (text.startswith((".", "/", "~")) or text.count("/") > 1):
+        raise FileNotFoundError(f"model directory {text} does not exist")
+    return name_or_path
+
+
 def _finish(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
     model.to(device)
     model.eval()
@@ -123,7 +131,7 @@ def load_lm(name_or_path: str | Path | None = None, *, device: str | torch.devic
     """``(model, tokenizer)`` of a causal LM: a directory, a hub name, or (``None``) the SmolLM2 default."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = smollm2_dir() if name_or_path is None else name_or_path
+    source = smollm2_dir() if name_or_path is None else _check_local(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     return _finish(model, device), tokenizer
@@ -141,6 +149,6 @@ def load_mlm(name_or_path: str | Path | None = None, *, device: str | torch.devi
                 f"the default masked LM is missing at {name_or_path}; pass a masked-LM directory or hub name "
                 "(--mlm / mlm=...) or set TEXTDIFF_MLM"
             )
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(_check_local(name_or_path))
     model = AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=dtype)
     return _finish(model, device), tokenizer
