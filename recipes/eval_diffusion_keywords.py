@@ -110,7 +110,7 @@ def run_diffusion(sets, args) -> tuple[list[str], float]:
 def run_mh(sets, args) -> tuple[list[str], float]:
     from textdiff.mcmc.generate import default_generator
 
-    generator = default_generator()
+    generator = default_generator(proposal=args.mh_proposal)
     outputs, started = [], time.time()
     for k, (concepts, _) in enumerate(sets):
         outputs.append(generator.generate(concepts, 1, steps=args.mh_steps, seed=args.seed + k)[0].text)
@@ -137,6 +137,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=12, help="reverse steps of the insertion chain")
     parser.add_argument("--fill-mode", default="iterative", choices=["oneshot", "iterative"])
     parser.add_argument("--mh-steps", type=int, default=200, help="MH steps per chain (mh method)")
+    parser.add_argument("--mh-proposal", choices=["mlm", "lm"], default="mlm",
+                        help="MH edit proposal: MiniLM MLM (needs data/models/minilm-mlm) or SmolLM2 top-K")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="write outputs and metrics as JSON here")
