@@ -14,7 +14,8 @@ def add_parser(subparsers) -> None:
         "(--text) or from [MASK]s of a given or random length.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", default=None, help="masked LM directory or hub name (default: data/models/minilm-mlm)")
+    parser.add_argument("--model", default=None,
+                        help="masked LM directory or hub name (default: data/models/minilm-mlm)")
     parser.add_argument("--text", action="append", default=None, help="seed sentence (repeatable; one chain each)")
     parser.add_argument("--chains", type=int, default=4, help="chains started from [MASK]s (without --text)")
     parser.add_argument("--length", type=int, default=None,
@@ -47,7 +48,8 @@ def run(args) -> int:
                    else random_lengths(args.chains, 8, 32, generator))
         init = masked_init(tokenizer, lengths)
     result = gibbs_sample(model, init, mask_id=tokenizer.mask_token_id, pad_id=tokenizer.pad_token_id,
-                          special_ids=tokenizer.all_special_ids, excluded_ids=excluded_mlm_ids(tokenizer), steps=args.steps, burn_in=args.burn_in,
+                          special_ids=tokenizer.all_special_ids, excluded_ids=excluded_mlm_ids(tokenizer),
+                          steps=args.steps, burn_in=args.burn_in,
                           thin=args.thin, order=args.order, temperature=args.temperature, top_k=args.top_k,
                           generator=generator, device=args.device, progress=True)
     for chain, samples in enumerate(result.samples):

@@ -97,6 +97,7 @@ class KeywordGenerator:
         self.scorer = CausalLMScorer(lm, lm_tokenizer, prefix_ids=prefix)
         self.lm_tokenizer, self.mlm_tokenizer = lm_tokenizer, mlm_tokenizer
         self.kind, self.gamma, self.max_length, self.end = proposal, gamma, max_length, end
+        self.last_result = None  # the MHResult of the latest ``generate`` call (diagnostics)
         if proposal == "mlm":
             end_ids = mlm_tokenizer.encode(end, add_special_tokens=False) if end else []
             self.proposal = MLMProposal(mlm, mlm_tokenizer, top_k=top_k, epsilon=epsilon, suffix_ids=end_ids)
@@ -172,6 +173,7 @@ class KeywordGenerator:
         sampler = MetropolisHastings(self.proposal, target, max_length=self.max_length)
         temperatures = temperature_schedule(steps, schedule, temperature, final_temperature)
         result = sampler.run(initial, steps, temperatures=temperatures, generator=generator, progress=progress)
+        self.last_result = result
         states, scores = (result.best, result.best_log_pi) if output == "best" else (result.final, result.final_log_pi)
         order = sorted(range(chains), key=lambda c: -scores[c])
         lm_scores = self.scorer.log_prob_ids([self.to_lm_ids(states[c].tokens) for c in order])
@@ -181,8 +183,8 @@ class KeywordGenerator:
             if text in seen:
                 continue
             seen.add(text)
-            used = [self.lm_tokenizer.decode(list(s)).strip() if self.kind == "lm" else self.mlm_tokenizer.decode(list(s))
-                    for s in keyword_spans(states[c])]
+            tokenizer = self.lm_tokenizer if self.kind == "lm" else self.mlm_tokenizer
+            used = [tokenizer.decode(list(s)).strip() for s in keyword_spans(states[c])]
             sentences.append(Sentence(text, scores[c], float(lm_scores[rank]),
                                       len(self.to_lm_ids(states[c].tokens)) + 1, used, c,
                                       result.accepted[c] / result.proposed[c]))

@@ -17,7 +17,7 @@ Decisions (§10): D8 move probabilities 1/3 each, ``max_length`` bounds insertio
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch

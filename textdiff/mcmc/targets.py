@@ -154,7 +154,7 @@ class ConstrainedLMTarget:
         if not gamma > 0:
             raise ValueError(f"gamma must be > 0, got {gamma}")
         if min_length < 0 or max_length < min_length:
-            raise ValueError(f"need 0 <= min_length <= max_length, got min_length={min_length}, max_length={max_length}")
+            raise ValueError(f"need 0 <= min_length <= max_length, got {min_length}, {max_length}")
         self.scorer, self.decode, self.to_lm_ids = scorer, decode, to_lm_ids
         self.gamma, self.min_length, self.max_length = gamma, min_length, max_length
         self.banned = re.compile(r"\b(" + "|".join(map(re.escape, banned)) + r")\b", re.I) if banned else None
