@@ -1,5 +1,6 @@
 """Unified Diffusion Model (UDM) on token sequences: forward processes, the generic reverse loop, losses."""
 
+from textdiff.udm.loss import masked_token_nll, masking_elbo, masking_elbo_weight, sample_times, udm_loss
 from textdiff.udm.masking import MaskingProcess
 from textdiff.udm.process import (
     Batch,
@@ -23,5 +24,6 @@ from textdiff.udm.sampler import PredictorCache, Trajectory, make_template, reve
 __all__ = [
     "Batch", "CosineSchedule", "CountSchedule", "ForwardProcess", "LinearSchedule", "LogLinearSchedule",
     "MaskingProcess", "Noise", "PROCESS_NAMES", "ReplaceAnyProcess", "ReplaceDiffProcess", "make_process", "PredictorCache", "Schedule", "StepPlan", "Trajectory", "X0Draw", "as_batch",
-    "get_schedule", "make_template", "reverse_sample", "time_grid",
+    "get_schedule", "make_template", "masked_token_nll", "masking_elbo", "masking_elbo_weight", "reverse_sample",
+    "sample_times", "time_grid", "udm_loss",
 ]
