@@ -10,7 +10,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from textdiff.mcmc.gibbs import GibbsResult, gibbs_sample, masked_init, random_lengths
+from textdiff.mcmc.gibbs import (GibbsResult, gibbs_sample, masked_init, pseudo_log_likelihood_energy,
+                                 random_lengths)
 
 V, L = 3, 3
 CLS, SEP, MASK, PAD = 3, 4, 5, 6
@@ -28,7 +29,8 @@ class ExactConditionals:
         self.cache: dict[tuple[int, ...], torch.Tensor] = {}
 
     def conditional(self, body: tuple[int, ...]) -> torch.Tensor:
-        """``log p(x_i = · | visible tokens)`` at the first ``[MASK]`` of ``body`` (other masks marginalised)."""
+        """``log p(x_i = ·, visible tokens)`` at the first ``[MASK]`` of ``body`` (other masks marginalised): the
+        conditional up to its normaliser, i.e. its logits."""
         if body not in self.cache:
             i = body.index(MASK)
             sub = self.log_joint[tuple(slice(None) if t == MASK else t for t in body)]
@@ -47,9 +49,15 @@ def final_states(result: GibbsResult) -> list[tuple[int, ...]]:
     return [tuple(chain[-1][1:-1]) for chain in result.samples]
 
 
-def run(oracle, n_chains: int, steps: int, seed: int, **kwargs) -> list[tuple[int, ...]]:
+def run(oracle, n_chains: int, steps: int, seed: int, start=None, **kwargs) -> list[tuple[int, ...]]:
+    """Final states of chains started uniformly at random (or from exact draws of ``start``, a log joint)."""
     gen = torch.Generator().manual_seed(seed)
-    init = [[CLS, *torch.randint(0, V, (L,), generator=gen).tolist(), SEP] for _ in range(n_chains)]
+    if start is None:
+        init = [[CLS, *torch.randint(0, V, (L,), generator=gen).tolist(), SEP] for _ in range(n_chains)]
+    else:
+        support = list(itertools.product(range(V), repeat=L))
+        picks = torch.multinomial(start.exp().flatten(), n_chains, replacement=True, generator=gen).tolist()
+        init = [[CLS, *support[i], SEP] for i in picks]
     result = gibbs_sample(oracle, init, mask_id=MASK, pad_id=PAD, special_ids=SPECIAL, steps=steps,
                           burn_in=steps - 1, seed=seed, **kwargs)
     return final_states(result)
@@ -128,3 +136,36 @@ def test_bad_input(kwargs, name):
     args.update(kwargs)
     with pytest.raises(ValueError, match=name):
         gibbs_sample(ExactConditionals(), [[CLS, 0, 1, 2, SEP]], **args)
+
+
+class IncompatibleConditionals(ExactConditionals):
+    """Exact conditionals of one joint plus a position-dependent bias: no joint has these conditionals."""
+
+    def conditional(self, body):
+        bias = torch.tensor([0.8, -0.4, 0.0], dtype=torch.float64) * (body.index(MASK) - 1)
+        return torch.log_softmax(super().conditional(body) + bias, -1)
+
+
+def test_mh_corrected_gibbs_targets_the_energy():
+    """§6.3: with incompatible conditionals as proposal and E = -log p_target, chains started from p_target stay
+    there when corrected (the MH test leaves p_target invariant); uncorrected chains drift away."""
+    proposal, target = IncompatibleConditionals(seed=0), ExactConditionals(seed=5)
+
+    def energy(ids, attention):
+        return torch.stack([-target.log_joint[tuple(row[1: 1 + L])] for row in ids.tolist()])
+
+    corrected = run(proposal, n_chains=2000, steps=10, seed=6, start=target.log_joint, energy=energy)
+    plain = run(proposal, n_chains=2000, steps=10, seed=6, start=target.log_joint)
+    assert chi_square_p(corrected, target.log_joint) > 1e-3
+    assert chi_square_p(plain, target.log_joint) < 1e-6
+
+
+def test_pseudo_log_likelihood_energy_on_exact_conditionals():
+    oracle = ExactConditionals()
+    energy = pseudo_log_likelihood_energy(oracle, MASK, SPECIAL)
+    ids = torch.tensor([[CLS, 0, 1, 2, SEP], [CLS, 2, 2, 0, SEP]])
+    def masked_log_prob(r, i):
+        return float(torch.log_softmax(oracle.conditional(tuple(MASK if k == i else t for k, t in enumerate(r))), 0)[r[i]])
+
+    expected = [-sum(masked_log_prob(r, i) for i in range(L)) for r in ([0, 1, 2], [2, 2, 0])]
+    assert energy(ids, torch.ones_like(ids)).tolist() == pytest.approx(expected)

@@ -9,12 +9,13 @@ way in tests.
 Decisions (D7): special tokens (and any ``excluded`` ids) are never proposed; temperature and top-k exist but are off
 by default (they change the law); a chain started from ``[MASK]``s first fills its masks, in random order, one per
 step, and states still holding a ``[MASK]`` are never returned as samples. Plain MLM-Gibbs has no known stationary
-law for real MLMs (§6.3); with exact conditionals it samples the joint.
+law for real MLMs (§6.3); with exact conditionals it samples the joint. The MH-corrected variant (``energy=``, e.g.
+``pseudo_log_likelihood_energy``; Goyal et al. 2022) targets ``exp(−E)/Z`` with the masked conditional as proposal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -88,11 +89,14 @@ def gibbs_sample(
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    energy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> GibbsResult:
     """Run batched Gibbs chains from ``init_ids`` (ALGORITHMS.md §6.1, §6.4).
 
     Resamplable positions: not a special token of the initial sequence (except ``[MASK]``) and not ``protected``.
-    After ``burn_in`` steps every ``thin``-th state without ``[MASK]`` is a sample.
+    After ``burn_in`` steps every ``thin``-th state without ``[MASK]`` is a sample. With ``energy`` (``(ids,
+    attention_mask) -> E [B]``) each redraw of a complete state is an MH proposal accepted with
+    ``min(1, exp(E(x) − E(y)) q(x_i | x_−i) / q(y_i | x_−i))`` (§6.3), so the chains target ``exp(−E)/Z``.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
@@ -122,6 +126,7 @@ def gibbs_sample(
     samples: list[list[list[int]]] = [[] for _ in range(n_chains)]
     excluded = sorted(set(special_ids) | set(excluded_ids))
     sweep_order = [free[c].nonzero()[:, 0] for c in range(n_chains)]
+    current_energy = torch.full((n_chains,), float("nan"), dtype=torch.float64)
     for step in tqdm(range(steps), disable=not progress, desc="Gibbs steps", leave=False):
         still_masked = (ids == mask_id) & free
         pool = torch.where(still_masked.any(-1, keepdim=True), still_masked, free)
@@ -135,6 +140,9 @@ def gibbs_sample(
         logits = model(input_ids=ids, attention_mask=attention).logits[rows, positions].double()
         logits[:, excluded] = float("-inf")
         draws = rng.sample_categorical(logits, generator, temperature=temperature, top_k=top_k)
+        if energy is not None:
+            draws = _mh_correct(energy, ids, attention, positions, previous, draws, current_energy,
+                                rng.filter_logits(logits / temperature, top_k), mask_id, generator)
         ids[rows, positions] = draws
         chosen_lp[step] = torch.log_softmax(logits, -1)[rows, draws].cpu()
         changed[step] = (draws != previous).cpu()
@@ -143,6 +151,56 @@ def gibbs_sample(
             for c in complete.nonzero()[:, 0].tolist():
                 samples[c].append(ids[c][attention[c] == 1].tolist())
     return GibbsResult(samples, chosen_lp, changed, counts.tolist())
+
+
+def _mh_correct(energy, ids, attention, positions, previous, draws, current_energy, proposal_logits, mask_id,
+                generator) -> torch.Tensor:
+    """Goyal et al.'s MH test of the redraws (ALGORITHMS.md §6.3); a mask being filled is always accepted."""
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    complete = (previous != mask_id) & ~((ids == mask_id).sum(-1) > 1)
+    if not complete.any():
+        return draws
+    before = ids.clone()
+    before[rows, positions] = previous
+    unknown = complete.cpu() & torch.isnan(current_energy)
+    if unknown.any():
+        current_energy[unknown] = energy(before[unknown.to(ids.device)], attention[unknown.to(ids.device)]).cpu()
+    after = before.clone()
+    after[rows, positions] = draws
+    proposed_energy = energy(after[complete], attention[complete]).double().cpu()
+    log_q = torch.log_softmax(proposal_logits[complete], -1)
+    sub = torch.arange(int(complete.sum()), device=log_q.device)
+    log_ratio = (current_energy[complete.cpu()] - proposed_energy
+                 + (log_q[sub, previous[complete]] - log_q[sub, draws[complete]]).cpu())
+    accept = rng.log_uniform(log_ratio.shape, generator).cpu() < log_ratio.clamp(max=0.0)
+    out = draws.clone()
+    idx = complete.nonzero()[:, 0]
+    out[idx[~accept.to(ids.device)]] = previous[idx[~accept.to(ids.device)]]
+    energies = current_energy[complete.cpu()]
+    energies[accept] = proposed_energy[accept]
+    current_energy[complete.cpu()] = energies
+    return out
+
+
+def pseudo_log_likelihood_energy(model, mask_id: int, special_ids: Sequence[int], raw: bool = False):
+    """``E(x)`` of Goyal et al. (§6.3): minus the sum over body positions of the masked log-prob of ``x_j``
+    (``raw=True``: of the unnormalised logit), special tokens excluded. One batched forward of ``B × l`` copies."""
+    special = torch.tensor(sorted(special_ids))
+
+    @torch.no_grad()
+    def energy(ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        body = (attention == 1) & ~torch.isin(ids, special.to(ids.device))
+        chain, position = body.nonzero(as_tuple=True)
+        copies = ids[chain].clone()
+        copies[torch.arange(len(chain)), position] = mask_id
+        logits = model(input_ids=copies, attention_mask=attention[chain]).logits[torch.arange(len(chain)), position]
+        logits = logits.double()
+        logits[:, special] = float("-inf")  # the sampler never proposes special tokens: normalise without them
+        scores = logits if raw else torch.log_softmax(logits, -1)
+        picked = scores[torch.arange(len(chain)), ids[chain, position]]
+        return -torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device).index_add(0, chain, picked)
+
+    return energy
 
 
 def _uniform_choice(pool: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
