@@ -36,13 +36,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--top-p", type=float, default=None, help="nucleus restriction of x̂0 (not exact)")
     p.add_argument("--reveal", default="random", choices=["random", "confidence"],
                    help="mask: which positions to reveal; confidence = LLaDA heuristic, NOT exact (default random)")
+    p.add_argument("--allow-special", action="store_true",
+                   help="let the model generate special tokens ([SEP], [UNK], ...); by default a logits hook forbids them")
     p.add_argument("--no-cache", action="store_true", help="call the network at every step (no caching/skipping)")
     p.add_argument("--trajectory", default=None, help="write the denoising trajectory to this HTML file")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=run)
 
 
-def build_predictor(model_dir: Path, device: str):
+def build_predictor(model_dir: Path, device: str, subs: bool = True):
     """``(predictor, tokenizer, vocab_size, mask_id)`` for a textdiff denoiser or any HF masked LM directory."""
     import json
 
@@ -61,7 +63,7 @@ def build_predictor(model_dir: Path, device: str):
     model, tokenizer = load_masked_lm(model_dir, device)
     if tokenizer.mask_token_id is None:
         raise ValueError(f"the tokenizer of {model_dir} has no [MASK] token")
-    return MaskedLMPredictor(model, tokenizer.mask_token_id), tokenizer, model.config.vocab_size, tokenizer.mask_token_id
+    return MaskedLMPredictor(model, tokenizer.mask_token_id, subs), tokenizer, model.config.vocab_size, tokenizer.mask_token_id
 
 
 def text_template(tokenizer, n: int, length: int, prefix: str | None, device: str):
@@ -80,6 +82,18 @@ def text_template(tokenizer, n: int, length: int, prefix: str | None, device: st
         x.ids[:, -1] = tail[0]
         x.protected[:, -1] = True
     return x
+
+
+def forbid_tokens(token_ids):
+    """A logits hook (ALGORITHMS.md §5) giving ``token_ids`` probability 0 at every position and step (visible
+    tokens are carried over by the process, not drawn, so protected specials stay)."""
+
+    def hook(logits, x, t, s):
+        logits = logits.clone()
+        logits[..., list(token_ids)] = float("-inf")
+        return logits
+
+    return hook
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,15 +123,18 @@ def run(args: argparse.Namespace) -> int:
                             seed=args.seed, trajectory=trajectory, progress=True, device=device)
         texts = decode(tokenizer, out)
     else:
-        predictor, tokenizer, vocab, mask_id = build_predictor(Path(args.model or DEFAULT_MODEL), device)
+        predictor, tokenizer, vocab, mask_id = build_predictor(Path(args.model or DEFAULT_MODEL), device,
+                                                               subs=args.process == "mask")
         options = {"reveal": args.reveal} if args.process == "mask" else {}
         process = make_process(args.process, mask_id=mask_id, vocab_size=vocab, schedule=args.schedule,
                                corrector=args.corrector, **options)
         template = text_template(tokenizer, args.num_samples, args.length, args.prefix, device)
         if process.schedule.is_count and steps > args.length:
             raise ValueError(f"--steps must be <= T = --length ({args.length}) for the count schedule, got {steps}")
+        hooks = [] if args.allow_special else [forbid_tokens(tokenizer.all_special_ids)]
         out = reverse_sample(process, predictor, template, steps, draw=draw, seed=args.seed,
-                             cache=False if args.no_cache else "auto", trajectory=trajectory, progress=True)
+                             cache=False if args.no_cache else "auto", logits_hooks=hooks, trajectory=trajectory,
+                             progress=True)
         texts = tokenizer.batch_decode(out.ids, skip_special_tokens=True)
     for text in texts:
         print(text)

@@ -147,19 +147,22 @@ class DenoiserPredictor:
 
 class MaskedLMPredictor:
     """Wraps any HF masked LM (``AutoModelForMaskedLM``) as a masking-process x0 predictor, SUBS-parameterised
-    (§2.2): ``[MASK]`` logit −inf, unmasked positions carried over (a point mass on the visible token)."""
+    (§2.2): ``[MASK]`` logit −inf, unmasked positions carried over (a point mass on the visible token).
+    ``subs=False`` returns the network's logits at every position (for the replacement processes)."""
 
     time_conditioned = False
 
-    def __init__(self, model, mask_token_id: int):
+    def __init__(self, model, mask_token_id: int, subs: bool = True):
         if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int):
             raise TypeError(f"mask_token_id must be an int, got {type(mask_token_id).__name__}")
-        self.model, self.mask_token_id = model, mask_token_id
+        self.model, self.mask_token_id, self.subs = model, mask_token_id, subs
 
     @torch.no_grad()
     def __call__(self, x: Batch, t: torch.Tensor) -> torch.Tensor:
         logits = self.model(input_ids=x.ids, attention_mask=x.attention_mask.long()).logits.float()
         logits[..., self.mask_token_id] = -math.inf
+        if not self.subs:
+            return logits
         visible = x.ids != self.mask_token_id
         carry = torch.full_like(logits, -math.inf).scatter(-1, x.ids[..., None], 0.0)
         return torch.where(visible[..., None], carry, logits)

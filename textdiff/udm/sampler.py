@@ -92,21 +92,23 @@ class Trajectory:
         return [(int(w), self.times[int(k)]) for w, k in zip(final.tolist(), seen.tolist())]
 
     def to_html(self, decode_token: Callable[[int], str], title: str = "textdiff denoising trajectory") -> str:
-        """An HTML page: each final token coloured by the time it appeared (dark = early, light = late)."""
+        """An HTML page: each final token coloured by the time it appeared (dark = early, light = late), plus the
+        step-by-step states of sample 0."""
         rows = []
         for b in range(self.states[-1].ids.shape[0]):
             mask = self.states[-1].attention_mask[b]
             spans = []
             for (w, t), real in zip(self.first_seen(b), mask.tolist()):
                 if real:
-                    shade = int(40 + 200 * t)
+                    shade = int(40 + 200 * (1 - t))
                     spans.append(f'<span title="t={t:.3f}" style="background:rgb(255,{shade},{shade})">'
                                  f"{html.escape(decode_token(w))}</span>")
             rows.append(f"<p>{' '.join(spans)}</p>")
         steps = "".join(f"<li>t={t:.3f}: {html.escape(' '.join(decode_token(int(w)) for w, m in zip(x.ids[0], x.attention_mask[0]) if m))}</li>"
                         for t, x in zip(self.times, self.states))
         return (f"<!doctype html><meta charset='utf-8'><title>{title}</title><h1>{title}</h1>"
-                "<p>Background: time at which each token took its final value (red = early, white = late).</p>"
+                "<p>Background: reverse time t at which each token took its final value (dark red = early, t near 1; "
+                "white = late, t near 0). Hover a token for t.</p>"
                 f"{''.join(rows)}<h2>Sample 0, step by step</h2><ol>{steps}</ol>")
 
 
