@@ -26,7 +26,7 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 def test_sample_with_prefix_and_trajectory(tiny_bert, tmp_path, capsys):
     html = tmp_path / "traj.html"
-    assert main(["sample", "--model", str(tiny_bert), "--length", "8", "-n", "3", "--steps", "8", "--prefix",
+    assert main(["sample", "--model", str(tiny_bert), "--length", "8", "-n", "3", "--steps", "6", "--prefix",
                  "the cat", "--seed", "1", "--trajectory", str(html), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("the cat") for line in lines)

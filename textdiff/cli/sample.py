@@ -14,20 +14,22 @@ def add_parser(subparsers) -> None:
         help="sample text with a discrete diffusion process (masking, replacement, deletion)",
         description="Run the generic UDM reverse loop: start from the prior (all [MASK] for --process mask, uniform "
         "tokens for replace_*, the empty sequence for delete) and denoise with the model's x0 prediction and the "
-        "noise-posterior corrector. Exact with exact conditionals when one token changes per step (--steps equal "
-        "to --length for the count schedule); fewer steps reveal several tokens per step (an approximation).",
+        "noise-posterior corrector. With the default count schedule and --steps equal to --length one token changes per step, which is exact "
+        "given exact conditionals; fewer steps change several tokens per step (an approximation).",
     )
     p.add_argument("--model", default=None, help=f"model directory (default: {DEFAULT_MODEL} for mask/replace_*; "
                    "the shipped insertion model for delete)")
     p.add_argument("--process", default="mask", choices=["mask", "replace_any", "replace_diff", "delete"],
                    help="forward process (default: mask)")
-    p.add_argument("--schedule", default="linear", choices=["linear", "cosine", "loglinear", "count"],
-                   help="time schedule; count = Su's form, k of n tokens corrupted (default: linear)")
+    p.add_argument("--schedule", default=None, choices=["linear", "cosine", "loglinear", "count"],
+                   help="time schedule; count = Su's form, exactly k of n tokens corrupted, so --steps = --length "
+                   "changes one token per step (default: count; linear for delete, which is continuous-time only)")
     p.add_argument("--corrector", default=None, choices=["posterior", "baseline"],
                    help="noise-posterior corrector (default; replace_any defaults to baseline) or the baseline")
     p.add_argument("--length", type=int, default=32, help="tokens per sample, prefix included (default 32)")
     p.add_argument("-n", "--num-samples", type=int, default=8, help="number of samples (default 8)")
-    p.add_argument("--steps", type=int, default=None, help="reverse steps (default: --length)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="reverse steps (default: T = the number of generated tokens, --length minus the prefix)")
     p.add_argument("--prefix", default=None, help="text kept fixed at the start of every sample")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--x0-mode", default="sample", choices=["sample", "argmax"], help="how x̂0 is drawn (default sample)")
@@ -107,18 +109,20 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--length must be >= 1, got {args.length}")
     if args.num_samples < 1:
         raise ValueError(f"-n must be >= 1, got {args.num_samples}")
-    steps = args.length if args.steps is None else args.steps
-    if steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {steps}")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    steps = args.steps
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     draw = X0Draw(args.x0_mode, args.temperature, args.top_k, args.top_p)
     trajectory = Trajectory() if args.trajectory else None
+    schedule = args.schedule or ("linear" if args.process == "delete" else "count")
     if args.process == "delete":
         from textdiff.models.insertion import load_insertion_model
         from textdiff.udm.deletion import ModelInsertionPredictor, decode, process_for, sample_delete
 
         model, tokenizer = load_insertion_model(args.model, device)
-        process = process_for(model, tokenizer, args.schedule, args.corrector or "posterior")
+        process = process_for(model, tokenizer, schedule, args.corrector or "posterior")
+        steps = steps or args.length
         out = sample_delete(ModelInsertionPredictor(model), process, args.num_samples, steps=steps, draw=draw,
                             seed=args.seed, trajectory=trajectory, progress=True, device=device)
         texts = decode(tokenizer, out)
@@ -126,11 +130,10 @@ def run(args: argparse.Namespace) -> int:
         predictor, tokenizer, vocab, mask_id = build_predictor(Path(args.model or DEFAULT_MODEL), device,
                                                                subs=args.process == "mask")
         options = {"reveal": args.reveal} if args.process == "mask" else {}
-        process = make_process(args.process, mask_id=mask_id, vocab_size=vocab, schedule=args.schedule,
+        process = make_process(args.process, mask_id=mask_id, vocab_size=vocab, schedule=schedule,
                                corrector=args.corrector, **options)
         template = text_template(tokenizer, args.num_samples, args.length, args.prefix, device)
-        if process.schedule.is_count and steps > args.length:
-            raise ValueError(f"--steps must be <= T = --length ({args.length}) for the count schedule, got {steps}")
+        steps = steps or int(template.corruptible.sum(-1).max())
         hooks = [] if args.allow_special else [forbid_tokens(tokenizer.all_special_ids)]
         out = reverse_sample(process, predictor, template, steps, draw=draw, seed=args.seed,
                              cache=False if args.no_cache else "auto", logits_hooks=hooks, trajectory=trajectory,
