@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -55,14 +56,15 @@ def test_keywords_stay_in_order_and_intact(random_model, tokenizer):
     assert len(orders) == 6 and len(set(orders)) == 6
     start = keyword_start(tokenizer, orders, 8, 20)
     process = process_for(random_model, tokenizer)
-    out = sample_delete(ModelInsertionPredictor(random_model, "oneshot"), process, start=start, steps=6,
-                        t_start=0.8, seed=0)
+    predictor = ModelInsertionPredictor(random_model, "oneshot", continuation_ids=process.continuation_ids)
+    out = sample_delete(predictor, process, start=start, steps=6, t_start=0.8, seed=0)
     grew = 0
     for row in range(out.ids.shape[0]):
         ids = out.ids[row, : int(out.lengths[row])].tolist()
         pieces = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in orders[row // 8]]
         assert any(len(p) > 1 for p in pieces)  # "skateboard"/"frisbee" are multi-piece: glue is exercised
         assert contains_in_order(ids, pieces), tokenizer.convert_ids_to_tokens(ids)
+        assert set(orders[row // 8]) <= set(re.findall(r"\w+", tokenizer.decode(ids))), tokenizer.decode(ids)
         grew += len(ids) > sum(map(len, pieces))
     assert grew > out.ids.shape[0] // 2
 
@@ -76,6 +78,7 @@ def test_shipped_model_writes_sentences_around_keywords():
         ids = tokenizer(sample.text, add_special_tokens=False)["input_ids"]
         pieces = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in sample.order]
         assert contains_in_order(ids, pieces), sample
+        assert set(sample.order) <= set(re.findall(r"\w+", sample.text)), sample  # whole words
         assert len(sample.text.split()) > 3
     assert [s.score for s in samples] == sorted((s.score for s in samples), reverse=True)
 

@@ -387,6 +387,15 @@ def _fill_rank(fill: Tensor, generator: torch.Generator) -> Tensor:
     return torch.where(fill, rank, -1)
 
 
+def _follows_protected(expanded: Batch, fill: Tensor, placeholder_id: int) -> Tensor:
+    """Fill positions whose left neighbour in the final (compacted) sequence is a protected token."""
+    kept = expanded.attention_mask & ((expanded.ids != placeholder_id) | fill)
+    positions = torch.arange(kept.shape[1], device=kept.device).expand_as(kept)
+    last_kept = torch.where(kept, positions, -1).cummax(1).values
+    previous = torch.cat([last_kept.new_full((kept.shape[0], 1), -1), last_kept[:, :-1]], dim=1)
+    return fill & (previous >= 0) & expanded.protected.gather(1, previous.clamp(min=0))
+
+
 @dataclass
 class ModelPrediction:
     """:class:`InsertionOutput` of a network: count logits for ``x_t``; the fill calls the token head."""
@@ -401,14 +410,22 @@ class ModelPrediction:
 
     @torch.no_grad()
     def sample_fill(self, expanded: Batch, fill: Tensor, draw: X0Draw, generator) -> Batch:
-        """``oneshot``: all of ``fill`` from one token-head call; ``iterative``: ``tokens_per_step`` at a time."""
+        """``oneshot``: all of ``fill`` from one token-head call; ``iterative``: ``tokens_per_step`` at a time.
+
+        With ``continuation_ids``, a token that will directly follow a protected token gets no continuation piece,
+        so keywords stay whole words.
+        """
         iterative = self.predictor.fill_mode == "iterative"
+        attached = _follows_protected(expanded, fill, self.predictor.model.config.mask_token_id)
+        banned = self.predictor.continuation_ids.to(expanded.device)
         rank = _fill_rank(fill, generator) if iterative else fill.long() - 1
         step = self.predictor.tokens_per_step if iterative else max(expanded.ids.shape[1], 1)
         ids = expanded.ids.clone()
         for start in range(0, int(fill.sum(1).max()) if fill.numel() else 0, step):
             now = (rank >= start) & (rank < start + step)
             logits = self.predictor.model.token_logits(ids, expanded.attention_mask)
+            if banned.numel():
+                logits[now & attached] = logits[now & attached].index_fill(-1, banned, -math.inf)
             ids = draw.at(logits, now, ids, generator)
         return expanded.with_ids(ids)
 
@@ -423,7 +440,8 @@ class ModelInsertionPredictor:
 
     time_conditioned = True
 
-    def __init__(self, model, fill_mode: str = "iterative", tokens_per_step: int = 1, max_tries: int = 64):
+    def __init__(self, model, fill_mode: str = "iterative", tokens_per_step: int = 1, max_tries: int = 64,
+                 continuation_ids: Sequence[int] | Tensor | None = None):
         if fill_mode not in FILL_MODES:
             raise ValueError(f"fill_mode must be one of {FILL_MODES}, got {fill_mode!r}")
         if isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, int) or tokens_per_step < 1:
@@ -431,6 +449,7 @@ class ModelInsertionPredictor:
         if max_tries < 1:
             raise ValueError(f"max_tries must be >= 1, got {max_tries}")
         self.model, self.fill_mode, self.tokens_per_step, self.max_tries = model, fill_mode, tokens_per_step, max_tries
+        self.continuation_ids = torch.as_tensor([] if continuation_ids is None else continuation_ids, dtype=torch.long)
 
     @torch.no_grad()
     def __call__(self, x_t: Batch, t: Tensor) -> ModelPrediction:
@@ -590,8 +609,8 @@ def generate_from_keywords(
     ``expected_length = max(14, 2m)``). Each keyword order gets ``samples_per_order`` chains; the ``n`` best distinct
     sentences by the mean pseudo-log-likelihood of the token head are returned (``rerank="pll"``; ``"none"``: in
     generation order). Keywords are
-    protected, so they are never removed; WordPiece continuations glue multi-piece keywords. A keyword may still
-    receive a suffix piece (``dog`` → ``dog ##s``), as CommonGen expects inflections. The law sampled is the
+    protected, so they are never removed; WordPiece continuations glue multi-piece keywords, and no continuation
+    piece is ever inserted right after a keyword, so keywords stay whole words (lemma form). The law sampled is the
     length-tilted ``p(x0 | x_{t*} = kw)`` of §4.9, not ``p(x0 | kw ⊂ x0)``.
     """
     if isinstance(keywords, str):
@@ -612,7 +631,8 @@ def generate_from_keywords(
     if isinstance(target, bool) or not isinstance(target, int) or target < m or target > process.max_length:
         raise ValueError(f"expected_length must be an integer in [{m}, max_length={process.max_length}], got {target!r}")
     t_star = float(process.time_for_survival(torch.tensor(min(m / target, 0.95))))
-    out = sample_delete(ModelInsertionPredictor(model, fill_mode), process, start=start, steps=steps, t_start=t_star,
+    predictor = ModelInsertionPredictor(model, fill_mode, continuation_ids=process.continuation_ids)
+    out = sample_delete(predictor, process, start=start, steps=steps, t_start=t_star,
                         draw=draw, generator=gen, progress=progress)
     if rerank not in ("pll", "none"):
         raise ValueError(f"rerank must be 'pll' or 'none', got {rerank!r}")
