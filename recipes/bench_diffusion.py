@@ -113,6 +113,7 @@ def gen_ppl_bench(args):
     from textdiff.models.denoiser import MaskedLMPredictor, load_masked_lm
     from textdiff.models.loading import load_lm
     from textdiff.udm import MaskingProcess, X0Draw, make_template, reverse_sample
+    from textdiff.udm.sampler import forbid_tokens
 
     mlm, mlm_tok = load_masked_lm(REPO / "data" / "models" / "minilm-mlm")
     lm, lm_tok = load_lm()
@@ -128,7 +129,7 @@ def gen_ppl_bench(args):
                                          ("mask, count form, top-k 50 (not exact)", "count", L, X0Draw(top_k=50))):
         start = time.time()
         out = reverse_sample(MaskingProcess(mlm_tok.mask_token_id, schedule), predictor, template, steps, seed=0,
-                             draw=draw)
+                             draw=draw, logits_hooks=[forbid_tokens(mlm_tok.all_special_ids)])
         texts = mlm_tok.batch_decode(out.ids, skip_special_tokens=True)
         rows.append((label, texts, time.time() - start, [unigram_entropy(r[1:-1].tolist()) for r in out.ids]))
     valid_lines = [s for s in (CORPUS / "state_union.valid.txt").read_text().splitlines() if len(s.split()) > 20][:n]

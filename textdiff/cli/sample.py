@@ -86,24 +86,12 @@ def text_template(tokenizer, n: int, length: int, prefix: str | None, device: st
     return x
 
 
-def forbid_tokens(token_ids):
-    """A logits hook (ALGORITHMS.md §5) giving ``token_ids`` probability 0 at every position and step (visible
-    tokens are carried over by the process, not drawn, so protected specials stay)."""
-
-    def hook(logits, x, t, s):
-        logits = logits.clone()
-        logits[..., list(token_ids)] = float("-inf")
-        return logits
-
-    return hook
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from textdiff.udm.process import X0Draw
     from textdiff.udm.registry import make_process
-    from textdiff.udm.sampler import Trajectory, reverse_sample
+    from textdiff.udm.sampler import Trajectory, forbid_tokens, reverse_sample
 
     if args.length < 1:
         raise ValueError(f"--length must be >= 1, got {args.length}")

@@ -19,10 +19,10 @@ from textdiff.udm.process import (
 )
 from textdiff.udm.registry import PROCESS_NAMES, make_process
 from textdiff.udm.replacement import ReplaceAnyProcess, ReplaceDiffProcess
-from textdiff.udm.sampler import PredictorCache, Trajectory, make_template, reverse_sample
+from textdiff.udm.sampler import PredictorCache, Trajectory, forbid_tokens, make_template, reverse_sample
 
 __all__ = [
-    "Batch", "CosineSchedule", "CountSchedule", "ForwardProcess", "LinearSchedule", "LogLinearSchedule",
+    "Batch", "CosineSchedule", "forbid_tokens", "CountSchedule", "ForwardProcess", "LinearSchedule", "LogLinearSchedule",
     "MaskingProcess", "Noise", "PROCESS_NAMES", "ReplaceAnyProcess", "ReplaceDiffProcess", "make_process", "PredictorCache", "Schedule", "StepPlan", "Trajectory", "X0Draw", "as_batch",
     "get_schedule", "make_template", "masked_token_nll", "masking_elbo", "masking_elbo_weight", "reverse_sample",
     "sample_times", "time_grid", "udm_loss",

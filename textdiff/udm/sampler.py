@@ -29,6 +29,19 @@ from textdiff.udm.process import Batch, ForwardProcess, X0Draw, as_batch, time_g
 LogitsHook = Callable[[Any, Batch, torch.Tensor, torch.Tensor], Any]
 
 
+def forbid_tokens(token_ids: Sequence[int]) -> LogitsHook:
+    """A logits hook giving ``token_ids`` probability 0 wherever x̂0 is drawn (e.g. special tokens). Visible and
+    protected tokens are carried over by the process, not drawn, so they are unaffected."""
+    token_ids = list(token_ids)
+
+    def hook(logits, x_t, t, s):
+        logits = logits.clone()
+        logits[..., token_ids] = float("-inf")
+        return logits
+
+    return hook
+
+
 class Predictor(Protocol):
     def __call__(self, x_t: Batch, t: torch.Tensor) -> Any: ...
 
