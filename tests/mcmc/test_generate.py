@@ -42,13 +42,13 @@ def assert_contains(sentence, words):
 
 
 @needs_smollm2
-def test_smoke_default_models():
+def test_smoke_default_models(device):
     """Two chains, a few steps, on SmolLM2 + the shipped MiniLM MLM: keywords present, text decodes."""
     try:
-        mlm, mlm_tok = load_mlm(None)
+        mlm, mlm_tok = load_mlm(None, device=device)
     except FileNotFoundError as err:
         pytest.skip(f"the default MLM is not in this checkout: {err}")
-    lm, lm_tok = load_lm(None)
+    lm, lm_tok = load_lm(None, device=device)
     gen = KeywordGenerator(lm, lm_tok, mlm, mlm_tok)
     out = gen.generate("dog frisbee", n=2, steps=6, chains=2, seed=0)
     assert 1 <= len(out) <= 2

@@ -165,7 +165,8 @@ def test_pseudo_log_likelihood_energy_on_exact_conditionals():
     energy = pseudo_log_likelihood_energy(oracle, MASK, SPECIAL)
     ids = torch.tensor([[CLS, 0, 1, 2, SEP], [CLS, 2, 2, 0, SEP]])
     def masked_log_prob(r, i):
-        return float(torch.log_softmax(oracle.conditional(tuple(MASK if k == i else t for k, t in enumerate(r))), 0)[r[i]])
+        body = tuple(MASK if k == i else t for k, t in enumerate(r))
+        return float(torch.log_softmax(oracle.conditional(body), 0)[r[i]])
 
     expected = [-sum(masked_log_prob(r, i) for i in range(L)) for r in ([0, 1, 2], [2, 2, 0])]
     assert energy(ids, torch.ones_like(ids)).tolist() == pytest.approx(expected)
