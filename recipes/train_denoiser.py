@@ -108,6 +108,7 @@ def evaluate_card(model_dir: Path, seed: int = 0) -> dict:
 def write_card(history: list[dict], metrics: dict) -> None:
     steps = sum(h["steps"] for h in history)
     tokens = sum(h["tokens"] for h in history)
+    lrs = ", ".join(f"{h.get('lr', 'n/a')}" for h in history)
     fills = ", ".join(f"`{w}` {p:.3f}" for w, p in metrics["capital_of_france"])
     size = (SHIPPED / "model.safetensors").stat().st_size / 2**20
     card = f"""# minilm-mlm — the default masked-diffusion BERT of textdiff
@@ -128,11 +129,12 @@ Load offline: `AutoModelForMaskedLM.from_pretrained("data/models/minilm-mlm")`, 
   Project Gutenberg prose (public domain), State of the Union and inaugural addresses (public domain), CommonGen
   target sentences (MIT), WordNet 3.0 example sentences (WordNet licence)); blocks of 128 tokens `[CLS] … [SEP]`,
   documents joined by `[SEP]`.
-* Optimiser: AdamW (β = 0.9, 0.98; weight decay 0.01), peak lr 3e-4, warm-up + cosine, gradient clipping 1.0,
-  batch {BATCH} blocks.
+* Optimiser: AdamW (β = 0.9, 0.98; weight decay 0.01), warm-up + cosine, gradient clipping 1.0, batch {BATCH} blocks;
+  peak lr per stretch: {lrs}.
 * Steps: {steps}; tokens seen: {tokens:,} (block tokens, ≈ {tokens * 0.5:,.0f} of them masked and scored).
-* Hardware: 2 shared CPU cores (1 thread, niced), in {len(history)} stretch(es) — a small budget: this model is
-  usable but far from converged. `recipes/train_denoiser.py` resumes from this folder; on one GPU it continues in minutes.
+* Hardware: 2 shared CPU cores (1 thread, niced), in {len(history)} stretch(es). This is a tiny budget: the model is
+  far from converged and still weak (see the numbers below); it exists so that every textdiff sampler has an offline
+  default. `recipes/train_denoiser.py` resumes from this folder; on one GPU it continues in minutes.
 
 ## Evaluation (held-out `data/corpus/denoiser_en/*.valid.txt`, {metrics['held_out_tokens']:,} tokens)
 
@@ -185,7 +187,7 @@ def main() -> int:
         if code:
             return code
         after = json.loads((RUN / "latest.json").read_text())["step"]
-        history.append({"steps": after - before, "tokens": (after - before) * BATCH * SEQ_LEN, "end_step": after,
+        history.append({"lr": args.lr, "steps": after - before, "tokens": (after - before) * BATCH * SEQ_LEN, "end_step": after,
                         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         write_card(history, evaluate_card(SHIPPED))
         if after >= args.max_steps:
