@@ -80,6 +80,9 @@ class UnigramCollator:
             raise ValueError(f"max_length must be >= 1 or None, got {max_length}")
         self.tokenizer, self.alpha, self.text_column, self.max_length = tokenizer, alpha, text_column, max_length
         index = tokenizer.vocab.index
+        for flag, piece in ((add_bos, "<s>"), (add_eos, "</s>")):
+            if flag and piece not in index:
+                raise ValueError(f"add_bos/add_eos need the piece {piece!r}, which this vocabulary lacks")
         self.pad_id = pad_id if pad_id is not None else index.get("<pad>", 0)
         self.prefix = [index["<s>"]] if add_bos else []
         self.suffix = [index["</s>"]] if add_eos else []

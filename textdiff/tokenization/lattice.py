@@ -2,13 +2,16 @@
 
 ALGORITHMS.md §8.1 (candidates ``(s, e, v)``) and §8.8 steps 1-2 (edge table ``E[b, e, k]``, bucketing).
 
-All chunks of a batch are laid end to end as one stream of code points with a separator (-1) after each chunk.
-Candidates come from a vectorised trie walk: one tensor step per piece length, over all positions at once.
+The distinct chunks of a batch are laid end to end as one stream of code points with a separator (-1) after each
+chunk. Candidates come from a vectorised trie walk: one tensor step per piece length, over all positions at once.
 
-Design decision (D10, cuts): a boundary that no candidate spans splits the lattice into independent factors (the
-segmentation law is their product, §8.1 "chunking changes the distribution only by factorisation"). Cutting there
-turns one long row per line into short rows (words, for SentencePiece models), which are bucketed by exact length
-so the sequential forward pass has few steps and no padding.
+Design decisions (D10):
+* cuts: a boundary that no candidate spans splits the lattice into independent factors (the segmentation law is
+  their product, §8.1 "chunking changes the distribution only by factorisation"). Cutting there turns one long row
+  per line into short rows (words, for SentencePiece models), bucketed by length (exact up to 4, then ranges
+  growing by a third) so the sequential forward pass has few steps and little padding;
+* chunk sharing: repeated chunks (words) are laid out once; their lattice, edge table and forward pass are shared
+  and only the random predecessor draws happen per occurrence.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from textdiff.tokenization.sentencepiece_model import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED
+from textdiff.tokenization.sentencepiece_model import BYTE, NORMAL, UNKNOWN, USER_DEFINED
 
 UNK_PENALTY = 10.0
 BYTE_PIECES = [f"<0x{b:02X}>" for b in range(256)]

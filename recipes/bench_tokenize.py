@@ -1,0 +1,81 @@
+"""Throughput of textdiff's unigram tokenizer vs SentencePiece, side by side in one run (same model, lines, threads).
+
+Measures Viterbi encoding and exact sampling (SentencePiece ``enable_sampling=True, nbest_size=-1``, the same law)
+in MB/s of UTF-8 input and tokens/s, and prints textdiff / SentencePiece ratios. CUDA is measured when present.
+
+    python recipes/bench_tokenize.py --lines 40000 --alpha 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import random
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(REPO / "data/tokenizers/en-unigram-8k.model"), help="SentencePiece unigram .model")
+    parser.add_argument("--corpus", default=str(REPO.parent / "shared/data/corpus/en"), help="folder of .txt files")
+    parser.add_argument("--lines", type=int, default=40000, help="number of corpus lines (shuffled, seed 0)")
+    parser.add_argument("--alpha", type=float, default=0.1, help="sampling alpha (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch and SentencePiece threads (default: 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="best of N timed runs per system (default: 3)")
+    args = parser.parse_args()
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import sentencepiece as spm
+    import torch
+
+    from textdiff.tokenization import UnigramTokenizer
+
+    torch.set_num_threads(args.threads)
+    lines = []
+    for path in sorted(glob.glob(os.path.join(args.corpus, "*.txt"))):
+        lines += [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    random.Random(0).shuffle(lines)
+    lines = lines[: args.lines]
+    megabytes = sum(len(line.encode("utf-8")) for line in lines) / 1e6
+
+    sp = spm.SentencePieceProcessor(model_file=args.model)
+    tok = UnigramTokenizer.from_sentencepiece(args.model)
+    systems = {
+        "sentencepiece viterbi": lambda: sp.encode(lines, num_threads=args.threads),
+        "textdiff viterbi cpu": lambda: tok.encode(lines),
+        "sentencepiece sample": lambda: sp.encode(
+            lines, enable_sampling=True, alpha=args.alpha, nbest_size=-1, num_threads=args.threads
+        ),
+        "textdiff sample cpu": lambda: tok.encode(lines, alpha=args.alpha, seed=0),
+    }
+    if torch.cuda.is_available():
+        systems["textdiff viterbi cuda"] = lambda: tok.encode(lines, device="cuda")
+        systems["textdiff sample cuda"] = lambda: tok.encode(lines, alpha=args.alpha, seed=0, device="cuda")
+    print(f"{len(lines)} lines, {megabytes:.2f} MB, model {Path(args.model).name}, alpha {args.alpha}, "
+          f"threads {args.threads}, torch {torch.__version__}, sentencepiece {spm.__version__}")
+    results = {}
+    for name, run in systems.items():
+        run()  # warm-up (trie build, CUDA context)
+        best, tokens = float("inf"), 0
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            out = run()
+            best = min(best, time.perf_counter() - start)
+            tokens = sum(map(len, out))
+        results[name] = (megabytes / best, tokens / best)
+        print(f"{name:24s} {megabytes / best:8.2f} MB/s {tokens / best / 1e6:8.3f} M tok/s  ({tokens} tokens)")
+    print("ratios (textdiff / sentencepiece, MB/s):")
+    for mode in ("viterbi", "sample"):
+        for device in ("cpu", "cuda"):
+            key = f"textdiff {mode} {device}"
+            if key in results:
+                ratio = results[key][0] / results[f"sentencepiece {mode}"][0]
+                print(f"  {mode:8s} {device:5s} {ratio:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
