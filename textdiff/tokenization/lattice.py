@@ -78,22 +78,27 @@ class ChunkStream:
 def chunk_stream(texts: list[list[str]] | list[str], split_at: str | None, device: torch.device) -> ChunkStream:
     """Cut each text into chunks (its listed pre-tokens, or before every ``split_at`` character, or whole) and keep
     one copy of each distinct chunk (design decision D10: repeated words share their lattice and forward pass)."""
-    index: dict[str, int] = {}
-    occurrences: list[int] = []
+    words: list[str] = []  # one key per occurrence; with split_at, keys omit the leading split_at character
     counts = []
     for text in texts:
         if isinstance(text, list):
-            ids = [index.setdefault(chunk, len(index)) for chunk in text if chunk]
+            parts = [chunk for chunk in text if chunk]
         elif split_at is not None:
-            head, *rest = text.split(split_at)
-            ids = [index.setdefault(split_at + part, len(index)) for part in rest]
-            if head:
-                ids.insert(0, index.setdefault(head, len(index)))
+            parts = text.split(split_at)
+            if parts[0]:
+                parts[0] = split_at + parts[0]  # a head without split_at: a key no other part can have
+            else:
+                del parts[0]
         else:
-            ids = [index.setdefault(text, len(index))] if text else []
-        occurrences += ids
-        counts.append(len(ids))
-    chunks = list(index)
+            parts = [text] if text else []
+        words += parts
+        counts.append(len(parts))
+    index = {key: i for i, key in enumerate(dict.fromkeys(words))}
+    occurrences = list(map(index.__getitem__, words))
+    if split_at is None or (texts and isinstance(texts[0], list)):
+        chunks = list(index)
+    else:
+        chunks = [key[1:] if key[:1] == split_at else split_at + key for key in index]
     chunk_len = torch.tensor([len(c) for c in chunks], dtype=torch.int64)
     raw = "".join(chunks).encode("utf-32-le", errors="surrogatepass")
     codes = torch.frombuffer(bytearray(raw), dtype=torch.int32).to(torch.int64) if raw else torch.zeros(0, dtype=torch.int64)

@@ -63,14 +63,14 @@ def backtrack(
     width = candidate.shape[2]
     rows = torch.arange(table_row.numel(), device=table_row.device)
     end = length[table_row]
-    windows = None if prefix is None else prefix[:, :-1].unfold(1, width, 1)
+    scores = None if prefix is None else prefix[:, :-1].unfold(1, width, 1) + weights  # log Z(s) + alpha v
     picked, owner = [], []
     while rows.numel():
         source = table_row[rows]
         if choice is not None:
             j = choice[source, end - 1]
         else:
-            total = windows[source, end - 1] + weights[source, end - 1]
+            total = scores[source, end - 1]
             j = (total + rng.gumbel(total.shape, generator, total.device)).argmax(1)
         picked.append(candidate[source, end - 1, j])
         owner.append(rows)
