@@ -1,6 +1,7 @@
 """Unified Diffusion Model (UDM) on token sequences: forward processes, the generic reverse loop, losses."""
 
-from textdiff.udm.loss import masked_token_nll, masking_elbo, masking_elbo_weight, sample_times, udm_loss
+from textdiff.udm.loss import (masked_token_nll, masking_elbo, masking_elbo_weight, replace_diff_elbo, sample_times,
+                              udm_loss)
 from textdiff.udm.masking import MaskingProcess
 from textdiff.udm.process import (
     Batch,
@@ -24,6 +25,6 @@ from textdiff.udm.sampler import PredictorCache, Trajectory, forbid_tokens, make
 __all__ = [
     "Batch", "CosineSchedule", "forbid_tokens", "CountSchedule", "ForwardProcess", "LinearSchedule", "LogLinearSchedule",
     "MaskingProcess", "Noise", "PROCESS_NAMES", "ReplaceAnyProcess", "ReplaceDiffProcess", "make_process", "PredictorCache", "Schedule", "StepPlan", "Trajectory", "X0Draw", "as_batch",
-    "get_schedule", "make_template", "masked_token_nll", "masking_elbo", "masking_elbo_weight", "reverse_sample",
+    "get_schedule", "make_template", "masked_token_nll", "masking_elbo", "masking_elbo_weight", "replace_diff_elbo", "reverse_sample",
     "sample_times", "time_grid", "udm_loss",
 ]

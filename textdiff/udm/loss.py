@@ -66,3 +66,19 @@ def masking_elbo(nll: torch.Tensor, masked: torch.Tensor, t: torch.Tensor, corru
 def udm_loss(nll: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
     """Unweighted UDM loss (§1.4): mean ``−log q(x0_i | x_t)`` over the corrupted positions of the batch."""
     return (nll * corrupted).sum() / corrupted.sum().clamp(min=1)
+
+
+def replace_diff_elbo(logits: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                      corruptible: torch.Tensor, vocab_size: int, schedule: Schedule | str = "linear") -> torch.Tensor:
+    """Per-sequence continuous-time ELBO estimate for ``replace_diff`` with a uniform prior (ALGORITHMS.md §1.5 table,
+    §3.5): ``η(t) [Σ_i d_i − |D_t| − Σ_{i∈D_t} log P_i(x0_i)] + n log(|V|/(|V|−1))``, ``d_i = 1 − P_i(x_t,i)``,
+    ``D_t = {i : x_t,i ≠ x0_i}``; ``P`` = softmax of the predictor ``logits [B, L, V]`` at ``x_t``."""
+    schedule = get_schedule(schedule)
+    if schedule.is_count:
+        raise ValueError("replace_diff_elbo is the continuous-time bound; use a continuous schedule")
+    logp = torch.log_softmax(logits.double(), -1)
+    d = -torch.expm1(logp.gather(-1, x_t[..., None]).squeeze(-1)) * corruptible
+    edited = corruptible & (x_t != x0)
+    nll = -(logp.gather(-1, x0[..., None]).squeeze(-1) * edited).sum(-1)
+    prior = corruptible.sum(-1).double() * math.log(vocab_size / (vocab_size - 1))
+    return schedule.eta(t) * (d.sum(-1) - edited.sum(-1) + nll) + prior
