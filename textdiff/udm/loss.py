@@ -1,4 +1,5 @@
-"""UDM training loss and the masking ELBO (ALGORITHMS.md §1.4, §1.5, §2.4).
+"""UDM training loss and ELBOs: masking (count form and continuous time) and replace_diff (continuous time)
+(ALGORITHMS.md §1.4, §1.5, §2.4, §3.5).
 
 Decisions (ALGORITHMS.md §10, D2):
 
