@@ -5,7 +5,8 @@ state has ``.tokens`` (ids in the proposal's token space) and ``.blocks`` (keywo
 
 Design decisions (ALGORITHMS.md §10, D8):
 
-* The fluency term is ``γ · log p_LM(text + EOS | BOS)``, a sum of float64 log-softmax values; ``γ = 0.8`` (Su).
+* The fluency term is ``γ · log p_LM(text + EOS | BOS)``, a sum of float64 log-softmax values; ``γ = 0.8`` (Su);
+  an optional length bonus ``λ`` per scored token (a soft term) counters the LM's preference for short texts.
   The state lives in the proposal model's token space; ``to_lm_ids`` maps it to the scorer's ids (re-tokenising the
   decoded text when the spaces differ, the identity when the proposal is the causal LM itself).
 * Hard constraints (length bounds, banned words) give ``-inf``; keywords are guaranteed by protection (§7.5).
@@ -133,7 +134,8 @@ class KeywordMeasure:
 
 
 class ConstrainedLMTarget:
-    """``log π(x) = γ · log p_LM(x) + Σ soft terms``, ``-inf`` outside the hard constraints (ALGORITHMS.md §7.1).
+    """``log π(x) = γ · log p_LM(x) + λ · (LM tokens + 1) + Σ soft terms``, ``-inf`` outside the hard constraints
+    (ALGORITHMS.md §7.1; ``λ = length_bonus`` nats per scored token, default 0).
 
     ``decode`` maps state tokens to text (for banned words and soft terms); ``to_lm_ids`` maps state tokens to the
     scorer's ids. Hard constraints: ``min_length <= len(tokens) <= max_length`` and no banned word (whole words,
@@ -146,6 +148,7 @@ class ConstrainedLMTarget:
         decode: Callable[[Sequence[int]], str],
         to_lm_ids: Callable[[Sequence[int]], list[int]],
         gamma: float = 0.8,
+        length_bonus: float = 0.0,
         min_length: int = 1,
         max_length: int = 10**9,
         banned: Sequence[str] = (),
@@ -156,7 +159,7 @@ class ConstrainedLMTarget:
         if min_length < 0 or max_length < min_length:
             raise ValueError(f"need 0 <= min_length <= max_length, got {min_length}, {max_length}")
         self.scorer, self.decode, self.to_lm_ids = scorer, decode, to_lm_ids
-        self.gamma, self.min_length, self.max_length = gamma, min_length, max_length
+        self.gamma, self.length_bonus, self.min_length, self.max_length = gamma, length_bonus, min_length, max_length
         self.banned = re.compile(r"\b(" + "|".join(map(re.escape, banned)) + r")\b", re.I) if banned else None
         self.soft = list(soft)
 
@@ -170,8 +173,9 @@ class ConstrainedLMTarget:
         ]
         if not allowed:
             return out
-        lm = self.scorer.log_prob_ids([self.to_lm_ids(states[i].tokens) for i in allowed])
-        values = self.gamma * lm
+        lm_ids = [self.to_lm_ids(states[i].tokens) for i in allowed]
+        lengths = torch.tensor([len(ids) + 1 for ids in lm_ids], dtype=torch.float64)
+        values = self.gamma * self.scorer.log_prob_ids(lm_ids) + self.length_bonus * lengths
         for term in self.soft:
             values = values + torch.as_tensor(list(term([texts[i] for i in allowed])), dtype=torch.float64)
         out[allowed] = values
