@@ -34,12 +34,25 @@ def add_parser(subparsers) -> None:
                         help="per chain: best-scoring state seen, or the final state")
     parser.add_argument("--ban", action="append", default=[], help="a word that must not appear (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per sentence, with scores")
+    diffusion = parser.add_argument_group("--method diffusion (reverse deletion process started from the keywords)")
+    parser.add_argument("--method", choices=["mh", "diffusion"], default="mh",
+                        help="mh: Metropolis-Hastings chains; diffusion: insertion chain of the deletion process "
+                        "started from x_t = keywords (keywords kept in order, lemma form)")
+    diffusion.add_argument("--insertion-model", default=None, help="model folder (default: data/models/insertion)")
+    diffusion.add_argument("--orders", default="6", help="keyword orders to try: 'all', 'given' or a number")
+    diffusion.add_argument("--samples-per-order", type=int, default=4, help="chains per keyword order")
+    diffusion.add_argument("--diffusion-steps", type=int, default=12, help="reverse steps from t* to 0")
+    diffusion.add_argument("--fill-mode", choices=["oneshot", "iterative"], default="oneshot",
+                           help="fill inserted tokens at once (factorised) or one at a time (exact given exact "
+                           "conditionals)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     import json
 
+    if args.method == "diffusion":
+        return run_diffusion(args)
     from textdiff.mcmc.generate import generate
 
     sentences = generate(args.keywords, args.n, lm=args.lm, mlm=args.mlm, device=args.device,
@@ -49,4 +62,26 @@ def run(args) -> int:
                          progress=True)
     for sentence in sentences:
         print(json.dumps(sentence.to_dict()) if args.json else sentence.text)
+    return 0
+
+
+def run_diffusion(args) -> int:
+    import json
+
+    from textdiff.models.insertion import load_insertion_model
+    from textdiff.udm.deletion import generate_from_keywords
+
+    if args.orders in ("all", "given"):
+        orders = args.orders
+    elif args.orders.isdigit() and int(args.orders) >= 1:
+        orders = int(args.orders)
+    else:
+        raise ValueError(f"--orders must be 'all', 'given' or an integer >= 1, got {args.orders!r}")
+    model, tokenizer = load_insertion_model(args.insertion_model, device=args.device)
+    samples = generate_from_keywords(model, tokenizer, args.keywords, args.n, orders=orders,
+                                     samples_per_order=args.samples_per_order, steps=args.diffusion_steps,
+                                     fill_mode=args.fill_mode, seed=args.seed, progress=True)
+    for sample in samples:
+        record = {"text": sample.text, "order": list(sample.order), "score": float(sample.score)}
+        print(json.dumps(record) if args.json else sample.text)
     return 0
