@@ -17,6 +17,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
+from textdiff.models.time import time_features
 from textdiff.udm.process import Batch
 
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
@@ -53,15 +54,6 @@ class DenoiserConfig(PretrainedConfig):
         self.intermediate_size = intermediate_size or 4 * hidden_size
         self.max_position_embeddings, self.dropout = max_position_embeddings, dropout
         self.time_conditioning, self.causal, self.mask_token_id = time_conditioning, causal, mask_token_id
-
-
-def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of ``t ∈ [0, 1]`` (scaled by 1000), ``[B, dim]``."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = 1000.0 * t.float()[:, None] * freqs[None]
-    emb = torch.cat([angles.sin(), angles.cos()], -1)
-    return nn.functional.pad(emb, (0, dim - 2 * half))
 
 
 class DenoiserModel(PreTrainedModel):
@@ -106,7 +98,7 @@ class DenoiserModel(PreTrainedModel):
         if self.time_mlp is not None:
             if t is None:
                 raise ValueError("this denoiser is time-conditioned: pass t [B]")
-            x = x + self.time_mlp(time_embedding(torch.as_tensor(t, device=x.device).expand(B), x.shape[-1]))[:, None]
+            x = x + self.time_mlp(time_features(torch.as_tensor(t, device=x.device).expand(B), x.shape[-1]))[:, None]
         causal = torch.ones(L, L, dtype=torch.bool, device=x.device).triu(1) if self.config.causal else None
         pad = None if attention_mask is None else ~attention_mask.bool()
         return self.norm(self.layers(x, mask=causal, src_key_padding_mask=pad, is_causal=self.config.causal))

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel, PretrainedConfig, PreTrainedModel
 
+from textdiff.models.time import time_features
+
 
 class InsertionConfig(PretrainedConfig):
     """Hyper-parameters of :class:`InsertionModel`; ``max_count`` is ``K`` (slot-count classes ``0..K``), ``max_seq_length``
@@ -70,14 +72,6 @@ class InsertionConfig(PretrainedConfig):
             attention_probs_dropout_prob=self.hidden_dropout_prob,
             pad_token_id=self.pad_token_id,
         )
-
-
-def time_features(t: Tensor, dim: int) -> Tensor:
-    """Sinusoidal features of ``t ∈ [0, 1]`` (``dim`` even), frequencies geometric from 1 to 1000."""
-    half = dim // 2
-    freqs = torch.exp(torch.linspace(0.0, math.log(1000.0), half, device=t.device, dtype=torch.float32))
-    angles = t.float()[:, None] * freqs[None, :] * math.pi
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
 class InsertionModel(PreTrainedModel):
