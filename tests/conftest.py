@@ -30,8 +30,8 @@ def device(request) -> str:
 
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
-    """English corpora: the project's copy in data/ first, then ../shared/data/corpus/en."""
-    for candidate in (REPO / "data" / "corpus" / "en", SHARED / "data" / "corpus" / "en"):
-        if candidate.is_dir():
+    """English corpora: ../shared/data/corpus/en, else the subsample shipped in data/corpus/denoiser_en."""
+    for candidate in (SHARED / "data" / "corpus" / "en", REPO / "data" / "corpus" / "denoiser_en"):
+        if candidate.is_dir() and any(candidate.glob("*.txt")):
             return candidate
-    pytest.skip("no English corpus found in data/corpus/en or ../shared/data/corpus/en")
+    pytest.skip("no English corpus found in ../shared/data/corpus/en or data/corpus/denoiser_en")

@@ -14,12 +14,11 @@ CORPUS_FILES = ("gutenberg.txt", "movie_reviews.txt", "wordnet_examples.txt", "s
 
 @pytest.fixture(scope="session")
 def corpus_lines(corpus_dir) -> list[str]:
-    """Non-empty lines of several English corpora, shuffled with a fixed seed."""
+    """Non-empty lines of several English corpora (or of the shipped subsample), shuffled with a fixed seed."""
+    paths = [corpus_dir / name for name in CORPUS_FILES if (corpus_dir / name).is_file()]
     lines = []
-    for name in CORPUS_FILES:
-        path = corpus_dir / name
-        if path.is_file():
-            lines += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for path in paths or sorted(corpus_dir.glob("*.txt")):
+        lines += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     random.Random(0).shuffle(lines)
     return lines
 
