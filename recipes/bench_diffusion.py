@@ -13,10 +13,8 @@
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -101,15 +99,9 @@ def cache_bench(model, tokenizer, args):
     print(f"speed-up {times[False] / times[True]:.2f}x; identical samples: {torch.equal(outs[False], outs[True])}")
 
 
-def unigram_entropy(ids: list[int]) -> float:
-    """Per-sample unigram entropy −Σ f log f of the token frequencies within the sample (ALGORITHMS.md §9)."""
-    counts = Counter(ids)
-    n = len(ids)
-    return -sum(c / n * math.log(c / n) for c in counts.values())
-
-
 def gen_ppl_bench(args):
     from textdiff.mcmc.targets import CausalLMScorer
+    from textdiff.metrics import perplexity, unigram_entropy
     from textdiff.models.denoiser import MaskedLMPredictor, load_masked_lm
     from textdiff.models.loading import load_lm
     from textdiff.udm import MaskingProcess, X0Draw, make_template, reverse_sample
@@ -140,9 +132,7 @@ def gen_ppl_bench(args):
           f"retokenised), {n} samples of {L} WordPiece tokens from data/models/minilm-mlm; float64 draws")
     print("| sampler | gen-PPL | unigram entropy (nats) | sampling time |\n|---|---|---|---|")
     for label, texts, seconds, entropies in rows:
-        logp = scorer.log_prob_texts(texts)
-        n_tok = sum(len(ids) + 1 for ids in scorer.encode(texts))
-        print(f"| {label} | {math.exp(-float(logp.sum()) / n_tok):.1f} | {sum(entropies) / len(entropies):.2f} | "
+        print(f"| {label} | {perplexity(scorer, texts):.1f} | {sum(entropies) / len(entropies):.2f} | "
               f"{seconds:.1f} s |")
     print("\nexample:", rows[0][1][0])
 

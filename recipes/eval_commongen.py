@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from textdiff.mcmc.generate import KeywordGenerator
 from textdiff.mcmc.keywords import inflections
 from textdiff.mcmc.targets import CausalLMScorer
+from textdiff.metrics import perplexity
 from textdiff.models.loading import load_lm, load_mlm
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "commongen"
@@ -73,12 +74,6 @@ def corpus_bleu(hypotheses: list[str], references: list[list[str]], max_n: int =
     log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_n
     brevity = min(0.0, 1.0 - ref_len / hyp_len)
     return 100.0 * math.exp(log_precision + brevity)
-
-
-def perplexity(scorer: CausalLMScorer, texts: list[str]) -> float:
-    """``exp(-Σ log p / Σ tokens)`` over texts (+ EOS each), with the scorer's prompt."""
-    ids = scorer.encode(texts)
-    return math.exp(-float(scorer.log_prob_ids(ids).sum()) / sum(len(i) + 1 for i in ids))
 
 
 @torch.no_grad()

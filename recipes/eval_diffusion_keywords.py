@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from textdiff.metrics import unigram_entropy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,13 +31,6 @@ def mh_recipe():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def unigram_entropy(words: list[str]) -> float:
-    """``−Σ_w f_w log f_w`` of one sentence's words (ALGORITHMS.md §9)."""
-    counts = Counter(words)
-    n = sum(counts.values())
-    return -sum(c / n * math.log(c / n) for c in counts.values()) if n else 0.0
 
 
 def main(argv=None) -> int:
