@@ -58,7 +58,8 @@ def likelihood_bench(args, work: Path):
                                 causal=objective == "ar", mask_token_id=tokenizer.mask_token_id)
         model = DenoiserModel(config)
         trainer = Trainer(model, TrainConfig(objective=objective, batch_size=args.batch_size, max_steps=args.steps,
-                                             lr=1e-3, warmup_steps=args.steps // 20, eval_every=0, save_every=0,
+                                             loss_weighting=args.loss_weighting, lr=args.lr,
+                                             warmup_steps=args.steps // 20, eval_every=0, save_every=0,
                                              eval_blocks=len(valid)),
                           train, spec, tokenizer.mask_token_id, work / objective, valid, log=lambda s: None)
         start = time.time()
@@ -71,7 +72,8 @@ def likelihood_bench(args, work: Path):
     print(f"\n## 1. ELBO perplexity vs AR baseline (same {n_params / 1e6:.2f}M-parameter transformer, WordPiece "
           f"{len(tokenizer)}, {args.steps} steps x {args.batch_size} x {args.seq_len} = {tokens:,} tokens each)")
     print("| model | held-out perplexity | train time |\n|---|---|---|")
-    print(f"| masking diffusion (ELBO bound, 8 t-draws/block) | {results['mask']['eval_ppl']:.1f} | "
+    print(f"| masking diffusion ({args.loss_weighting}-weighted loss; ELBO bound, 8 t-draws/block) | "
+          f"{results['mask']['eval_ppl']:.1f} | "
           f"{results['mask']['train_s']:.0f} s |")
     print(f"| autoregressive baseline (exact) | {results['ar']['eval_ppl']:.1f} | {results['ar']['train_s']:.0f} s |")
     print(f"ratio ELBO-PPL / AR-PPL = {results['mask']['eval_ppl'] / results['ar']['eval_ppl']:.2f}x "
@@ -145,6 +147,9 @@ def main() -> int:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=4000)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of both models (default 1e-3)")
+    parser.add_argument("--loss-weighting", choices=["udm", "elbo"], default="elbo",
+                        help="masking model's training loss: the reported ELBO itself (default) or the UDM loss")
     parser.add_argument("--cache-batch", type=int, default=4)
     parser.add_argument("--gen-length", type=int, default=32)
     parser.add_argument("--gen-samples", type=int, default=16)

@@ -52,6 +52,23 @@ def test_one_batch_overfit(toy_data, tmp_path, objective, one_thread):
     assert last < 0.3 * first, (first, last)
 
 
+def test_elbo_weighting_trains_the_reported_bound(toy_data, tmp_path, one_thread):
+    """``loss_weighting="elbo"``: the training loss IS the per-token ELBO of the batch (the same η(t) weights the
+    evaluation uses), unlike the UDM loss; and descending it lowers the held-out bound."""
+    trainer, train = make_trainer(toy_data, tmp_path, loss_weighting="elbo", max_steps=150, t_min=0.05)
+    ids = train[:8]["input_ids"]
+    loss, elbo, n = trainer.loss(ids, torch.Generator().manual_seed(3))
+    assert torch.isclose(loss.double(), elbo.sum() / n.sum(), rtol=1e-6)
+    udm, _ = make_trainer(toy_data, tmp_path / "udm")
+    udm_loss, udm_elbo, udm_n = udm.loss(ids, torch.Generator().manual_seed(3))
+    assert not torch.isclose(udm_loss.double(), udm_elbo.sum() / udm_n.sum(), rtol=1e-3)
+    before = trainer.evaluate(train, max_blocks=32)["eval_nll"]
+    trainer.train(progress=False)
+    assert trainer.evaluate(train, max_blocks=32)["eval_nll"] < before - 0.5
+    with pytest.raises(ValueError, match="loss_weighting"):
+        TrainConfig(loss_weighting="mdlm")
+
+
 def test_resume_gives_identical_losses(toy_data, tmp_path, one_thread):
     straight, _ = make_trainer(toy_data, tmp_path / "a", max_steps=7, save_every=3)
     reference = [r["loss"] for r in straight.train(progress=False)]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,8 +14,11 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from textdiff.rng import make_generator
+from textdiff.udm import deletion
 from textdiff.udm.deletion import (
     DeletionProcess,
+    ModelInsertionPredictor,
+    ModelPrediction,
     compact,
     count_embeddings,
     expand,
@@ -22,7 +27,8 @@ from textdiff.udm.deletion import (
     sample_slot_counts,
     slot_counts,
 )
-from textdiff.udm.process import Batch
+from textdiff.udm.process import Batch, X0Draw
+from textdiff.udm.sampler import Trajectory, reverse_sample
 
 MASK, PAD = 99, 0
 
@@ -214,6 +220,71 @@ def test_delta_predictor_returns_its_target(corrector):
     process = DeletionProcess(MASK, PAD, 8, corrector=corrector)
     out = sample_delete(lambda x, t: DeltaPrediction(target, x), process, 64, steps=5, seed=0)
     assert unpadded(out.ids, out.attention_mask) == [target] * 64
+
+
+def test_reverse_loop_grows_from_a_width_zero_template():
+    """The generic loop accepts an empty template for the deletion process: x_1 = [] needs no dummy column."""
+    target = [4, 5, 4, 6, 7]
+    process = DeletionProcess(MASK, PAD, 8)
+    trajectory = Trajectory()
+    out = reverse_sample(process, lambda x, t: DeltaPrediction(target, x), torch.zeros(16, 0, dtype=torch.long), 4,
+                         seed=0, trajectory=trajectory)
+    assert trajectory.states[0].ids.shape == (16, 0) and len(trajectory.states) == 5
+    assert unpadded(out.ids, out.attention_mask) == [target] * 16
+    with pytest.raises(ValueError, match="steps must be given"):
+        reverse_sample(process, lambda x, t: DeltaPrediction(target, x), torch.zeros(16, 0, dtype=torch.long))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fill support restriction "first piece is not a continuation" (ModelInsertionPredictor): exact conditioning
+# ---------------------------------------------------------------------------------------------------------------
+
+T, CONTINUATION = 5, [3, 4]  # text tokens 0..4, of which 3 and 4 are continuation pieces; id 5 is [MASK]
+
+
+class TableFill:
+    """A token head with the exact conditionals of an explicit joint law ``p(y1, y2)`` of two placeholders."""
+
+    def __init__(self, joint: torch.Tensor):
+        self.config = SimpleNamespace(vocab_size=T + 1, mask_token_id=T)
+        self.log_joint = joint.log()
+
+    def token_logits(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits = torch.full((ids.shape[0], 2, T + 1), -math.inf, dtype=torch.float64)
+        known = ids != T
+        logits[:, 0, :T] = torch.where(known[:, 1:], self.log_joint[:, ids[:, 1].clamp(max=T - 1)].T,
+                                       self.log_joint.logsumexp(1))
+        logits[:, 1, :T] = torch.where(known[:, :1], self.log_joint[ids[:, 0].clamp(max=T - 1)],
+                                       self.log_joint.logsumexp(0))
+        return logits
+
+
+@pytest.mark.parametrize("fill_mode, order", [("iterative", "restricted_first"), ("oneshot", "restricted_first"),
+                                              ("iterative", "random")])
+def test_first_piece_restriction_is_exact_conditioning(fill_mode, order, monkeypatch):
+    """Fill of ``[MASK] [MASK]`` (the first is the sentence's first piece): the law of the fill is the model's fill
+    law conditioned on "first piece not a continuation" — the joint for ``iterative`` (restricted position revealed
+    first), the product of the marginals for ``oneshot``. Control: revealing in random order is biased."""
+    joint = torch.exp(1.5 * torch.randn(T, T, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
+    joint /= joint.sum()
+    law = joint if fill_mode == "iterative" else joint.sum(1, keepdim=True) * joint.sum(0, keepdim=True)
+    law = law.clone()
+    law[CONTINUATION] = 0.0
+    law /= law.sum()
+    if order == "random":
+        rank = deletion._fill_rank
+        monkeypatch.setattr(deletion, "_fill_rank", lambda fill, first, g: rank(fill, torch.zeros_like(first), g))
+    n = 60_000
+    predictor = ModelInsertionPredictor(TableFill(joint), fill_mode, continuation_ids=CONTINUATION)
+    expanded = Batch(torch.full((n, 2), T))
+    out = ModelPrediction(predictor, Batch(torch.zeros(n, 0, dtype=torch.long)), torch.zeros(n, 1, 2)).sample_fill(
+        expanded, torch.ones(n, 2, dtype=torch.bool), X0Draw(), make_generator(7))
+    observed = torch.bincount(out.ids[:, 0] * T + out.ids[:, 1], minlength=T * T).double()
+    expected = law.flatten() * n
+    assert observed[expected == 0].sum() == 0
+    p_value = stats.chisquare(observed[expected > 0].numpy(), expected[expected > 0].numpy()).pvalue
+    assert (p_value > 1e-3) if order == "restricted_first" else (p_value < 1e-6), p_value
+    assert predictor.usage.calls == (2 if fill_mode == "iterative" else 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------

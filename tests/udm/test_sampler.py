@@ -101,8 +101,9 @@ def test_bad_input_is_rejected_with_clear_errors():
     pred = ContextPredictor()
     with pytest.raises(ValueError, match="length"):
         make_template(4, 0)
-    with pytest.raises(ValueError, match="length"):
-        reverse_sample(MaskingProcess(MASK), pred, torch.zeros(2, 0, dtype=torch.long))
+    for process in (MaskingProcess(MASK), ReplaceDiffProcess(V), make_process("replace_any", vocab_size=V)):
+        with pytest.raises(ValueError, match="length must be >= 1"):  # only deletion grows from width 0
+            reverse_sample(process, pred, torch.zeros(2, 0, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="steps"):
         reverse_sample(MaskingProcess(MASK), pred, make_template(2, 4), 0)
     with pytest.raises(ValueError, match="steps"):

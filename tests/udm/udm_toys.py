@@ -68,3 +68,19 @@ def exact_state_law(process: ForwardProcess, x0: torch.Tensor, states: torch.Ten
     n = len(states)
     tt = torch.full((n,), t, dtype=torch.float64)
     return process.log_prob(Batch(x0.expand(n, -1).clone()), Batch(states), tt).exp()
+
+
+def product_pdata(vocab: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A product distribution ``p(x) = Π_i f_i(x_i)``: ``(f [L, V], p over all_sequences(vocab, length))``."""
+    g = torch.Generator().manual_seed(seed)
+    f = torch.rand(length, vocab, generator=g, dtype=torch.float64) + 0.1
+    f = f / f.sum(-1, keepdim=True)
+    return f, f[torch.arange(length), all_sequences(vocab, length)].prod(-1)
+
+
+def forward_state(process: ForwardProcess, xs: torch.Tensor, p: torch.Tensor, n: int, t: float,
+                  g: torch.Generator) -> Batch:
+    """``n`` draws of ``x_t`` from the exact forward marginal ``p_t`` (x0 ~ p over ``xs``, then the real forward code;
+    at ``t = 1`` this is the exact prior of D3)."""
+    x0 = Batch(xs[torch.multinomial(p, n, replacement=True, generator=g)])
+    return process.corrupt(x0, torch.full((n,), t, dtype=torch.float64), process.sample_noise(x0, g))

@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from textdiff import rng
     from textdiff.mcmc.gibbs import gibbs_sample, masked_init, random_lengths, text_init
-    from textdiff.mcmc.proposals import excluded_mlm_ids
+    from textdiff.models.loading import excluded_mlm_ids
     from textdiff.models.loading import load_mlm
 
     model, tokenizer = load_mlm(args.model, device=args.device)

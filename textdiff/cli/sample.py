@@ -106,12 +106,12 @@ def run(args: argparse.Namespace) -> int:
     schedule = args.schedule or ("linear" if args.process == "delete" else "count")
     if args.process == "delete":
         from textdiff.models.insertion import load_insertion_model
-        from textdiff.udm.deletion import ModelInsertionPredictor, decode, process_for, sample_delete
+        from textdiff.udm.deletion import decode, predictor_for, process_for, sample_delete
 
         model, tokenizer = load_insertion_model(args.model, device)
         process = process_for(model, tokenizer, schedule, args.corrector or "posterior")
         steps = steps or args.length
-        out = sample_delete(ModelInsertionPredictor(model), process, args.num_samples, steps=steps, draw=draw,
+        out = sample_delete(predictor_for(model, tokenizer), process, args.num_samples, steps=steps, draw=draw,
                             seed=args.seed, trajectory=trajectory, progress=True, device=device)
         texts = decode(tokenizer, out)
     else:

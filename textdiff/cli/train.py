@@ -39,6 +39,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up steps (default 100)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
     p.add_argument("--t-min", type=float, default=1e-3, help="smallest mask rate t (default 1e-3)")
+    p.add_argument("--loss-weighting", choices=["udm", "elbo"], default="udm",
+                   help="udm: plain cross-entropy over masked tokens (default); elbo: the per-token ELBO (weights "
+                   "eta(t); optimises the reported ELBO perplexity directly)")
     p.add_argument("--no-antithetic", action="store_true", help="draw t independently per example")
     p.add_argument("--eval-every", type=int, default=200, help="evaluate every N steps (0: never; default 200)")
     p.add_argument("--eval-blocks", type=int, default=256, help="held-out blocks per evaluation (default 256)")
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(objective=args.objective, batch_size=args.batch_size, grad_accum=args.grad_accum,
                          max_steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay,
                          warmup_steps=args.warmup_steps, t_min=args.t_min, antithetic=not args.no_antithetic,
-                         eval_every=args.eval_every, eval_blocks=args.eval_blocks, save_every=args.save_every,
+                         loss_weighting=args.loss_weighting, eval_every=args.eval_every, eval_blocks=args.eval_blocks, save_every=args.save_every,
                          seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
+from textdiff.models.loading import excluded_mlm_ids
+
 Context = tuple[tuple[int, ...], int]
 
 
@@ -37,12 +39,6 @@ def restrict(log_g: torch.Tensor, allowed: torch.Tensor, top_k: int | None, epsi
         log_uniform = torch.full_like(log_g, -math.log(int(allowed.sum()))).masked_fill(~allowed, -math.inf)
         log_g = torch.logaddexp(log_g + math.log1p(-epsilon), log_uniform + math.log(epsilon))
     return log_g
-
-
-def excluded_mlm_ids(tokenizer) -> list[int]:
-    """Ids an MLM proposal never proposes: special tokens and ``[unused*]`` placeholders (D7)."""
-    vocab = tokenizer.get_vocab()
-    return sorted(set(tokenizer.all_special_ids) | {i for t, i in vocab.items() if t.startswith("[unused")})
 
 
 class MLMProposal:

@@ -14,7 +14,6 @@ Inputs are bare token ids ``[B, L]`` (no specials) with a left-aligned bool ``at
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel, PretrainedConfig, PreTrainedModel
 
 from textdiff.models.time import time_features
+from textdiff.udm.sampler import forbid
 
 
 class InsertionConfig(PretrainedConfig):
@@ -128,9 +128,9 @@ class InsertionModel(PreTrainedModel):
         return self._exclude(self.token_decoder(self.token_transform(hidden)).float())
 
     def _exclude(self, logits: Tensor) -> Tensor:
-        """Special tokens can never be inserted: their logits become ``−inf``."""
-        excluded = torch.as_tensor(self.config.excluded_token_ids, dtype=torch.long, device=logits.device)
-        return logits.index_fill(-1, excluded, -math.inf)
+        """Special tokens (``config.excluded_token_ids``) can never be inserted: their logits become ``−inf``. The
+        sampler adds the tokenizer's other non-text pieces (``[unused*]``; ``textdiff.udm.deletion.predictor_for``)."""
+        return forbid(logits, torch.as_tensor(self.config.excluded_token_ids, dtype=torch.long))
 
     def forward(self, ids_t, mask_t, t, ids_expanded, mask_expanded, target_counts=None, fill_positions=None,
                 target_ids=None):

@@ -1,7 +1,10 @@
 """Training loop for x0 predictors (masking diffusion) and the autoregressive baseline (ALGORITHMS.md §1.4, §2.4).
 
 Objectives: ``mask`` — corrupt with the masking process at ``t ~ U[t_min, 1]`` per example (antithetic option),
-unweighted cross-entropy on the masked positions (D2; see :mod:`textdiff.udm.loss`); ``ar`` — next-token
+cross-entropy on the masked positions (D2; see :mod:`textdiff.udm.loss`), either unweighted (``loss_weighting="udm"``,
+the UDM loss: every masked token counts once, so high mask rates dominate) or with the ELBO weights
+(``"elbo"``: the per-token continuous-time bound itself, ``η(t) Σ_{i∈M} −log P_i(x0_i) / n``, MDLM's objective —
+use it when the model is judged by its ELBO perplexity); ``ar`` — next-token
 cross-entropy of a causal model of the same size on the same blocks. Evaluation: the masking ELBO per token
 (continuous-time weights ``η(t)``) and the AR NLL per token on held-out blocks, over the same scored tokens.
 
@@ -33,6 +36,7 @@ from textdiff.udm.masking import MaskingProcess
 from textdiff.udm.process import Batch
 
 OBJECTIVES = ("mask", "ar")
+LOSS_WEIGHTINGS = ("udm", "elbo")
 
 
 @dataclass
@@ -50,6 +54,7 @@ class TrainConfig:
     clip_norm: float = 1.0
     t_min: float = 1e-3
     antithetic: bool = True
+    loss_weighting: str = "udm"
     eval_every: int = 200
     eval_blocks: int = 256
     save_every: int = 200
@@ -60,6 +65,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
         for name in ("batch_size", "grad_accum", "max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -161,7 +168,9 @@ class Trainer:
         nll = torch.zeros(x0.ids.shape, dtype=torch.float32, device=self.device)
         nll[masked] = masked_token_nll(logits_at(self.model, x_t.ids, x_t.attention_mask, masked), x0.ids[masked],
                                        self.mask_id)
-        return udm_loss(nll, masked), masking_elbo(nll, masked, t, x0.corruptible), x0.corruptible.sum(-1)
+        elbo, n = masking_elbo(nll, masked, t, x0.corruptible), x0.corruptible.sum(-1)
+        loss = udm_loss(nll, masked) if self.config.loss_weighting == "udm" else (elbo.sum() / n.sum()).float()
+        return loss, elbo, n
 
     @torch.no_grad()
     def evaluate(self, dataset=None, max_blocks: int | None = None, repeats: int = 4) -> dict:

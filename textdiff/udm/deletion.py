@@ -15,6 +15,9 @@ Decisions (ALGORITHMS.md §10, D5):
 * Fill: ``oneshot`` (factorised draw at the kept placeholders) or ``iterative`` (an inner masking chain that reveals
   ``tokens_per_step`` kept placeholders at a time in random order and stops, §4.4 "efficiency").
 * Dropped placeholders are never filled: thinning happens before the fill (§4.4).
+* Fill support restrictions (:func:`predictor_for`): special tokens and ``[unused*]`` pieces are never inserted, and
+  no WordPiece continuation (``##``) is inserted as the first piece of a sentence or right after a keyword; logits
+  at −inf, i.e. each fill categorical conditioned on the allowed set (see :class:`ModelInsertionPredictor`).
 * ``max_length``: EXPAND raises ``ValueError`` when a row would exceed it; the samplers never produce such rows.
 * Plugged into the generic loop (:func:`textdiff.udm.sampler.reverse_sample`): the predictor returns an
   :class:`InsertionOutput` (count draw + fill), :meth:`DeletionProcess.apply` runs counts → EXPAND → thin → fill →
@@ -37,13 +40,13 @@ from torch import Tensor
 
 from textdiff.rng import make_generator, sample_categorical, uniform
 from textdiff.udm.process import Batch, ForwardProcess, Noise, StepPlan, X0Draw, as_time
-from textdiff.udm.sampler import Trajectory, reverse_sample
+from textdiff.udm.sampler import NetworkUsage, Trajectory, forbid, reverse_sample
 
 __all__ = [
     "Reindex", "Expansion", "expand", "compact", "slot_counts", "count_embeddings", "sample_embedding",
     "DeletionProcess", "InsertionOutput", "ModelInsertionPredictor", "ModelPrediction", "sample_slot_counts",
-    "TrainingTargets", "training_targets", "process_for", "sample_delete", "decode", "sample_sentences", "KeywordSample", "keyword_orders",
-    "keyword_start", "generate_from_keywords", "pseudo_log_likelihood", "elbo_upper_bound",
+    "TrainingTargets", "training_targets", "continuation_pieces", "process_for", "predictor_for", "sample_delete",
+    "decode", "sample_sentences", "KeywordSample", "keyword_orders", "keyword_start", "generate_from_keywords", "pseudo_log_likelihood", "elbo_upper_bound",
 ]
 
 
@@ -219,11 +222,13 @@ class DeletionProcess(ForwardProcess):
 
     ``placeholder_id`` is the ``[MASK]`` id EXPAND writes; ``max_length`` caps every state. ``continuation_ids``
     (e.g. WordPiece ``##`` pieces): a protected continuation piece right after a protected token closes the slot
-    between them, so multi-piece keywords stay contiguous (§4.9). Continuous time only.
+    between them, so multi-piece keywords stay contiguous (§4.9). Continuous time only. States grow from ``x_1 = []``
+    (``variable_length``), so the reverse loop accepts a template of width 0.
     """
 
     name = "delete"
     time_agnostic_posterior = False
+    variable_length = True
 
     def __init__(self, placeholder_id: int, pad_id: int = 0, max_length: int = 64, schedule="linear",
                  corrector: str = "posterior", continuation_ids: Sequence[int] | Tensor | None = None):
@@ -380,20 +385,31 @@ def sample_slot_counts(count_logits: Tensor, lengths: Tensor, closed: Tensor, bu
     return torch.minimum(counts, room)
 
 
-def _fill_rank(fill: Tensor, generator: torch.Generator) -> Tensor:
-    """Rank of each fill position in a uniformly random order within its row (``-1`` elsewhere)."""
-    keys = uniform(fill.shape, generator, fill.device).masked_fill(~fill, 2.0)
+def _fill_rank(fill: Tensor, first: Tensor, generator: torch.Generator) -> Tensor:
+    """Rank of each fill position in a uniformly random order within its row (``-1`` elsewhere), the positions in
+    ``first`` ranked before the others (each group in random order)."""
+    keys = (uniform(fill.shape, generator, fill.device) - first.double()).masked_fill(~fill, 2.0)
     rank = torch.argsort(torch.argsort(keys, dim=1), dim=1)
     return torch.where(fill, rank, -1)
 
 
-def _follows_protected(expanded: Batch, fill: Tensor, placeholder_id: int) -> Tensor:
-    """Fill positions whose left neighbour in the final (compacted) sequence is a protected token."""
+def _no_continuation(expanded: Batch, fill: Tensor, placeholder_id: int) -> Tensor:
+    """Fill positions that must not hold a continuation piece: those whose left neighbour in the final (compacted)
+    sequence is a protected token, and the first piece of the sequence (nothing kept before it)."""
     kept = expanded.attention_mask & ((expanded.ids != placeholder_id) | fill)
     positions = torch.arange(kept.shape[1], device=kept.device).expand_as(kept)
     last_kept = torch.where(kept, positions, -1).cummax(1).values
     previous = torch.cat([last_kept.new_full((kept.shape[0], 1), -1), last_kept[:, :-1]], dim=1)
-    return fill & (previous >= 0) & expanded.protected.gather(1, previous.clamp(min=0))
+    return fill & ((previous < 0) | expanded.protected.gather(1, previous.clamp(min=0)))
+
+
+def _id_tensor(name: str, ids: Sequence[int] | Tensor | None, vocab_size: int) -> Tensor:
+    """``ids`` as a long tensor; ``ValueError`` naming ``name`` unless every id lies in ``[0, vocab_size)``."""
+    ids = torch.as_tensor([] if ids is None else ids, dtype=torch.long)
+    outside = (ids < 0) | (ids >= vocab_size)
+    if bool(outside.any()):
+        raise ValueError(f"{name} must be token ids in [0, {vocab_size}), got {ids[outside].tolist()}")
+    return ids
 
 
 @dataclass
@@ -410,22 +426,19 @@ class ModelPrediction:
 
     @torch.no_grad()
     def sample_fill(self, expanded: Batch, fill: Tensor, draw: X0Draw, generator) -> Batch:
-        """``oneshot``: all of ``fill`` from one token-head call; ``iterative``: ``tokens_per_step`` at a time.
-
-        With ``continuation_ids``, a token that will directly follow a protected token gets no continuation piece,
-        so keywords stay whole words.
-        """
-        iterative = self.predictor.fill_mode == "iterative"
-        attached = _follows_protected(expanded, fill, self.predictor.model.config.mask_token_id)
-        banned = self.predictor.continuation_ids.to(expanded.device)
-        rank = _fill_rank(fill, generator) if iterative else fill.long() - 1
-        step = self.predictor.tokens_per_step if iterative else max(expanded.ids.shape[1], 1)
+        """``oneshot``: all of ``fill`` from one token-head call; ``iterative``: ``tokens_per_step`` at a time, the
+        positions barred from continuation pieces first (support restrictions: :class:`ModelInsertionPredictor`)."""
+        predictor = self.predictor
+        restricted = (_no_continuation(expanded, fill, predictor.model.config.mask_token_id)
+                      if predictor.continuation_ids.numel() else torch.zeros_like(fill))
+        iterative = predictor.fill_mode == "iterative"
+        rank = _fill_rank(fill, restricted, generator) if iterative else fill.long() - 1
+        step = predictor.tokens_per_step if iterative else max(expanded.ids.shape[1], 1)
         ids = expanded.ids.clone()
         for start in range(0, int(fill.sum(1).max()) if fill.numel() else 0, step):
             now = (rank >= start) & (rank < start + step)
-            logits = self.predictor.model.token_logits(ids, expanded.attention_mask)
-            if banned.numel():
-                logits[now & attached] = logits[now & attached].index_fill(-1, banned, -math.inf)
+            logits = predictor.token_logits(ids, expanded.attention_mask)
+            logits[now & restricted] = forbid(logits[now & restricted], predictor.continuation_ids)
             ids = draw.at(logits, now, ids, generator)
         return expanded.with_ids(ids)
 
@@ -435,13 +448,29 @@ class ModelInsertionPredictor:
     ``textdiff.models.insertion``) as the deletion process's predictor for :func:`textdiff.udm.sampler.reverse_sample`.
 
     ``fill_mode`` (D5): ``oneshot`` (factorised) or ``iterative`` (``tokens_per_step`` kept placeholders revealed at a
-    time in random order, each draw conditioned on the tokens already revealed).
+    time in random order, each draw conditioned on the tokens already revealed). Every network call (count head and
+    fill) is metered in ``usage``, so ``reverse_sample``'s ``stats`` count the fill calls too.
+
+    Support restrictions of the fill (ALGORITHMS.md §5.2; :func:`textdiff.udm.sampler.forbid`): ``forbidden_ids``
+    (special tokens, ``[unused*]``) get logit −inf at every fill draw; with ``continuation_ids`` (WordPiece ``##``
+    pieces), so do continuations at the first text piece (a kept placeholder with nothing kept before it, i.e. right
+    after ``[CLS]``) and right after a protected token (keywords stay whole words). Logits at −inf followed by the
+    softmax's renormalisation is exactly conditioning that categorical on the allowed set, so the oneshot fill (a
+    product law) is exactly conditioned on all restrictions. The iterative fill reveals the continuation-restricted
+    positions first; with one such position (a sentence grown from ``[]`` has at most one per step) the fill given
+    the expansion is then exactly the model's fill law conditioned on the event "the first piece is not a
+    continuation" (that token comes from its conditioned marginal, every later draw conditions on it). With several
+    (keywords), and for ``forbidden_ids`` at every draw, sequential restriction approximates the joint conditioning.
+    Slot counts are not reweighted by the event's probability: the chain samples the model with every fill so
+    conditioned, not ``p_θ(x0 | first piece is not a continuation)``. The first piece of every state is kept from the
+    previous state or is a restricted fill, so no sample starts with a continuation.
     """
 
     time_conditioned = True
 
     def __init__(self, model, fill_mode: str = "iterative", tokens_per_step: int = 1, max_tries: int = 64,
-                 continuation_ids: Sequence[int] | Tensor | None = None):
+                 continuation_ids: Sequence[int] | Tensor | None = None,
+                 forbidden_ids: Sequence[int] | Tensor | None = None):
         if fill_mode not in FILL_MODES:
             raise ValueError(f"fill_mode must be one of {FILL_MODES}, got {fill_mode!r}")
         if isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, int) or tokens_per_step < 1:
@@ -449,11 +478,20 @@ class ModelInsertionPredictor:
         if max_tries < 1:
             raise ValueError(f"max_tries must be >= 1, got {max_tries}")
         self.model, self.fill_mode, self.tokens_per_step, self.max_tries = model, fill_mode, tokens_per_step, max_tries
-        self.continuation_ids = torch.as_tensor([] if continuation_ids is None else continuation_ids, dtype=torch.long)
+        self.continuation_ids = _id_tensor("continuation_ids", continuation_ids, model.config.vocab_size)
+        self.forbidden_ids = _id_tensor("forbidden_ids", forbidden_ids, model.config.vocab_size)
+        self.usage = NetworkUsage()
 
     @torch.no_grad()
     def __call__(self, x_t: Batch, t: Tensor) -> ModelPrediction:
+        self.usage.add(x_t.ids.shape[0])
         return ModelPrediction(self, x_t, self.model.count_logits(x_t.ids, x_t.attention_mask, t))
+
+    @torch.no_grad()
+    def token_logits(self, ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Fill logits of the token head (one metered network call), ``forbidden_ids`` at −inf."""
+        self.usage.add(ids.shape[0])
+        return forbid(self.model.token_logits(ids, attention_mask), self.forbidden_ids)
 
 
 FILL_MODES = ("oneshot", "iterative")
@@ -464,15 +502,30 @@ FILL_MODES = ("oneshot", "iterative")
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def continuation_pieces(tokenizer) -> list[int]:
+    """Ids of the WordPiece continuation pieces (``##…``) of ``tokenizer``."""
+    return sorted(i for token, i in tokenizer.get_vocab().items() if token.startswith("##"))
+
+
 def process_for(model, tokenizer=None, schedule="linear", corrector: str = "posterior") -> DeletionProcess:
     """The :class:`DeletionProcess` matching an insertion model (its ``[MASK]``, padding, length cap) and tokenizer
     (WordPiece ``##`` pieces glue multi-piece keywords)."""
     config = model.config
-    continuation = None
-    if tokenizer is not None:
-        continuation = [i for token, i in tokenizer.get_vocab().items() if token.startswith("##")]
+    continuation = None if tokenizer is None else continuation_pieces(tokenizer)
     return DeletionProcess(config.mask_token_id, config.pad_token_id, config.max_seq_length, schedule, corrector,
                            continuation)
+
+
+def predictor_for(model, tokenizer, fill_mode: str = "iterative", tokens_per_step: int = 1,
+                  max_tries: int = 64) -> ModelInsertionPredictor:
+    """The :class:`ModelInsertionPredictor` of an insertion model with its tokenizer's support restrictions, built
+    once: special tokens and ``[unused*]`` pieces are never inserted, ``##`` pieces never open a sentence or follow
+    a keyword."""
+    from textdiff.models.loading import excluded_mlm_ids
+
+    return ModelInsertionPredictor(model, fill_mode, tokens_per_step, max_tries,
+                                   continuation_ids=continuation_pieces(tokenizer),
+                                   forbidden_ids=excluded_mlm_ids(tokenizer))
 
 
 def sample_delete(
@@ -494,7 +547,8 @@ def sample_delete(
     """Variable-length samples from the reverse insertion chain (ALGORITHMS.md §4.5) via the generic loop.
 
     From ``x_1 = []`` (``n`` rows), or from ``start`` at ``t_start`` (protected tokens of ``start`` are kept, in
-    order, by construction: §4.9). ``predictor(x_t, t)`` returns an :class:`InsertionOutput`.
+    order, by construction: §4.9). ``predictor(x_t, t)`` returns an :class:`InsertionOutput`. ``stats`` receives
+    ``reverse_sample``'s network counts (fill calls included for a :class:`ModelInsertionPredictor`).
     """
     if (n is None) == (start is None):
         raise ValueError("give exactly one of n (start from the empty sequence) or start (a Batch at t_start)")
@@ -508,9 +562,8 @@ def sample_delete(
         start = Batch(torch.zeros(n, 0, dtype=torch.long, device=device))
     if int(start.lengths.max()) > process.max_length:
         raise ValueError(f"the start state has {int(start.lengths.max())} tokens, more than max_length={process.max_length}")
-    template = start if start.ids.shape[1] else Batch(start.ids.new_zeros(start.ids.shape[0], 1))
     grid = torch.linspace(t_start, 0.0, steps + 1, dtype=torch.float64, device=start.device)
-    return reverse_sample(process, predictor, template, grid=grid, draw=draw, seed=seed, generator=generator,
+    return reverse_sample(process, predictor, start, grid=grid, draw=draw, seed=seed, generator=generator,
                           trajectory=trajectory, x_init=start, progress=progress, stats=stats)
 
 
@@ -525,7 +578,7 @@ def sample_sentences(model, tokenizer, n: int, *, steps: int = 16, fill_mode: st
     """``n`` variable-length sentences grown from the empty sequence by an insertion model (``textdiff sample
     --process delete``)."""
     device = next(model.parameters()).device
-    out = sample_delete(ModelInsertionPredictor(model, fill_mode, tokens_per_step), process_for(model, tokenizer), n,
+    out = sample_delete(predictor_for(model, tokenizer, fill_mode, tokens_per_step), process_for(model, tokenizer), n,
                         steps=steps, draw=draw, seed=seed, generator=generator, progress=progress, device=device)
     return decode(tokenizer, out)
 
@@ -631,7 +684,7 @@ def generate_from_keywords(
     if isinstance(target, bool) or not isinstance(target, int) or target < m or target > process.max_length:
         raise ValueError(f"expected_length must be an integer in [{m}, max_length={process.max_length}], got {target!r}")
     t_star = float(process.time_for_survival(torch.tensor(min(m / target, 0.95))))
-    predictor = ModelInsertionPredictor(model, fill_mode, continuation_ids=process.continuation_ids)
+    predictor = predictor_for(model, tokenizer, fill_mode)
     out = sample_delete(predictor, process, start=start, steps=steps, t_start=t_star,
                         draw=draw, generator=gen, progress=progress)
     if rerank not in ("pll", "none"):

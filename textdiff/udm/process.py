@@ -338,6 +338,8 @@ class ForwardProcess(ABC):
     name: str = ""
     #: whether the exact posterior p(x0 | x_t) is independent of t (then the sampler may cache predictor calls)
     time_agnostic_posterior: bool = False
+    #: whether the reverse chain changes sequence lengths (then it may start from the empty sequence, width 0)
+    variable_length: bool = False
 
     def __init__(self, schedule: str | Schedule = "linear", corrector: str = "posterior"):
         self.schedule = get_schedule(schedule)

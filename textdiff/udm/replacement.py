@@ -5,9 +5,27 @@ Both corrupt a token by overwriting it with a replacement token: ``replace_any``
 
 Design decisions (ALGORITHMS.md §10):
 
-* D1 — ``replace_diff`` in the count form uses the one-token kernel (a): position ``i ∝ d_i = 1 − P_i(x_i)``, token
-  ``w ∝ P_i(w)`` over ``w ≠ x_i`` (exact with exact marginals, P4). Steps that revert ``m > 1`` tokens draw ``m``
-  distinct positions ``∝ d_i`` without replacement (Gumbel-top-m) — an approximation, exact only for ``m = 1``.
+* D1 — the count-form reverse step of ``replace_diff`` with a per-position predictor (§3.3), ``kernel=``:
+
+  - ``"one_token"`` (default, (a)): position ``i ∝ d_i = 1 − P_i(x_i)``, token ``w ∝ P_i(w)`` over ``w ≠ x_i``.
+    Exact with the exact posterior *marginals* for one token per step (P4). Steps that revert ``m > 1`` tokens draw
+    ``m`` distinct positions ``∝ d_i`` without replacement (Gumbel-top-m) — an approximation, exact only for ``m = 1``.
+  - ``"conditional_bernoulli"`` ((b)): the factorised predictor is conditioned on the Hamming distance ``k``:
+    positions differ independently with probability ``d_i``, and ``D̂`` is drawn given ``|D̂| = k`` exactly
+    (:func:`conditional_bernoulli_sample`, a log-space Poisson-binomial DP, ``O(l·k)``, batched); the reverted
+    positions are then the noise-posterior corrector's (``k − j`` uniformly chosen positions of ``D̂``, via the
+    schedule's ``posterior_noise``/``corrupted``, as in :meth:`ForwardProcess.correct`), with tokens ``∝ P_i(w)``
+    over ``w ≠ x_i``. Any number of tokens per step. What it samples: ``x̂0 ~ Π_i P_i`` conditioned on
+    ``H(x̂0, x_k) = k``. That is the exact posterior — hence exact for every grid — iff the posterior has the form
+    ``Π_i f_i(x0_i) · 1[H(x0, x_k) = k]`` and the predictor outputs the *factors* ``P_i ∝ f_i`` (e.g. product
+    ``p_data`` with ``P_i`` its marginals). It is NOT exact with the posterior *marginals* (what cross-entropy
+    training targets), not even for one token per step: the conditional-Bernoulli inclusion probabilities of the
+    working probabilities ``d_i`` differ from ``d_i`` (at ``k = 1``: ``P(D̂ = {i}) ∝ d_i / (1 − d_i)``, not ``d_i``);
+    with such a predictor prefer (a) (on the enumerable toys of tests/udm/test_replace_kernels.py, (b) is not closer
+    to ``p_data`` than (a) for several tokens per step either).
+    Degenerate rows (``|D̂| = k`` impossible under the predictor: more than ``k`` positions with ``P_i(x_i) = 0`` or
+    fewer than ``k`` with ``P_i(x_i) < 1``) are conditioned on the nearest feasible Hamming distance (§9: explicit
+    rule, no epsilons); this never happens with an exact predictor.
 * Continuous time (both processes, noise-posterior corrector): each position gets a revert coin with probability
   ``β(s, t)`` before the predictor is called; ``x_s = x̂0`` at coin positions, ``x_t`` elsewhere (reverting a
   position where ``x̂0`` agrees with ``x_t`` is a no-op). ``x̂0`` is drawn only at coin positions.
@@ -28,6 +46,86 @@ import torch
 
 from textdiff.rng import gumbel, uniform
 from textdiff.udm.process import Batch, CountSchedule, ForwardProcess, Noise, StepPlan, X0Draw, as_time
+
+
+#: ``replace_diff`` count-form reverse kernels (D1, §3.3)
+KERNELS = ("one_token", "conditional_bernoulli")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Conditional Bernoulli: independent Bernoulli(d_i) conditioned on their sum (ALGORITHMS.md §3.3 (b))
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _free_target(log_odds: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split off the sure positions (``log_odds = +inf``): ``(sure [B, L], free log-odds [B, L], target [B])``, the
+    target being how many free positions must still be drawn. Checks ``#sure <= k <= #sure + #free`` per row."""
+    if log_odds.dim() != 2 or k.shape != log_odds.shape[:1]:
+        raise ValueError(f"log_odds must be [B, L] and k [B], got {tuple(log_odds.shape)} and {tuple(k.shape)}")
+    if bool(torch.isnan(log_odds).any()):
+        raise ValueError("log_odds must not contain NaN")
+    sure = torch.isposinf(log_odds)
+    free = log_odds.masked_fill(sure, -math.inf)
+    target = k - sure.sum(-1)
+    if bool(((target < 0) | (target > torch.isfinite(free).sum(-1))).any()):
+        raise ValueError("k must lie in [#(log_odds = +inf), #(log_odds > -inf)] for every row (|D| = k impossible)")
+    return sure, free, target
+
+
+def _suffix_log_esp(log_odds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``R[:, i, r] = log e_r(odds_i, …, odds_{L−1})``, the log elementary symmetric polynomials of every suffix —
+    the Poisson-binomial DP (``log P(Σ_{j≥i} = r) = R[:, i, r] + Σ_{j≥i} log(1 − d_j)``), ``[B, L+1, max target+1]``."""
+    B, L = log_odds.shape
+    k_max = int(target.max()) if target.numel() else 0
+    R = log_odds.new_full((B, L + 1, k_max + 1), -math.inf)
+    R[:, :, 0] = 0.0
+    for i in range(L - 1, -1, -1):
+        R[:, i, 1:] = torch.logaddexp(R[:, i + 1, 1:], log_odds[:, i, None] + R[:, i + 1, :-1])
+    return R
+
+
+def _log_include(R: torch.Tensor, log_odds: torch.Tensor, i: int, r: torch.Tensor) -> torch.Tensor:
+    """``log P(i ∈ D | r of positions i.. are in D) = log odds_i + R[i+1, r−1] − R[i, r]`` for ``r [B, M]``
+    (``−inf`` for ``r = 0`` and for unreachable ``(i, r)``)."""
+    rest = R[:, i + 1].gather(1, (r - 1).clamp(min=0))
+    here = R[:, i].gather(1, r)
+    ok = (r > 0) & torch.isfinite(here)
+    return torch.where(ok, log_odds[:, i, None] + rest - here.masked_fill(~ok, 0.0), -math.inf)
+
+
+def conditional_bernoulli_inclusion(log_odds: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``κ_i = P(i ∈ D | |D| = k)`` for independent ``i ∈ D`` with probability ``d_i`` (§3.3 (b); equals
+    ``d_i · P(Σ_{j≠i} = k−1) / P(Σ = k)``). ``log_odds [B, L] = log d_i − log(1 − d_i)`` in float64 (``±inf`` for
+    ``d_i ∈ {1, 0}``), ``k [B]``. ``O(L·k)``: the sequential sampler's include probabilities pushed forward over the
+    remaining count."""
+    sure, free, target = _free_target(log_odds, k)
+    R = _suffix_log_esp(free, target)
+    counts = torch.arange(R.shape[-1], device=log_odds.device).expand(len(target), -1)
+    remaining = torch.nn.functional.one_hot(target, R.shape[-1]).to(log_odds.dtype)  # law of the remaining count
+    kappa = torch.zeros_like(free)
+    for i in range(free.shape[1]):
+        q = _log_include(R, free, i, counts).exp()
+        taken = remaining * q
+        kappa[:, i] = taken.sum(-1)
+        remaining = remaining - taken
+        remaining[:, :-1] += taken[:, 1:]
+    return torch.where(sure, torch.ones_like(kappa), kappa)
+
+
+def conditional_bernoulli_sample(log_odds: torch.Tensor, k: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Draw ``D [B, L]`` (bool) with ``|D| = k`` exactly from independent Bernoulli(``d_i``) conditioned on their sum
+    (§3.3 (b)): sequentially, position ``i`` joins with ``P(i ∈ D | r still to place)`` from the same DP as
+    :func:`conditional_bernoulli_inclusion`; log-space, float64 uniforms."""
+    sure, free, target = _free_target(log_odds, k)
+    R = _suffix_log_esp(free, target)
+    log_u = torch.log(uniform(free.shape, generator, free.device))
+    chosen = sure.clone()
+    r = target.clone()
+    for i in range(free.shape[1]):
+        take = log_u[:, i] < _log_include(R, free, i, r[:, None]).squeeze(1)
+        chosen[:, i] |= take
+        r -= take.long()
+    return chosen
 
 
 class ReplacementProcess(ForwardProcess):
@@ -83,7 +181,7 @@ class ReplacementProcess(ForwardProcess):
         if "revert" in plan.extra:
             return x_t.with_ids(draw.at(logits, plan.extra["revert"], x_t.ids, generator))
         if "n_revert" in plan.extra:
-            return self.revert_kernel(x_t, logits, plan.extra["n_revert"], plan.extra["k"], draw, generator)
+            return self.revert_kernel(x_t, logits, plan, draw, generator)
         return super().apply(x_t, logits, plan, draw, generator)
 
     def n_changes(self, n_revert: torch.Tensor, k: torch.Tensor, sum_d: torch.Tensor,
@@ -91,19 +189,25 @@ class ReplacementProcess(ForwardProcess):
         """How many of the ``n_revert`` reverse events change a token (all of them for ``replace_diff``)."""
         return n_revert
 
-    def revert_kernel(self, x_t: Batch, logits: torch.Tensor, n_revert: torch.Tensor, k: torch.Tensor,
-                      draw: X0Draw, generator: torch.Generator) -> Batch:
-        """ALGORITHMS.md §3.3 (a): positions ``∝ d_i = 1 − P_i(x_t,i)`` (without replacement when several change),
-        tokens ``∝ P_i(w)`` over ``w ≠ x_t,i``. Rows with ``Σ d = 0`` are left unchanged (self-loop)."""
-        logp = torch.log_softmax(logits.double(), -1)
-        d = (-torch.expm1(logp.gather(-1, x_t.ids[..., None]).squeeze(-1))).clamp(min=0.0)
-        d = d.masked_fill(~x_t.corruptible, 0.0)
-        n_change = self.n_changes(n_revert, k, d.sum(-1), generator)
-        keys = torch.log(d) + gumbel(d.shape, generator, d.device)
-        rank = keys.argsort(dim=-1, descending=True).argsort(dim=-1)
-        chosen = (rank < n_change[:, None]) & (d > 0)
+    def revert_kernel(self, x_t: Batch, logits: torch.Tensor, plan: StepPlan, draw: X0Draw,
+                      generator: torch.Generator) -> Batch:
+        """Count-form reverse step (ALGORITHMS.md §3.3): the positions to revert (:meth:`revert_positions`), then
+        their tokens ``∝ P_i(w)`` over ``w ≠ x_t,i``."""
+        log_stay = torch.log_softmax(logits.double(), -1).gather(-1, x_t.ids[..., None]).squeeze(-1)
+        chosen = self.revert_positions(x_t, log_stay.masked_fill(~x_t.corruptible, 0.0), plan, generator)
         other = logits.scatter(-1, x_t.ids[..., None], -math.inf)
         return x_t.with_ids(draw.at(other, chosen, x_t.ids, generator))
+
+    def revert_positions(self, x_t: Batch, log_stay: torch.Tensor, plan: StepPlan,
+                         generator: torch.Generator) -> torch.Tensor:
+        """Kernel (a), §3.3: positions ``∝ d_i = 1 − P_i(x_t,i)`` (``log_stay = log P_i(x_t,i)``, 0 where not
+        corruptible), without replacement when several change. Rows with ``Σ d = 0`` are left unchanged
+        (self-loop)."""
+        d = (-torch.expm1(log_stay)).clamp(min=0.0)
+        n_change = self.n_changes(plan.extra["n_revert"], plan.extra["k"], d.sum(-1), generator)
+        keys = torch.log(d) + gumbel(d.shape, generator, d.device)
+        rank = keys.argsort(dim=-1, descending=True).argsort(dim=-1)
+        return (rank < n_change[:, None]) & (d > 0)
 
 
 class ReplaceAnyProcess(ReplacementProcess):
@@ -158,10 +262,38 @@ class ReplaceAnyProcess(ReplacementProcess):
 
 class ReplaceDiffProcess(ReplacementProcess):
     """``replace_diff`` (A9271 version 2): a corrupted token is redrawn from ``U(V \\ {x0_i})``; the edited set is
-    identified by ``(x0, x_t)`` (invertible up to the order inside it)."""
+    identified by ``(x0, x_t)`` (invertible up to the order inside it). ``kernel`` selects the count-form reverse step
+    (D1, §3.3): ``"one_token"`` (a, default) or ``"conditional_bernoulli"`` (b; count form, posterior corrector)."""
 
     name = "replace_diff"
     differs = True
+
+    def __init__(self, vocab_size: int, schedule="linear", corrector: str = "posterior", kernel: str = "one_token"):
+        super().__init__(vocab_size, schedule, corrector)
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if kernel == "conditional_bernoulli" and not (self.schedule.is_count and corrector == "posterior"):
+            raise ValueError("kernel='conditional_bernoulli' needs schedule='count' and corrector='posterior', got "
+                             f"schedule={self.schedule.name!r}, corrector={corrector!r}")
+        self.kernel = kernel
+
+    def revert_positions(self, x_t, log_stay, plan, generator):
+        """Kernel (b), §3.3: ``D̂`` from the predictor conditioned on ``|D̂| = k`` (:meth:`edited_set`; ``k`` clamped
+        to the feasible range, see the module docstring), then the noise-posterior corrector's reverted positions
+        (``k − j`` uniformly chosen positions of ``D̂``). Kernel (a) otherwise."""
+        if self.kernel == "one_token":
+            return super().revert_positions(x_t, log_stay, plan, generator)
+        log_odds = torch.log(-torch.expm1(log_stay)) - log_stay  # log d − log(1 − d); −inf where not corruptible
+        k = torch.minimum(torch.maximum(plan.extra["k"], torch.isposinf(log_odds).sum(-1)),
+                          (log_odds > -math.inf).sum(-1))
+        edited = self.edited_set(log_odds, k, generator)
+        u = self.schedule.posterior_noise(edited, x_t.corruptible, plan.t, generator)
+        reverted = edited & ~self.schedule.corrupted(u, plan.s, x_t.corruptible)
+        return reverted & (plan.extra["n_revert"] > 0)[:, None]
+
+    def edited_set(self, log_odds: torch.Tensor, k: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``D̂ [B, L]`` with ``|D̂| = k``: the conditional-Bernoulli draw (§3.3 (b))."""
+        return conditional_bernoulli_sample(log_odds, k, generator)
 
     def posterior_corrupted(self, x0, x_t, t, generator):
         """``D = {i : x_t,i ≠ x0_i}`` (count form: ``|D| = k`` is required)."""
@@ -174,5 +306,9 @@ class ReplaceDiffProcess(ReplacementProcess):
         d = (x0.corruptible & (x_t.ids != x0.ids)).sum(-1)
         lp = self.schedule.log_prob_corrupted(d, x0.corruptible.sum(-1), t) - d.double() * math.log(self.vocab_size - 1)
         return torch.where(fixed_ok, lp, torch.full_like(lp, -math.inf))
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, kernel={self.kernel!r})"
+
 
 PROCESSES = {"replace_any": ReplaceAnyProcess, "replace_diff": ReplaceDiffProcess}

@@ -12,12 +12,18 @@ Caching (MDLM's ``ddpm_cache``; ALGORITHMS.md §2.3): with ``cache=True`` a step
 network call (first-hitting skip), and when the predictor ignores ``t`` only the rows whose ``x_t`` changed since
 their last call are recomputed. ``cache=False`` calls the predictor on the whole batch at every step (the naive
 ancestral sampler, kept for benchmarks). ``cache="auto"`` (default) = ``True``.
+
+Cost accounting: ``stats["network_calls"]`` / ``stats["network_rows"]`` count the batched forward passes and the rows
+sent through them. A predictor whose output makes more network calls after it returns (the deletion process's
+insertion fill, §4.3) meters every call it makes in its own ``usage`` (:class:`NetworkUsage`); the loop then
+reports that meter's increase over the run instead of counting predictor calls.
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
@@ -29,17 +35,36 @@ from textdiff.udm.process import Batch, ForwardProcess, X0Draw, as_batch, time_g
 LogitsHook = Callable[[Any, Batch, torch.Tensor, torch.Tensor], Any]
 
 
+def forbid(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """``logits [..., V]`` with ``token_ids`` set to ``−inf``: a support restriction; the softmax renormalises over
+    the remaining tokens, i.e. the categorical is conditioned on "not one of ``token_ids``" (ALGORITHMS.md §5.2)."""
+    return logits.index_fill(-1, token_ids.to(logits.device), -math.inf)
+
+
 def forbid_tokens(token_ids: Sequence[int]) -> LogitsHook:
     """A logits hook giving ``token_ids`` probability 0 wherever x̂0 is drawn (e.g. special tokens). Visible and
     protected tokens are carried over by the process, not drawn, so they are unaffected."""
-    token_ids = list(token_ids)
+    banned = torch.as_tensor(sorted(set(token_ids)), dtype=torch.long)
 
     def hook(logits, x_t, t, s):
-        logits = logits.clone()
-        logits[..., token_ids] = float("-inf")
-        return logits
+        return forbid(logits, banned)
 
     return hook
+
+
+@dataclass
+class NetworkUsage:
+    """Network forward passes made (one per batched call) and rows sent through them."""
+
+    calls: int = 0
+    rows: int = 0
+
+    def add(self, rows: int) -> None:
+        self.calls += 1
+        self.rows += rows
+
+    def __sub__(self, other: "NetworkUsage") -> "NetworkUsage":
+        return NetworkUsage(self.calls - other.calls, self.rows - other.rows)
 
 
 class Predictor(Protocol):
@@ -52,8 +77,7 @@ class PredictorCache:
 
     def __init__(self, predictor: Predictor, reuse: bool):
         self.predictor, self.reuse = predictor, reuse
-        self.calls = 0  # network calls made (one per batched call)
-        self.rows = 0  # rows sent through the network
+        self.usage = NetworkUsage()
         self._x: Batch | None = None
         self._out: torch.Tensor | None = None
 
@@ -70,8 +94,7 @@ class PredictorCache:
         return self._store(x, self._call(x, t))
 
     def _call(self, x: Batch, t: torch.Tensor) -> Any:
-        self.calls += 1
-        self.rows += x.ids.shape[0]
+        self.usage.add(x.ids.shape[0])
         return self.predictor(x, t)
 
     def _store(self, x: Batch, out: Any) -> Any:
@@ -160,18 +183,22 @@ def reverse_sample(
 ) -> Batch:
     """Run the reverse chain ``x_1 → x_0`` (ALGORITHMS.md §1.6) and return ``x_0``.
 
-    ``template`` fixes shape, padding and protected tokens (see :func:`make_template`). ``steps`` (default ``T``:
-    the number of corruptible tokens of the longest row) defines the uniform grid; the count form needs
-    ``1 <= steps <= T``. ``grid`` overrides it (decreasing, from ``t_start`` to 0). ``x_init`` starts the chain from a
-    given state at ``grid[0]`` instead of the prior draw. ``stats`` (a dict) receives the number of network calls.
+    ``template`` fixes shape, padding and protected tokens (see :func:`make_template`); a process that grows its
+    states (``process.variable_length``: deletion, §4.5) also accepts a template of width 0 (every row empty).
+    ``steps`` (default ``T``: the number of corruptible tokens of the longest row) defines the uniform grid; the count
+    form needs ``1 <= steps <= T``. ``grid`` overrides it (decreasing, from ``t_start`` to 0). ``x_init`` starts the
+    chain from a given state at ``grid[0]`` instead of the prior draw. ``stats`` (a dict) receives the number of
+    network calls and rows (see the module docstring).
     """
     template = as_batch(template)
     if not isinstance(process, ForwardProcess):
         raise TypeError(f"process must be a ForwardProcess, got {type(process).__name__}")
-    if template.ids.shape[1] == 0:
+    if template.ids.shape[1] == 0 and not process.variable_length:
         raise ValueError("length must be >= 1, got a template of length 0")
     n_max = int(template.corruptible.sum(-1).max())
     if grid is None:
+        if steps is None and n_max == 0:
+            raise ValueError("steps must be given (an integer >= 1) when the template has no corruptible token")
         steps = n_max if steps is None else steps
         if process.schedule.is_count and not (isinstance(steps, int) and 1 <= steps <= max(n_max, 1)):
             raise ValueError(f"steps must be in [1, T={n_max}] for the count form, got {steps!r}")
@@ -185,6 +212,8 @@ def reverse_sample(
     gen = make_generator(seed, generator, template.device)
     reuse = cache is not False and process.time_agnostic_posterior and not getattr(predictor, "time_conditioned", False)
     model = PredictorCache(predictor, reuse)
+    metered = getattr(predictor, "usage", None)
+    usage_before = replace(metered) if isinstance(metered, NetworkUsage) else None
     x = process.prior_sample(template, gen) if x_init is None else as_batch(x_init)
     if trajectory is not None:
         trajectory.record(grid[0], x)
@@ -207,5 +236,6 @@ def reverse_sample(
         if trajectory is not None:
             trajectory.record(s_val, x)
     if stats is not None:
-        stats.update(network_calls=model.calls, network_rows=model.rows, steps=len(grid) - 1)
+        usage = model.usage if usage_before is None else metered - usage_before
+        stats.update(network_calls=usage.calls, network_rows=usage.rows, steps=len(grid) - 1)
     return x
