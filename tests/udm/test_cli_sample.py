@@ -33,10 +33,11 @@ def test_sample_with_prefix_and_trajectory(tiny_bert, tmp_path, capsys):
     assert html.read_text().count("<p>") >= 3
 
 
-@pytest.mark.parametrize("process", ["replace_diff", "replace_any"])
-def test_sample_replacement_processes(tiny_bert, capsys, process):
+@pytest.mark.parametrize("process, extra", [("replace_diff", []), ("replace_any", []),
+                                            ("replace_diff", ["--kernel", "conditional_bernoulli", "--steps", "3"])])
+def test_sample_replacement_processes(tiny_bert, capsys, process, extra):
     assert main(["sample", "--model", str(tiny_bert), "--process", process, "--schedule", "count", "--length", "6",
-                 "-n", "2", "--device", "cpu"]) == 0
+                 "-n", "2", "--device", "cpu", *extra]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
 
 
@@ -46,6 +47,8 @@ def test_sample_bad_input(tiny_bert, tmp_path, capsys):
     assert main(base + ["--steps", "0"]) == 2
     assert main(base + ["--schedule", "count", "--length", "4", "--steps", "5"]) == 2
     assert "steps" in capsys.readouterr().err
+    assert main(base + ["--kernel", "conditional_bernoulli"]) == 2
+    assert "--kernel" in capsys.readouterr().err
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "config.json").write_text((tiny_bert / "config.json").read_text())

@@ -38,6 +38,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--top-p", type=float, default=None, help="nucleus restriction of x̂0 (not exact)")
     p.add_argument("--reveal", default="random", choices=["random", "confidence"],
                    help="mask: which positions to reveal; confidence = LLaDA heuristic, NOT exact (default random)")
+    p.add_argument("--kernel", default="one_token", choices=["one_token", "conditional_bernoulli"],
+                   help="replace_diff, count schedule: reverse kernel (D1). one_token (default): exact one token per "
+                   "step with exact marginals; conditional_bernoulli: draws the edited set conditioned on the Hamming "
+                   "distance, for several tokens per step (exact only for factorised posteriors)")
     p.add_argument("--allow-special", action="store_true",
                    help="let the model generate special tokens ([SEP], [UNK], ...); by default a logits hook forbids them")
     p.add_argument("--no-cache", action="store_true", help="call the network at every step (no caching/skipping)")
@@ -118,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
         predictor, tokenizer, vocab, mask_id = build_predictor(Path(args.model or DEFAULT_MODEL), device,
                                                                subs=args.process == "mask")
         options = {"reveal": args.reveal} if args.process == "mask" else {}
+        if args.process == "replace_diff":
+            options["kernel"] = args.kernel
+        elif args.kernel != "one_token":
+            raise ValueError(f"--kernel applies to --process replace_diff only, got --process {args.process}")
         process = make_process(args.process, mask_id=mask_id, vocab_size=vocab, schedule=schedule,
                                corrector=args.corrector, **options)
         template = text_template(tokenizer, args.num_samples, args.length, args.prefix, device)
