@@ -3,6 +3,13 @@
 Measures Viterbi encoding and exact sampling (SentencePiece ``enable_sampling=True, nbest_size=-1``, the same law)
 in MB/s of UTF-8 input and tokens/s, and prints textdiff / SentencePiece ratios. CUDA is measured when present.
 
+How it is measured: both systems get the same list of corpus lines in one call each (``tok.encode(lines)``,
+``sp.encode(lines, num_threads=T)``), in the same process with the same thread count, and return the same output
+(a list of id lists). After one warm-up call per system, every round times each system once, in turn, and each
+system keeps its best round (best of ``--repeats``). The absolute MB/s depend on the machine and on its load; the
+ratios are the machine-independent figures, since interleaving the rounds exposes both systems to the same
+conditions.
+
     python recipes/bench_tokenize.py --lines 40000 --alpha 0.1
 """
 
@@ -57,17 +64,19 @@ def main() -> None:
         systems["textdiff sample cuda"] = lambda: tok.encode(lines, alpha=args.alpha, seed=0, device="cuda")
     print(f"{len(lines)} lines, {megabytes:.2f} MB, model {Path(args.model).name}, alpha {args.alpha}, "
           f"threads {args.threads}, torch {torch.__version__}, sentencepiece {spm.__version__}")
-    results = {}
-    for name, run in systems.items():
+    best, tokens = dict.fromkeys(systems, float("inf")), {}
+    for run in systems.values():
         run()  # warm-up (trie build, CUDA context)
-        best, tokens = float("inf"), 0
-        for _ in range(args.repeats):
+    for _ in range(args.repeats):  # rounds interleave the systems, so a change of machine load hits all of them
+        for name, run in systems.items():
             start = time.perf_counter()
             out = run()
-            best = min(best, time.perf_counter() - start)
-            tokens = sum(map(len, out))
-        results[name] = (megabytes / best, tokens / best)
-        print(f"{name:24s} {megabytes / best:8.2f} MB/s {tokens / best / 1e6:8.3f} M tok/s  ({tokens} tokens)")
+            best[name] = min(best[name], time.perf_counter() - start)
+            tokens[name] = sum(map(len, out))
+    results = {}
+    for name in systems:
+        results[name] = (megabytes / best[name], tokens[name] / best[name])
+        print(f"{name:24s} {results[name][0]:8.2f} MB/s {results[name][1] / 1e6:8.3f} M tok/s  ({tokens[name]} tokens)")
     print("ratios (textdiff / sentencepiece, MB/s):")
     for mode in ("viterbi", "sample"):
         for device in ("cpu", "cuda"):

@@ -51,3 +51,12 @@ def sp_model_unk(tmp_path_factory, corpus_lines) -> str:
 def held_out(corpus_lines) -> list[str]:
     """Lines no fixture model was trained on."""
     return corpus_lines[-20000:]
+
+
+@pytest.fixture
+def fixed_shapes(monkeypatch):
+    """Run the CUDA code path on the CPU: loops of fixed shape that never read device values on the host
+    (``compact=False`` in ``textdiff.tokenization.viterbi`` and ``lattice``)."""
+    from textdiff.tokenization import UnigramTokenizer
+
+    monkeypatch.setattr(UnigramTokenizer, "_compact", staticmethod(lambda device: False))

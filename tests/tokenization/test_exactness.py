@@ -1,6 +1,8 @@
 """Exact-oracle tests of Viterbi sampling (ALGORITHMS.md §8.11): enumerate every segmentation, draw 1e5 samples,
 compare with the exact law; the legacy (§8.3) and intermediate (§8.4) streaming samplers are negative controls that
-must fail the same test, while the exact streaming sampler (§8.5 reservoir form) passes it."""
+must fail the same test, while the exact streaming sampler (§8.5 reservoir form) passes it. The inverse-CDF
+predecessor draws of the batched backtrack are tested on their own too, in both loop forms, against a biased
+predecessor law (edge weights without ``Z(s)``) that must fail."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import pytest
 import torch
 from scipy import stats
 
-from textdiff.tokenization import UnigramTokenizer
+from textdiff.tokenization import UnigramTokenizer, lattice, viterbi
+from textdiff.tokenization.normalization import Chunks
 
 N_DRAWS = 100_000
 ABABAB_COUNTS = {"a": 4, "b": 4, "ab": 3, "ba": 2, "aba": 1, "bab": 1, "abab": 1}
@@ -88,6 +91,14 @@ def test_law_does_not_depend_on_the_rest_of_the_batch(device):
     assert p_value > 1e-3 and worst < 4.5, (p_value, worst)
 
 
+@pytest.mark.parametrize("case", ["ababab", "watching"])
+def test_fixed_shape_loops_follow_exact_law(case, fixed_shapes):
+    """The CUDA code path (no host reads inside the trie walk and the backtrack), run on the CPU."""
+    tok = ababab() if case == "ababab" else watching()
+    p_value, worst = law_test(draw(tok, case, 0.3, "cpu", seed=13, mixed=True), exact_law(case, tok, 0.3))
+    assert p_value > 1e-3 and worst < 4.5, (p_value, worst)
+
+
 def test_alpha_zero_is_uniform():
     law = exact_law("ababab", ababab(), 0.0)
     assert all(abs(p - 1 / 28) < 1e-12 for p in law.values())
@@ -119,6 +130,44 @@ def test_log_partition_entropy_and_expected_length_match_enumeration(device):
         assert out["entropy"][0].item() == pytest.approx(entropy, abs=1e-9)
         assert out["expected_tokens"][0].item() == pytest.approx(length, abs=1e-9)
         assert out["expected_tokens"][1:].tolist() == [0.0, 1.0]
+
+
+# --- the predecessor draws of the batched backtrack on their own -----------------------------------------------------
+
+
+def backtrack_draws(text: str, tok: UnigramTokenizer, alpha: float, compact: bool, biased: bool = False) -> Counter:
+    """N_DRAWS paths through the lattice of ``text`` (one segment) from ``viterbi.backtrack``, with the predecessor
+    law of the forward pass or, ``biased=True``, the edge weights ``e^{alpha v}`` normalised per position without the
+    prefix mass ``Z(s)`` (a plausible shortcut that is not the law of §8.5)."""
+    zero = torch.zeros(1, dtype=torch.int64)
+    stream = lattice.chunk_stream(Chunks([text], zero, zero), 1, torch.device("cpu"))
+    trie = tok._trie("cpu")
+    cands = lattice.find_candidates(stream.units, trie, tok.vocab.unk_id, compact)
+    (table,) = lattice.edge_tables(cands, lattice.find_segments(stream.units, cands), trie.max_len)
+    weights = table.gather(alpha * tok.vocab.lattice_scores()[cands.piece].double())
+    _, cdf = viterbi.forward(weights, "log", with_cdf=True)
+    if biased:
+        mass = torch.cumsum(torch.exp(weights - weights.max(2, keepdim=True).values), 2)
+        cdf = mass / mass[..., -1:]
+    out = torch.full((N_DRAWS * len(text) + 1,), -1, dtype=torch.int64)
+    paths = torch.zeros(N_DRAWS, dtype=torch.int64)
+    base = torch.arange(N_DRAWS) * len(text)
+    gen = torch.Generator().manual_seed(7)
+    viterbi.backtrack(table.candidate, table.length, paths, base, out, cdf=cdf, generator=gen, compact=compact)
+    chosen = out[:-1].view(N_DRAWS, len(text))  # candidate starting at each unit of each draw, -1 inside pieces
+    ids = torch.where(chosen >= 0, cands.piece[chosen.clamp(min=0)], -1)
+    counts = Counter(map(tuple, ids.tolist()))
+    return Counter({tuple(tok.id_to_piece(i) for i in row if i >= 0): n for row, n in counts.items()})
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_inverse_cdf_backtrack_follows_exact_law(compact):
+    tok = ababab()
+    law = exact_law("ababab", tok, 1.0)
+    p_value, worst = law_test(backtrack_draws("ababab", tok, 1.0, compact), law)
+    assert p_value > 1e-3 and worst < 4.5, (p_value, worst)
+    p_value, worst = law_test(backtrack_draws("ababab", tok, 1.0, compact, biased=True), law)
+    assert p_value < 1e-10 and worst > 10, (p_value, worst)
 
 
 # --- negative controls: streaming samplers of BytePiece's history, vectorised over draws ----------------------------

@@ -3,7 +3,9 @@
 ALGORITHMS.md §8.1 (candidates ``(s, e, v)``) and §8.8 steps 1-2 (edge table ``E[b, e, k]``, bucketing).
 
 The distinct chunks of a batch are laid end to end as one stream of code points with a separator (-1) after each
-chunk. Candidates come from a vectorised trie walk: one tensor step per piece length, over all positions at once.
+chunk (the unique stream); their occurrences, in text order and without separators, form the occurrence stream.
+Candidates come from a vectorised trie walk: one tensor step per piece length, over all positions at once; on CUDA
+the walk keeps fixed shapes so that it never waits for the device (``compact=False``).
 
 Design decisions (D10):
 * cuts: a boundary that no candidate spans splits the lattice into independent factors (the segmentation law is
@@ -12,14 +14,17 @@ Design decisions (D10):
   growing by a third) so the sequential forward pass has few steps and little padding;
 * chunk sharing: repeated chunks (words) are laid out once; their lattice, edge table and forward pass are shared
   and only the random predecessor draws happen per occurrence.
+* edge tables are filled by one scatter, indexed with ``index_select`` (much faster on CPU than advanced indexing).
 """
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 import torch
 
+from textdiff.tokenization.normalization import Chunks, long_tensor
 from textdiff.tokenization.vocab import PieceTrie
 
 
@@ -43,7 +48,8 @@ class Segments:
 
 @dataclass
 class EdgeTable:
-    """Dense edges of one bucket: ``candidate[r, e-1, K-k]`` indexes the piece ``S_r[e-k:e]`` (-1: no piece)."""
+    """Dense edges of one bucket: ``candidate[r, e-1, K-k]`` is the candidate of the piece ``S_r[e-k:e]``; entries
+    without a piece hold the number of candidates (one past the last)."""
 
     rows: torch.Tensor  # segment index of every row
     length: torch.Tensor  # units per row
@@ -55,7 +61,8 @@ class EdgeTable:
         ``reach_padding=True`` adds free one-unit steps beyond each row's end, so that every position is reachable
         (needed when differentiating through the forward pass: an all -inf window has a NaN gradient).
         """
-        out = torch.cat([values, values.new_full((1,), float("-inf"))])[self.candidate]  # index -1: the -inf
+        padded = torch.cat([values, values.new_full((1,), float("-inf"))])  # the last entry: no piece
+        out = padded.index_select(0, self.candidate.reshape(-1)).view(self.candidate.shape)
         if reach_padding:
             pad = torch.arange(out.shape[1], device=out.device)[None, :] >= self.length[:, None]
             out[..., -1] = torch.where(pad, 0.0, out[..., -1])
@@ -64,7 +71,10 @@ class EdgeTable:
 
 @dataclass
 class ChunkStream:
-    """Unique chunks laid end to end (``-1`` after each) and the occurrences, in text order, that refer to them."""
+    """Unique chunks laid end to end (``-1`` after each) and the occurrences, in text order, that refer to them.
+
+    The occurrences, laid end to end without separators, form the occurrence stream: one position per unit of text.
+    """
 
     units: torch.Tensor  # code points of the unique chunks, separators -1
     chunk_of: torch.Tensor  # unique chunk of every stream position
@@ -72,73 +82,78 @@ class ChunkStream:
     chunk_begin: torch.Tensor  # stream position of each unique chunk
     occ_chunk: torch.Tensor  # unique chunk of every occurrence
     occ_text: torch.Tensor  # owning text of every occurrence (ascending)
-    occ_base: torch.Tensor  # units of the same text before this occurrence
+    occ_start: torch.Tensor  # occurrence-stream position of every occurrence's first unit
+    text_end: torch.Tensor  # occurrence-stream position after every text's last unit
+
+    def source(self, scratch: int) -> torch.Tensor:
+        """The unique-stream position of every occurrence-stream position, and ``scratch`` after them."""
+        occ_len = self.chunk_len.index_select(0, self.occ_chunk)
+        shift = self.chunk_begin.index_select(0, self.occ_chunk) - self.occ_start
+        total = int(self.text_end[-1])
+        shift = torch.cat([shift, shift.new_full((1,), scratch - total)])
+        occ_len = torch.cat([occ_len, occ_len.new_ones(1)])
+        positions = torch.arange(total + 1, device=shift.device)
+        return positions + torch.repeat_interleave(shift, occ_len, output_size=total + 1)
 
 
-def chunk_stream(texts: list[list[str]] | list[str], split_at: str | None, device: torch.device) -> ChunkStream:
-    """Cut each text into chunks (its listed pre-tokens, or before every ``split_at`` character, or whole) and keep
-    one copy of each distinct chunk (design decision D10: repeated words share their lattice and forward pass)."""
-    words: list[str] = []  # one key per occurrence; with split_at, keys omit the leading split_at character
-    counts = []
-    for text in texts:
-        if isinstance(text, list):
-            parts = [chunk for chunk in text if chunk]
-        elif split_at is not None:
-            parts = text.split(split_at)
-            if parts[0]:
-                parts[0] = split_at + parts[0]  # a head without split_at: a key no other part can have
-            else:
-                del parts[0]
-        else:
-            parts = [text] if text else []
-        words += parts
-        counts.append(len(parts))
-    index = {key: i for i, key in enumerate(dict.fromkeys(words))}
-    occurrences = list(map(index.__getitem__, words))
-    if split_at is None or (texts and isinstance(texts[0], list)):
-        chunks = list(index)
-    else:
-        chunks = [key[1:] if key[:1] == split_at else split_at + key for key in index]
-    chunk_len = torch.tensor([len(c) for c in chunks], dtype=torch.int64)
-    raw = "".join(chunks).encode("utf-32-le", errors="surrogatepass")
+def chunk_stream(chunks: Chunks, n_texts: int, device: torch.device) -> ChunkStream:
+    """Lay the distinct chunks of a batch end to end (design decision D10: repeated words share their lattice and
+    forward pass); ``n_texts`` texts own the occurrences."""
+    distinct = chunks.chunks
+    chunk_len = long_tensor(array("q", map(len, distinct)))
+    raw = "".join(distinct).encode("utf-32-le", errors="surrogatepass")
     codes = torch.frombuffer(bytearray(raw), dtype=torch.int32).to(torch.int64) if raw else torch.zeros(0, dtype=torch.int64)
     chunk_begin = torch.cumsum(chunk_len + 1, 0) - (chunk_len + 1)
-    chunk_of = torch.repeat_interleave(torch.arange(len(chunks)), chunk_len + 1)
+    chunk_of = torch.repeat_interleave(torch.arange(len(distinct)), chunk_len + 1)
     units = torch.full_like(chunk_of, -1)
-    units[torch.arange(codes.numel()) + torch.repeat_interleave(torch.arange(len(chunks)), chunk_len)] = codes
-    occ_chunk = torch.tensor(occurrences, dtype=torch.int64)
-    occ_text = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.int64))
-    occ_len = chunk_len[occ_chunk]
-    before = torch.cumsum(occ_len, 0) - occ_len
-    occ_base = before - before[torch.searchsorted(occ_text, occ_text)]
-    parts = (units, chunk_of, chunk_len, chunk_begin, occ_chunk, occ_text, occ_base)
+    units[torch.arange(codes.numel()) + torch.repeat_interleave(torch.arange(len(distinct)), chunk_len)] = codes
+    occ_len = chunk_len.index_select(0, chunks.chunk)
+    occ_start = torch.cumsum(occ_len, 0) - occ_len
+    text_end = torch.cumsum(torch.zeros(n_texts, dtype=torch.int64).index_add_(0, chunks.text, occ_len), 0)
+    parts = (units, chunk_of, chunk_len, chunk_begin, chunks.chunk, chunks.text, occ_start, text_end)
     return ChunkStream(*(t.to(device) for t in parts))
 
 
-def find_candidates(units: torch.Tensor, trie: PieceTrie, unk_id: int | None) -> Candidates:
+def find_candidates(units: torch.Tensor, trie: PieceTrie, unk_id: int | None, compact: bool = True) -> Candidates:
     """Every ``(start, length, piece)`` with ``units[start:start+length]`` a piece, plus ``unk`` edges: a character
     with no single-character piece gets a one-unit ``unk_id`` edge (SentencePiece's rule) when there is an unk piece.
+
+    One trie step per piece length over all positions. ``compact=True`` drops dead walks after every step (fewer
+    elements, one host read per step); ``compact=False`` keeps every walk, so the loop never waits for the device.
+    Both list the candidates in the same order (by length, then start).
     """
     cid = trie.code_ids(units)
     is_text = units >= 0
-    pos = torch.nonzero(cid > 0).flatten()
+    pos = torch.nonzero(cid > 0).squeeze(1)
     state = torch.zeros_like(pos)
+    last = units.numel() - 1  # a separator: every walk dies there
     starts, lengths, pieces = [], [], []
-    single = torch.full_like(units, -1)
     for k in range(1, trie.max_len + 1):
-        state = trie.child(state, cid[pos + k - 1])
-        alive = state >= 0
-        pos, state = pos[alive], state[alive]
-        if pos.numel() == 0:
-            break
-        piece = trie.piece_of_state[state]
-        is_piece = piece >= 0
-        starts.append(pos[is_piece])
-        lengths.append(torch.full_like(starts[-1], k))
-        pieces.append(piece[is_piece])
-        if k == 1:
-            single[starts[-1]] = pieces[-1]
-    uncovered = torch.nonzero(is_text & (single < 0)).flatten()
+        if compact:
+            state = trie.child(state, cid.index_select(0, pos + (k - 1)))
+            alive = torch.nonzero(state >= 0).squeeze(1)
+            if alive.numel() == 0:
+                break
+            pos, state = pos.index_select(0, alive), state.index_select(0, alive)
+            piece = trie.piece_of_state.index_select(0, state)
+            hit = torch.nonzero(piece >= 0).squeeze(1)
+            starts.append(pos.index_select(0, hit))
+            lengths.append(torch.full_like(hit, k))
+            pieces.append(piece.index_select(0, hit))
+        else:
+            dead = state < 0
+            step = torch.where(dead, 0, cid.index_select(0, (pos + (k - 1)).clamp(max=last)))  # cid 0: no edge
+            state = trie.child(state.clamp(min=0), step, compact=False)
+            pieces.append(torch.where(state >= 0, trie.piece_of_state.index_select(0, state.clamp(min=0)), -1))
+    if not compact and pieces:
+        dense = torch.stack(pieces)  # (max_len, positions)
+        length, column = torch.nonzero(dense >= 0).unbind(1)
+        starts, lengths, pieces = [pos.index_select(0, column)], [length + 1], [dense[length, column]]
+    single = torch.full_like(units, -1)
+    if starts:
+        first = starts[0].numel() if compact else int((lengths[0] == 1).sum())
+        single.index_copy_(0, starts[0][:first], pieces[0][:first])  # one-unit pieces come first
+    uncovered = torch.nonzero(is_text & (single < 0)).squeeze(1)
     if uncovered.numel() and unk_id is not None:
         starts.append(uncovered)
         lengths.append(torch.ones_like(uncovered))
@@ -151,18 +166,19 @@ def find_candidates(units: torch.Tensor, trie: PieceTrie, unk_id: int | None) ->
 def find_segments(units: torch.Tensor, cands: Candidates) -> Segments:
     """Split the stream at every boundary no candidate spans (and at separators)."""
     n = units.numel()
-    multi = cands.length > 1
+    multi = torch.nonzero(cands.length > 1).squeeze(1)
+    start, length = cands.start.index_select(0, multi), cands.length.index_select(0, multi)
     cover = torch.zeros(n + 1, dtype=torch.int64, device=units.device)
-    ones = torch.ones(int(multi.sum()), dtype=torch.int64, device=units.device)
-    cover.index_add_(0, cands.start[multi] + 1, ones)
-    cover.index_add_(0, cands.start[multi] + cands.length[multi], -ones)
+    ones = torch.ones_like(multi)
+    cover.index_add_(0, start + 1, ones)
+    cover.index_add_(0, start + length, -ones)
     spanned = torch.cumsum(cover[:n], 0) > 0
     is_text = units >= 0
     starts_segment = is_text & ~spanned
     segment_of_unit = torch.cumsum(starts_segment.to(torch.int64), 0) - 1
-    first = torch.nonzero(starts_segment).flatten()
+    first = torch.nonzero(starts_segment).squeeze(1)
     length = torch.bincount(segment_of_unit[is_text], minlength=first.numel())
-    return Segments(first, length, segment_of_unit[cands.start])
+    return Segments(first, length, segment_of_unit.index_select(0, cands.start))
 
 
 def bucket_lengths(lengths: torch.Tensor) -> list[tuple[int, int]]:
@@ -191,29 +207,32 @@ def edge_tables(cands: Candidates, segs: Segments, max_len: int) -> list[EdgeTab
     bucket = torch.searchsorted(lows, segs.length, right=True) - 1  # -1: single-unit segments
     order = torch.argsort(bucket)
     cuts = torch.searchsorted(bucket[order], torch.arange(len(ranges) + 1, device=device)).tolist()
-    highs = torch.tensor([hi for _, hi in ranges], device=device)
-    widths = highs.clamp(max=max_len)
-    rows_per_bucket = torch.tensor([cuts[b + 1] - cuts[b] for b in range(len(ranges))], device=device)
-    base = torch.cumsum(rows_per_bucket * highs * widths, 0) - rows_per_bucket * highs * widths
-    row = torch.empty_like(segs.length)
-    row[order] = torch.arange(order.numel(), device=device) - torch.tensor(cuts[:-1], device=device)[bucket[order].clamp(min=0)]
-
-    seg = segs.of_candidate
-    b = bucket[seg]
-    keep = b >= 0
-    b, seg, index = b[keep], seg[keep], torch.nonzero(keep).flatten()
-    rel_end = cands.start[index] + cands.length[index] - segs.first[seg]
-    width = widths[b]
-    flat = base[b] + (row[seg] * highs[b] + rel_end - 1) * width + width - cands.length[index]
-    buffer = torch.full((int((rows_per_bucket * highs * widths).sum()),), -1, dtype=torch.int64, device=device)
-    buffer[flat] = index
+    highs = [hi for _, hi in ranges]
+    widths = [min(max_len, hi) for hi in highs]
+    sizes = [(cuts[k + 1] - cuts[k]) * highs[k] * widths[k] for k in range(len(ranges))]
+    bases = [sum(sizes[:k]) for k in range(len(ranges))]
+    per_bucket = lambda values: torch.tensor(values, dtype=torch.int64, device=device).index_select(0, b)  # noqa: E731
+    multi = order[cuts[0] :]  # segments longer than one unit, by bucket
+    b = bucket.index_select(0, multi)
+    row = torch.arange(multi.numel(), device=device) + cuts[0] - per_bucket(cuts[:-1])
+    # candidate (start, length) of segment g lands at offset[g] + (start + length) * width[g] - length, i.e. entry
+    # [row, start + length - first - 1, width - length] of its table, with offset = base + (row * high - first) * width
+    width = torch.zeros_like(segs.length).index_copy_(0, multi, per_bucket(widths))
+    offset = per_bucket(bases) + (row * per_bucket(highs) - segs.first.index_select(0, multi)) * per_bucket(widths)
+    offset = torch.zeros_like(segs.length).index_copy_(0, multi, offset)
+    index = torch.nonzero(width.index_select(0, segs.of_candidate) > 0).squeeze(1)  # candidates of multi-unit segments
+    seg = segs.of_candidate.index_select(0, index)
+    length = cands.length.index_select(0, index)
+    end = cands.start.index_select(0, index) + length
+    flat = offset.index_select(0, seg) + end * width.index_select(0, seg) - length
+    buffer = torch.full((sum(sizes),), cands.start.numel(), dtype=torch.int64, device=device)
+    buffer.index_copy_(0, flat, index)
     tables = []
-    for k, (_, hi) in enumerate(ranges):
-        n, w = cuts[k + 1] - cuts[k], min(max_len, hi)
-        if n:
-            start = int(base[k])
+    for k in range(len(ranges)):
+        if sizes[k]:
             rows = order[cuts[k] : cuts[k + 1]]
-            tables.append(EdgeTable(rows, segs.length[rows], buffer[start : start + n * hi * w].view(n, hi, w)))
+            table = buffer[bases[k] : bases[k] + sizes[k]].view(rows.numel(), highs[k], widths[k])
+            tables.append(EdgeTable(rows, segs.length.index_select(0, rows), table))
     return tables
 
 

@@ -4,15 +4,20 @@ Nothing here re-implements Unicode normalisation: a :class:`TextPipeline` holds 
 ``Precompiled`` charsmap normaliser SentencePiece models carry, Metaspace-style ``▁`` handling, byte-fallback
 decoders) and serialises them as `tokenizers` JSON, so a saved textdiff tokenizer normalises exactly like its source.
 
-Design decision (D10): chunks are segmented independently. SentencePiece models give one chunk per line (the lattice
-then finds the word cuts itself); tokenizer.json files with a pre-tokenizer give one chunk per pre-token, as HF does.
+Design decision (D10): chunks are segmented independently (§8.1: the law factorises over them). SentencePiece
+models whose pieces hold ``▁`` only in front are cut before every ``▁`` (a boundary no piece spans); tokenizer.json
+files with a pre-tokenizer give one chunk per pre-token, as HF does. :meth:`TextPipeline.chunks` also deduplicates the
+chunks of a batch; for ASCII lines of SentencePiece models it works on the whole batch with single C-level ``bytes``
+calls instead of line by line.
 """
 
 from __future__ import annotations
 
 import json
+from array import array
 from dataclasses import dataclass
 
+import torch
 from tokenizers import PreTokenizedString, Regex, Tokenizer, decoders, normalizers
 from tokenizers.models import WordLevel
 
@@ -52,6 +57,75 @@ class SentencePieceWhitespace:
 
 
 @dataclass
+class Chunks:
+    """The chunks of a batch: the distinct ``chunks`` and, for every occurrence in text order, its ``chunk`` id and
+    its ``text`` (both int64, on the CPU)."""
+
+    chunks: list[str]
+    chunk: torch.Tensor
+    text: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _ByteRoute:
+    """The batch route of :meth:`TextPipeline.chunks` for ASCII lines: a ``bytes.translate`` table equal to the
+    normaliser's ASCII table (every character to at most one ASCII character), the first characters of the
+    normaliser's multi-character rules (lines holding one go one by one) and the line separator: a character the
+    table keeps as it is (lines holding it go one by one too)."""
+
+    table: bytes
+    delete: bytes
+    triggers: str
+    separator: str
+
+    @classmethod
+    def of(cls, ascii_table: dict[int, str], triggers: str) -> _ByteRoute | None:
+        """The route for a normaliser's ASCII table and triggers (see :func:`_ascii_table`), or None if it has none."""
+        if any(len(out) > 1 or not out.isascii() for out in ascii_table.values()):
+            return None
+        kept = [c for c in range(128) if c not in ascii_table and c != ord(" ")]
+        if not kept:
+            return None
+        table = bytearray(range(256))
+        for code, out in ascii_table.items():
+            table[code] = ord(out) if out else code
+        delete = bytes(code for code, out in ascii_table.items() if not out)
+        return cls(bytes(table), delete, triggers, chr(kept[0]))
+
+    def slow_lines(self, texts: list[str]) -> list[int]:
+        """Lines the route cannot take: non-ASCII, holding a trigger or the separator (ascending). Each test runs
+        on the joined lines first (one C-level call) and line by line only when it finds something."""
+        joined = self.separator.join(texts)
+        slow = set()
+        if not joined.isascii():
+            slow.update(i for i, text in enumerate(texts) if not text.isascii())
+        for c in self.triggers:
+            if c in joined:
+                slow.update(i for i, text in enumerate(texts) if c in text)
+        if joined.count(self.separator) != max(len(texts) - 1, 0):
+            slow.update(i for i, text in enumerate(texts) if self.separator in text)
+        return sorted(slow)
+
+    def chunks(self, texts: list[str]) -> Chunks:
+        """The chunks of lines the route takes."""
+        sep = self.separator.encode("ascii")
+        joined = self.separator.join(texts).encode("ascii").translate(self.table, self.delete)
+        index = {sep: 0}  # the separator gets id 0
+        words = joined.replace(sep, b" " + sep + b" ").split(b" ")
+        ids = long_tensor(array("q", [index.setdefault(word, len(index)) for word in words if word]))
+        is_sep = ids == 0
+        real = torch.nonzero(~is_sep).squeeze(1)
+        text = torch.cumsum(is_sep, 0).index_select(0, real)  # separators before each word
+        distinct = sep.join(list(index)[1:]).decode("ascii").split(self.separator) if len(index) > 1 else []
+        return Chunks([METASPACE + word for word in distinct], ids.index_select(0, real) - 1, text)
+
+
+def long_tensor(values: array) -> torch.Tensor:
+    """int64 tensor of an ``array('q')`` without a Python-level loop (``torch.tensor`` of a list is far slower)."""
+    return torch.frombuffer(values, dtype=torch.int64) if len(values) else torch.zeros(0, dtype=torch.int64)
+
+
+@dataclass
 class TextPipeline:
     """`tokenizers` normaliser, optional SentencePiece whitespace rules, pre-tokenizer and decoder (each optional)."""
 
@@ -66,6 +140,8 @@ class TextPipeline:
         )
         self._full = normalizers.Sequence(steps) if steps else None
         self._ascii = _ascii_table(self.normalizer)
+        sentencepiece_spaces = self.whitespace == SentencePieceWhitespace(True, True, True)
+        self._bytes = _ByteRoute.of(*self._ascii) if sentencepiece_spaces else None
 
     @classmethod
     def identity(cls) -> TextPipeline:
@@ -121,12 +197,54 @@ class TextPipeline:
             return text if self.whitespace is None else self.whitespace.apply(text)
         return text if self._full is None else self._full.normalize_str(text)
 
-    def pieces_of_text(self, texts: list[str]) -> list[str] | list[list[str]]:
-        """Normalised texts, or the list of pre-tokens of each when the pipeline has a pre-tokenizer."""
+    def chunks(self, texts: list[str], split_at: str | None) -> Chunks:
+        """Cut every text into chunks: its pre-tokens (pipelines with a pre-tokenizer), else the normalised text cut
+        before every ``split_at`` character (the lattice cuts there anyway), else the whole normalised text.
+
+        Lines that :meth:`normalize` would send through its ASCII fast path take a batch route when the pipeline has
+        SentencePiece's default whitespace rules and ``split_at`` is ``▁``: the lines are joined, translated and split
+        at spaces by single C-level ``bytes`` calls, each chunk being ``▁`` + one non-empty space-separated word
+        (exactly what :meth:`normalize` followed by the cut gives). Other lines go one by one.
+        """
+        route = self._bytes if split_at == METASPACE and self.pre_tokenizer is None else None
+        if route is None:
+            return self._chunks_per_line(texts, split_at)
+        slow = route.slow_lines(texts)
+        if not slow:
+            return route.chunks(texts)
+        if len(slow) == len(texts):
+            return self._chunks_per_line(texts, split_at)
+        fast = list(texts)
+        for i in slow:
+            fast[i] = ""  # no chunks; the lines keep their numbers
+        head = route.chunks(fast)
+        tail = self._chunks_per_line([texts[i] for i in slow], split_at)  # may repeat chunks of head: harmless
+        tail_text = torch.tensor(slow, dtype=torch.int64)[tail.text]
+        # merge the two text-ordered lists: each entry moves by the number of the other list's entries before it
+        head_at = torch.arange(head.text.numel()) + torch.searchsorted(tail_text, head.text)
+        tail_at = torch.arange(tail_text.numel()) + torch.searchsorted(head.text, tail_text, right=True)
+        at = torch.cat([head_at, tail_at])
+        chunk = torch.empty_like(at).index_copy_(0, at, torch.cat([head.chunk, tail.chunk + len(head.chunks)]))
+        text = torch.empty_like(at).index_copy_(0, at, torch.cat([head.text, tail_text]))
+        return Chunks(head.chunks + tail.chunks, chunk, text)
+
+    def _chunks_per_line(self, texts: list[str], split_at: str | None) -> Chunks:
+        """:meth:`chunks` one text at a time."""
         normalized = list(texts) if self._full is None else [self.normalize(text) for text in texts]
-        if self.pre_tokenizer is None:
-            return normalized
-        return [[word for word, _ in self.pre_tokenizer.pre_tokenize_str(text)] for text in normalized]
+        index: dict[str, int] = {}
+        ids, counts = array("q"), array("q")
+        for text in normalized:
+            if self.pre_tokenizer is not None:
+                parts = [word for word, _ in self.pre_tokenizer.pre_tokenize_str(text) if word]
+            elif split_at is not None:
+                head, *rest = text.split(split_at)
+                parts = ([head] if head else []) + [split_at + part for part in rest]
+            else:
+                parts = [text] if text else []
+            ids.extend([index.setdefault(part, len(index)) for part in parts])
+            counts.append(len(parts))
+        text_of = torch.repeat_interleave(torch.arange(len(counts)), long_tensor(counts))
+        return Chunks(list(index), long_tensor(ids), text_of)
 
     def unit_offsets(self, text: str) -> list[tuple[int, int]]:
         """Original-text character span of every unit (code point) of ``text``'s chunks, in chunk order."""

@@ -2,15 +2,23 @@
 
 Rows are independent lattice segments of one length bucket. ``weights[r, e-1, j]`` belongs to the edge from
 ``s = e - K + j`` to ``e`` (``j = 0`` is the longest piece), so the predecessors of ``e`` are one contiguous window
-``prefix[:, e-1 : e-1+K]`` of the padded prefix table (``prefix[:, K-1+s]`` holds position ``s``).
+``prefix[:, e-1 : e-1+K]`` of the padded prefix table (``prefix[:, K-1+s]`` holds position ``s``); the forward pass
+reads only its last ``min(e, K)`` entries (predecessors ``s >= 0``), which halves the work of short buckets.
 
 Design decisions (D10):
 * alpha semantics of BytePiece >= 0.5: ``alpha < 0`` (or ``None``) decodes, ``alpha >= 0`` samples exactly.
-* Sampling keeps ``log Z`` in float64 (rows are short after cutting; §8.8 step 3, float64 option) and draws every
-  predecessor at once by Gumbel-argmax with float64 noise (§8.8 step 4).
+* Sampling keeps ``log Z`` in float64 (rows are short after cutting; §8.8 step 3, float64 option). The forward pass
+  also stores, for every end position, the cumulative distribution of its predecessor
+  ``P(s_j | e) = Z(s_j) e^{alpha v_j} / Z(e)`` in float64 (the exponentials its log-sum-exp forms anyway). The
+  backtrack then draws each visited predecessor by inverse CDF from one float64 uniform (§8.5: any exact draw from
+  that categorical gives the exact path law; §9 allows inverse-CDF in float64), instead of ``K`` Gumbels.
 * Decoding runs the max-plus pass in the scores' own precision (float32 for SentencePiece models): the sums are the
   very float32 sums SentencePiece forms, and ``argmax`` returns the first maximum = the longest last piece (§8.2 tie
   rule, also SentencePiece's), so ties break identically.
+* Host synchronisation: the forward pass never reads a tensor value on the host. The backtrack runs at most the
+  bucket's length in steps; ``compact=False`` (CUDA) keeps every path for all of them and masks finished ones, so the
+  loop never waits for the GPU; ``compact=True`` (CPU) drops finished paths after every step and stops when none is
+  left (fewer elements; reading the count is free on the CPU).
 """
 
 from __future__ import annotations
@@ -20,18 +28,33 @@ import torch
 from textdiff import rng
 
 
-def forward(weights: torch.Tensor, semiring: str) -> torch.Tensor:
+def forward(weights: torch.Tensor, semiring: str, with_cdf: bool = False):
     """Prefix table: ``log Z(e)`` (semiring ``"log"``, §8.5) or ``best(e)`` (``"max"``, §8.2) at column ``K-1+e``.
 
     ``weights`` has shape ``(R, L, K)``: ``alpha * score`` for ``"log"``, ``score`` for ``"max"``; -inf = no edge.
+    ``with_cdf=True`` (log semiring) also returns ``cdf[r, e-1, j] = P(last piece of S_r[:e] is edge j or an earlier
+    one)``, the predecessor law of §8.5 in float64; its last entry is exactly 1 (``x / x``; NaN where ``e`` is
+    unreachable).
     """
     rows, length, width = weights.shape
     prefix = torch.full((rows, width + length), float("-inf"), dtype=weights.dtype, device=weights.device)
     prefix[:, width - 1] = 0.0
+    cdf = torch.zeros_like(weights) if with_cdf else None  # zero mass before the first reachable predecessor
     for e in range(1, length + 1):
-        window = prefix[:, e - 1 : e - 1 + width] + weights[:, e - 1]
-        prefix[:, width - 1 + e] = torch.logsumexp(window, 1) if semiring == "log" else window.max(1).values
-    return prefix
+        first = max(0, width - e)  # window entries before it would start before position 0
+        window = prefix[:, e - 1 + first : e - 1 + width] + weights[:, e - 1, first:]
+        if semiring == "max":
+            prefix[:, width - 1 + e] = window.max(1).values
+        elif cdf is None:
+            prefix[:, width - 1 + e] = torch.logsumexp(window, 1)
+        else:
+            top = window.max(1, keepdim=True).values
+            top = top.masked_fill(top == float("-inf"), 0.0)  # unreachable e: exp(-inf) = 0, log 0 = -inf
+            mass = torch.cumsum(torch.exp(window - top), 1)
+            total = mass[:, -1:]
+            prefix[:, width - 1 + e] = (top + torch.log(total)).squeeze(1)
+            cdf[:, e - 1, first:] = mass / total
+    return (prefix, cdf) if with_cdf else prefix
 
 
 def best_predecessors(prefix: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -45,42 +68,53 @@ def backtrack(
     candidate: torch.Tensor,
     length: torch.Tensor,
     table_row: torch.Tensor,
+    base: torch.Tensor,
+    out: torch.Tensor,
     choice: torch.Tensor | None = None,
-    prefix: torch.Tensor | None = None,
-    weights: torch.Tensor | None = None,
+    cdf: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pieces on one path per row, from the row's end back to 0 (§8.8 step 5, vectorised over rows).
+    compact: bool = True,
+) -> None:
+    """One path per row, from the row's end back to 0 (§8.8 step 5, vectorised over rows): every piece ``(s, e)``
+    of path ``i`` is written as ``out[base[i] + s] = candidate`` (``out[-1]`` is scratch space).
 
-    Row ``i`` reads edge-table row ``table_row[i]`` (several rows may share one: repeated chunks). Decoding passes
-    ``choice`` (per table row, from :func:`best_predecessors`). Sampling passes ``prefix``, ``weights`` and a
-    ``generator`` and draws the predecessor of each visited position as
-    ``argmax_j (log Z(s_j) + alpha v_j + G_j)`` with float64 Gumbel noise (§8.5 Gumbel-max form): an exact draw from
-    ``Z(s) e^{alpha v} / Z(e)``. Draws are independent across positions, so drawing only at the positions the path
-    visits gives the same law as drawing everywhere (§8.8 step 4) at a fraction of the noise.
-    Returns the picked candidates and the row each belongs to.
+    Path ``i`` reads edge-table row ``table_row[i]`` (several paths may share one: repeated chunks). Decoding passes
+    ``choice`` (per table row, from :func:`best_predecessors`). Sampling passes the ``cdf`` of :func:`forward` and a
+    ``generator``: the predecessor of each visited position is the first edge whose cumulative probability exceeds a
+    fresh float64 uniform, an exact draw from ``Z(s) e^{alpha v} / Z(e)``. Draws are independent across positions,
+    so drawing only at the positions the path visits gives the same law as drawing everywhere (§8.8 step 4).
+    ``compact``: see the module docstring.
     """
-    width = candidate.shape[2]
-    rows = torch.arange(table_row.numel(), device=table_row.device)
-    end = length[table_row]
-    scores = None if prefix is None else prefix[:, :-1].unfold(1, width, 1) + weights  # log Z(s) + alpha v
-    picked, owner = [], []
-    while rows.numel():
-        source = table_row[rows]
-        if choice is not None:
-            j = choice[source, end - 1]
+    _, steps, width = candidate.shape
+    flat_candidate = candidate.reshape(-1)
+    flat_choice = None if choice is None else choice.reshape(-1)
+    flat_cdf = None if cdf is None else cdf.reshape(-1, width)
+    scratch = out.numel() - 1
+    end = length.index_select(0, table_row)
+    at = table_row * steps + end - 1  # flat (row, e-1) of every path's current end
+    for _ in range(steps):
+        if flat_choice is not None:
+            j = flat_choice.index_select(0, at)
         else:
-            total = scores[source, end - 1]
-            j = (total + rng.gumbel(total.shape, generator, total.device)).argmax(1)
-        picked.append(candidate[source, end - 1, j])
-        owner.append(rows)
-        end = end - (width - j)
-        alive = end > 0
-        rows, end = rows[alive], end[alive]
-    if not picked:
-        empty = torch.zeros(0, dtype=torch.int64, device=table_row.device)
-        return empty, empty
-    return torch.cat(picked), torch.cat(owner)
+            u = rng.uniform((at.numel(), 1), generator, at.device)
+            j = torch.searchsorted(flat_cdf.index_select(0, at), u, right=True).squeeze(1)  # #{cdf <= u}
+            j = j.clamp_(max=width - 1)  # only finished paths (compact=False) can read a NaN row
+        piece = flat_candidate.index_select(0, at * width + j)
+        length_of_piece = width - j
+        if compact:
+            end = end - length_of_piece
+            out.index_copy_(0, base + end, piece)
+            alive = torch.nonzero(end > 0).squeeze(1)
+            if alive.numel() == 0:
+                break
+            at = (at - length_of_piece).index_select(0, alive)
+            end, base = end.index_select(0, alive), base.index_select(0, alive)
+        else:  # finished paths (end 0) stay in place and write to the scratch entry
+            live = end > 0
+            length_of_piece = torch.where(live, length_of_piece, 0)
+            end = end - length_of_piece
+            out.index_copy_(0, torch.where(live, base + end, scratch), piece)
+            at = (at - length_of_piece).clamp(min=0)
 
 
 def log_partition(prefix: torch.Tensor, weights: torch.Tensor, length: torch.Tensor) -> torch.Tensor:

@@ -178,15 +178,24 @@ class PieceTrie:
         last = self.cid_table.numel() - 1
         return self.cid_table[torch.where(units < 0, last, units.clamp(max=last))]
 
-    def child(self, state: torch.Tensor, cid: torch.Tensor) -> torch.Tensor:
-        """Child state for ``(state, cid)`` pairs (state 0 = root), ``-1`` where the trie has no such edge."""
+    def child(self, state: torch.Tensor, cid: torch.Tensor, compact: bool = True) -> torch.Tensor:
+        """Child state for ``(state, cid)`` pairs (state 0 = root), ``-1`` where the trie has no such edge.
+
+        Hash tables probe until every key is resolved (``compact=True``, one host read per probe) or exactly
+        ``max_probe + 1`` times (``compact=False``: no host reads, for CUDA)."""
         key = state * self.alphabet_size + cid
         if self.dense:
-            return self.transitions[key].long()
+            return self.transitions.index_select(0, key).long()
         slot = _slot(key, self.hash_bits)
         out = torch.full_like(key, _EMPTY)
-        pending = torch.arange(key.numel(), device=key.device)
         mask = (1 << self.hash_bits) - 1
+        if not compact:
+            for _ in range(self.max_probe + 1):
+                hit = self.table_keys.index_select(0, slot) == key  # keys are unique: at most one probe hits
+                out = torch.where(hit, self.table_values.index_select(0, slot), out)
+                slot = (slot + 1) & mask
+            return out
+        pending = torch.arange(key.numel(), device=key.device)
         for _ in range(self.max_probe + 1):
             stored = self.table_keys[slot]
             hit = stored == key
