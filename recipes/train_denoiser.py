@@ -179,7 +179,8 @@ def main() -> int:
     deadline = time.time() + 3600 * args.hours
     while time.time() < deadline - 60:
         limit = min(60 * args.stretch_minutes, deadline - time.time())
-        before = json.loads((RUN / "latest.json").read_text())["step"] if (RUN / "latest.json").exists() else 0
+        # steps since the last recorded stretch (an interrupted stretch is counted by the next one)
+        before = history[-1]["end_step"] if history and (RUN / "latest.json").exists() else 0
         code = cli(["train", "--init", str(init), "--train-files", str(CORPUS / "*.train.txt"), "--valid-files",
                     str(CORPUS / "*.valid.txt"), "--out", str(RUN), "--seq-len", str(SEQ_LEN), "--batch-size",
                     str(BATCH), "--max-steps", str(args.max_steps), "--lr", str(args.lr), "--warmup-steps", "50",

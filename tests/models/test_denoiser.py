@@ -59,6 +59,37 @@ def test_causal_baseline_ignores_the_future():
     assert not torch.allclose(model(a).logits[0, 8:], model(b).logits[0, 8:])
 
 
+def test_rotary_scores_depend_on_relative_position_only():
+    from textdiff.models.denoiser import apply_rotary, rotary_tables
+
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 1, 1, 1, 16).unbind(0)
+    rotary = rotary_tables(40, 16, "cpu")
+
+    def score(i, j):
+        at = lambda x, n: apply_rotary(x.expand(1, 1, 40, 16), rotary)[0, 0, n]  # noqa: E731
+        return float(at(q, i) @ at(k, j))
+
+    assert score(3, 7) == pytest.approx(score(20, 24), rel=1e-5)
+    assert score(3, 7) != pytest.approx(score(3, 9), rel=1e-3)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_padding_does_not_leak_into_real_tokens(causal):
+    """Appended padding (attention_mask 0) leaves the real tokens' logits unchanged; bidirectional models do see a
+    later real token."""
+    torch.manual_seed(0)
+    model = DenoiserModel(DenoiserConfig(**TINY, causal=causal)).eval()
+    ids = torch.randint(0, 50, (1, 6))
+    padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], 1)
+    mask = torch.tensor([[1] * 6 + [0] * 4])
+    torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, :6], model(ids).logits)
+    assert torch.isfinite(model(padded, attention_mask=mask).logits).all()
+    changed = ids.clone()
+    changed[0, 5] = (changed[0, 5] + 1) % 50
+    assert torch.allclose(model(changed).logits[0, 0], model(ids).logits[0, 0]) == causal
+
+
 def test_masked_lm_predictor_is_subs(tmp_path):
     """Any AutoModelForMaskedLM, wrapped: −inf on [MASK], point mass on visible tokens (carry-over)."""
     torch.manual_seed(0)

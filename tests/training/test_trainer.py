@@ -45,7 +45,7 @@ def one_thread():
 @pytest.mark.parametrize("objective", ["mask", "ar"])
 def test_one_batch_overfit(toy_data, tmp_path, objective, one_thread):
     """The toy sentences are i.i.d. word choices: below the unigram entropy only by memorising the batch."""
-    trainer, train = make_trainer(toy_data, tmp_path, objective, max_steps=500, t_min=0.05, warmup_steps=10)
+    trainer, train = make_trainer(toy_data, tmp_path, objective, max_steps=1000, t_min=0.05, warmup_steps=10)
     trainer.stream.dataset = train.select(range(8))  # one batch, seen over and over
     losses = [r["loss"] for r in trainer.train(progress=False)]
     first, last = sum(losses[:5]) / 5, sum(losses[-20:]) / 20

@@ -1,9 +1,13 @@
 """x0 predictors: a bidirectional transformer denoiser (HF ``PreTrainedModel``) and a wrapper that makes any
 ``AutoModelForMaskedLM`` a masking-process predictor (ALGORITHMS.md §1.3, §2.2).
 
-Decisions: pre-LayerNorm transformer with learned absolute positions and tied input/output embeddings; optional time
-conditioning (a sinusoidal embedding of ``t`` added to every position; off by default because the masking posterior
-is time-agnostic, §2.2); ``causal=True`` gives the autoregressive baseline of the same size (``--objective ar``).
+Decisions: pre-LayerNorm transformer (nanoGPT-style blocks, ``scaled_dot_product_attention``) with rotary position
+embeddings (RoPE, as MDLM/SEDD's DiT; no learned absolute positions, so attention to neighbours is easy to learn —
+an absorbing-diffusion model has no residual path from the token it predicts, unlike an AR model, and learned
+absolute positions made it plateau near the unigram loss at small budgets) and tied input/output embeddings; optional
+time conditioning (a sinusoidal embedding of ``t`` added to every position; off by default because the masking
+posterior is time-agnostic, §2.2); ``causal=True`` gives the autoregressive baseline of the same size
+(``--objective ar``).
 Checkpoints are safetensors only: directories holding pickle weights are refused.
 """
 
@@ -49,11 +53,66 @@ class DenoiserConfig(PretrainedConfig):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         if hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})")
+        if (hidden_size // num_attention_heads) % 2:
+            raise ValueError(f"the head size hidden_size / num_attention_heads must be even (rotary pairs), got "
+                             f"{hidden_size // num_attention_heads}")
         self.vocab_size, self.hidden_size = vocab_size, hidden_size
         self.num_hidden_layers, self.num_attention_heads = num_hidden_layers, num_attention_heads
         self.intermediate_size = intermediate_size or 4 * hidden_size
         self.max_position_embeddings, self.dropout = max_position_embeddings, dropout
         self.time_conditioning, self.causal, self.mask_token_id = time_conditioning, causal, mask_token_id
+
+
+def rotary_tables(length: int, head_dim: int, device, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)`` of RoPE angles ``pos · base^(−2j/head_dim)``, each ``[length, head_dim / 2]`` (float32)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate the feature pairs ``(x_j, x_{j+D/2})`` of ``x [B, H, L, D]`` by the position angles, so that
+    ``⟨rot(q, i), rot(k, j)⟩`` depends on ``i − j`` only."""
+    cos, sin = (r.to(x.dtype) for r in rotary)
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+
+
+def attention_pattern(attention_mask: torch.Tensor | None, length: int, causal: bool, device) -> torch.Tensor | None:
+    """Boolean ``[B or 1, 1, L, L]`` (True = may attend): real keys (``attention_mask``), the past when ``causal``;
+    every query may attend to itself, so padded rows never produce NaN. ``None`` when nothing is masked."""
+    allowed = None
+    if attention_mask is not None and not bool(attention_mask.all()):
+        allowed = attention_mask.bool()[:, None, None, :]
+    if causal:
+        past = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        allowed = past if allowed is None else allowed & past
+    if allowed is not None:
+        allowed = allowed | torch.eye(length, dtype=torch.bool, device=device)
+    return allowed
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: RoPE multi-head self-attention, then a GELU MLP, both residual."""
+
+    def __init__(self, config: DenoiserConfig):
+        super().__init__()
+        h = config.hidden_size
+        self.heads, self.dropout = config.num_attention_heads, config.dropout
+        self.norm1, self.norm2 = nn.LayerNorm(h), nn.LayerNorm(h)
+        self.qkv, self.proj = nn.Linear(h, 3 * h), nn.Linear(h, h)
+        self.mlp = nn.Sequential(nn.Linear(h, config.intermediate_size), nn.GELU(),
+                                 nn.Linear(config.intermediate_size, h), nn.Dropout(config.dropout))
+
+    def forward(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
+                allowed: torch.Tensor | None) -> torch.Tensor:
+        B, L, H = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(apply_rotary(q, rotary), apply_rotary(k, rotary), v,
+                                                       attn_mask=allowed,
+                                                       dropout_p=self.dropout if self.training else 0.0)
+        x = x + nn.functional.dropout(self.proj(y.transpose(1, 2).reshape(B, L, H)), self.dropout, self.training)
+        return x + self.mlp(self.norm2(x))
 
 
 class DenoiserModel(PreTrainedModel):
@@ -67,11 +126,8 @@ class DenoiserModel(PreTrainedModel):
         super().__init__(config)
         h = config.hidden_size
         self.embed_tokens = nn.Embedding(config.vocab_size, h)
-        self.embed_positions = nn.Embedding(config.max_position_embeddings, h)
         self.time_mlp = nn.Sequential(nn.Linear(h, h), nn.SiLU(), nn.Linear(h, h)) if config.time_conditioning else None
-        layer = nn.TransformerEncoderLayer(h, config.num_attention_heads, config.intermediate_size, config.dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        self.layers = nn.TransformerEncoder(layer, config.num_hidden_layers, enable_nested_tensor=False)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(h)
         self.lm_head = nn.Linear(h, config.vocab_size, bias=False)
         self.post_init()
@@ -94,14 +150,16 @@ class DenoiserModel(PreTrainedModel):
         B, L = input_ids.shape
         if L > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {L} exceeds max_position_embeddings={self.config.max_position_embeddings}")
-        x = self.embed_tokens(input_ids) + self.embed_positions(torch.arange(L, device=input_ids.device))[None]
+        x = self.embed_tokens(input_ids)
         if self.time_mlp is not None:
             if t is None:
                 raise ValueError("this denoiser is time-conditioned: pass t [B]")
             x = x + self.time_mlp(time_features(torch.as_tensor(t, device=x.device).expand(B), x.shape[-1]))[:, None]
-        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).triu(1) if self.config.causal else None
-        pad = None if attention_mask is None else ~attention_mask.bool()
-        return self.norm(self.layers(x, mask=causal, src_key_padding_mask=pad, is_causal=self.config.causal))
+        allowed = attention_pattern(attention_mask, L, self.config.causal, x.device)
+        rotary = rotary_tables(L, self.config.hidden_size // self.config.num_attention_heads, x.device)
+        for block in self.layers:
+            x = block(x, rotary, allowed)
+        return self.norm(x)
 
     def logits_at(self, input_ids, attention_mask, where: torch.Tensor, t=None) -> torch.Tensor:
         """Logits only at ``where [B, L]`` (``[n, V]``): the output projection is skipped elsewhere."""
