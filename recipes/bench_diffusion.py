@@ -2,7 +2,8 @@
 
 1. Likelihood: ELBO perplexity of a masking denoiser vs the AR baseline of the same size, on the same packed blocks
    and the same token budget (``textdiff.training.Trainer``, objectives ``mask`` and ``ar``); prints the ratio
-   (goal ≤ 1.15x at convergence; small CPU budgets are far from it — the budget is printed).
+   (goal ≤ 1.15x at convergence; small CPU budgets are far from it — the budget is printed). Measured on 2 CPU
+   cores (0.91M-parameter RoPE transformer): 4,096,000 tokens each (``--steps 4000``) → 277.6 vs 92.6 = 3.00x.
 2. Sampling time with and without the predictor cache (first-hitting skip + per-row reuse) at T = 1024, L = 128.
 3. Generative perplexity of samples under SmolLM2-135M (``textdiff.models.loading.load_lm``) WITH the mean per-sample
    unigram entropy beside it (ALGORITHMS.md §9), for the default BERT (``data/models/minilm-mlm``) and held-out text.
@@ -148,8 +149,9 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=4000)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of both models (default 1e-3)")
-    parser.add_argument("--loss-weighting", choices=["udm", "elbo"], default="elbo",
-                        help="masking model's training loss: the reported ELBO itself (default) or the UDM loss")
+    parser.add_argument("--loss-weighting", choices=["udm", "elbo"], default="udm",
+                        help="masking model's training loss: the UDM loss (default; measured better at 4M tokens, "
+                        "ELBO PPL 277.6 vs 321.9) or the ELBO itself")
     parser.add_argument("--cache-batch", type=int, default=4)
     parser.add_argument("--gen-length", type=int, default=32)
     parser.add_argument("--gen-samples", type=int, default=16)
