@@ -155,6 +155,7 @@ def load_mlm(name_or_path: str | Path | None = None, *, device: str | torch.devi
 
 
 def excluded_mlm_ids(tokenizer) -> list[int]:
-    """Ids a WordPiece sampler never draws (MLM proposals, Gibbs, the insertion fill): special tokens and ``[unused*]`` placeholders (D7)."""
+    """Ids a WordPiece sampler never draws (MLM proposals, Gibbs, the insertion fill): special tokens and
+    ``[unused*]`` placeholders (D7)."""
     vocab = tokenizer.get_vocab()
     return sorted(set(tokenizer.all_special_ids) | {i for t, i in vocab.items() if t.startswith("[unused")})

@@ -46,7 +46,8 @@ __all__ = [
     "Reindex", "Expansion", "expand", "compact", "slot_counts", "count_embeddings", "sample_embedding",
     "DeletionProcess", "InsertionOutput", "ModelInsertionPredictor", "ModelPrediction", "sample_slot_counts",
     "TrainingTargets", "training_targets", "continuation_pieces", "process_for", "predictor_for", "sample_delete",
-    "decode", "sample_sentences", "KeywordSample", "keyword_orders", "keyword_start", "generate_from_keywords", "pseudo_log_likelihood", "elbo_upper_bound",
+    "decode", "sample_sentences", "KeywordSample", "keyword_orders", "keyword_start", "generate_from_keywords",
+    "pseudo_log_likelihood", "elbo_upper_bound",
 ]
 
 
