@@ -202,12 +202,16 @@ def main() -> int:
     parser.add_argument("--shared-corpus", type=Path, default=SHARED_CORPUS, help=f"default {SHARED_CORPUS}")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--card-only", action="store_true", help="only re-evaluate and rewrite the model card")
+    parser.add_argument("--prepare-only", action="store_true", help="only write the training corpus (see --corpus)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     from textdiff.cli import main as cli
 
     train_dir = prepare_corpus(args.shared_corpus, full=args.corpus == "full")
+    if args.prepare_only:
+        print(train_dir)
+        return 0
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     history = json.loads((SHIPPED / "training_history.json").read_text()) if (SHIPPED / "training_history.json").exists() else []
     if args.card_only:
