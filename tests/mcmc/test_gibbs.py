@@ -170,3 +170,27 @@ def test_pseudo_log_likelihood_energy_on_exact_conditionals():
 
     expected = [-sum(masked_log_prob(r, i) for i in range(L)) for r in ([0, 1, 2], [2, 2, 0])]
     assert energy(ids, torch.ones_like(ids)).tolist() == pytest.approx(expected)
+
+
+def _restricted_to_opening(log_joint: torch.Tensor, banned: int) -> torch.Tensor:
+    """``p`` restricted to sequences whose first token is not ``banned``, renormalised."""
+    restricted = log_joint.clone()
+    restricted[banned] = float("-inf")
+    return restricted - torch.logsumexp(restricted.flatten(), 0)
+
+
+def test_opening_exclusion_samples_the_restricted_joint():
+    """Token 0 may not open a sentence (a ``##`` piece): the chains target p restricted to x_1 ≠ 0; forbidding it
+    everywhere (``excluded_ids``, the blunt fix) samples another law and fails the same test."""
+    oracle = ExactConditionals()
+    target = _restricted_to_opening(oracle.log_joint, 0)
+    support = [s for s in itertools.product(range(V), repeat=L) if s[0] != 0]
+
+    def p_value(states):
+        counts = Counter(states)
+        assert all(s[0] != 0 for s in states)
+        expected = [len(states) * float(target[s].exp()) for s in support]
+        return chisquare([counts[s] for s in support], expected).pvalue
+
+    assert p_value(run(oracle, n_chains=2000, steps=24, seed=2, start=target, opening_excluded_ids=[0])) > 1e-3
+    assert p_value(run(oracle, n_chains=2000, steps=24, seed=2, start=target, excluded_ids=[0])) < 1e-6

@@ -10,7 +10,8 @@ def add_parser(subparsers) -> None:
         "gibbs",
         help="sample sentences from a masked LM by Gibbs sampling (BERT has a Mouth)",
         description="Batched MLM Gibbs sampling: each step every chain masks one position and redraws it from "
-        "the masked LM's conditional (float64 draws, special tokens excluded). Start from seed sentences "
+        "the masked LM's conditional (float64 draws; special tokens never drawn, WordPiece ## pieces never open "
+        "a sentence). Start from seed sentences "
         "(--text) or from [MASK]s of a given or random length.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -34,8 +35,8 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from textdiff import rng
     from textdiff.mcmc.gibbs import gibbs_sample, masked_init, random_lengths, text_init
-    from textdiff.models.loading import excluded_mlm_ids
-    from textdiff.models.loading import load_mlm
+    from textdiff.models.loading import excluded_mlm_ids, load_mlm
+    from textdiff.udm.deletion import continuation_pieces
 
     model, tokenizer = load_mlm(args.model, device=args.device)
     generator = rng.make_generator(args.seed, device=args.device)
@@ -49,6 +50,7 @@ def run(args) -> int:
         init = masked_init(tokenizer, lengths)
     result = gibbs_sample(model, init, mask_id=tokenizer.mask_token_id, pad_id=tokenizer.pad_token_id,
                           special_ids=tokenizer.all_special_ids, excluded_ids=excluded_mlm_ids(tokenizer),
+                          opening_excluded_ids=continuation_pieces(tokenizer),
                           steps=args.steps, burn_in=args.burn_in,
                           thin=args.thin, order=args.order, temperature=args.temperature, top_k=args.top_k,
                           generator=generator, device=args.device, progress=True)

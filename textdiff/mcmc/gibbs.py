@@ -85,6 +85,7 @@ def gibbs_sample(
     top_k: int | None = None,
     protected: Sequence[Sequence[bool]] | None = None,
     excluded_ids: Sequence[int] = (),
+    opening_excluded_ids: Sequence[int] = (),
     seed: int | None = None,
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
@@ -97,6 +98,10 @@ def gibbs_sample(
     After ``burn_in`` steps every ``thin``-th state without ``[MASK]`` is a sample. With ``energy`` (``(ids,
     attention_mask) -> E [B]``) each redraw of a complete state is an MH proposal accepted with
     ``min(1, exp(E(x) − E(y)) q(x_i | x_−i) / q(y_i | x_−i))`` (§6.3), so the chains target ``exp(−E)/Z``.
+    ``excluded_ids`` are never drawn; ``opening_excluded_ids`` (e.g. WordPiece ``##`` pieces, which cannot open a
+    sentence) are never drawn at a chain's first non-special position. Both are support restrictions: every
+    conditional is renormalised over the allowed tokens, so the chains target the law restricted to sequences
+    without them (exactly, from a start inside that support).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
@@ -112,7 +117,9 @@ def gibbs_sample(
     ids, attention = _pad(init_ids, pad_id)
     ids, attention = ids.to(device), attention.to(device)
     n_chains = ids.shape[0]
-    fixed = torch.isin(ids, torch.tensor(sorted(set(special_ids) - {mask_id}), device=device)) | (attention == 0)
+    special = torch.isin(ids, torch.tensor(sorted(set(special_ids) - {mask_id}), device=device)) | (attention == 0)
+    opening = (~special).int().argmax(-1)  # first non-special position of every chain
+    fixed = special.clone()
     if protected is not None:
         prot, _ = _pad([[bool(v) for v in row] for row in protected], 0)
         fixed[:, : prot.shape[1]] |= prot.bool().to(device)
@@ -125,6 +132,7 @@ def gibbs_sample(
     changed = torch.zeros(steps, n_chains, dtype=torch.bool)
     samples: list[list[list[int]]] = [[] for _ in range(n_chains)]
     excluded = sorted(set(special_ids) | set(excluded_ids))
+    opening_excluded = sorted(set(opening_excluded_ids))
     sweep_order = [free[c].nonzero()[:, 0] for c in range(n_chains)]
     current_energy = torch.full((n_chains,), float("nan"), dtype=torch.float64)
     for step in tqdm(range(steps), disable=not progress, desc="Gibbs steps", leave=False):
@@ -139,6 +147,9 @@ def gibbs_sample(
         ids[rows, positions] = mask_id
         logits = model(input_ids=ids, attention_mask=attention).logits[rows, positions].double()
         logits[:, excluded] = float("-inf")
+        if opening_excluded:
+            at_opening = (positions == opening).nonzero()[:, 0]
+            logits[at_opening[:, None], torch.tensor(opening_excluded, device=device)] = float("-inf")
         draws = rng.sample_categorical(logits, generator, temperature=temperature, top_k=top_k)
         if energy is not None:
             draws = _mh_correct(energy, ids, attention, positions, previous, draws, current_energy,
