@@ -22,6 +22,9 @@ Decisions (ALGORITHMS.md §10, D5):
 * Plugged into the generic loop (:func:`textdiff.udm.sampler.reverse_sample`): the predictor returns an
   :class:`InsertionOutput` (count draw + fill), :meth:`DeletionProcess.apply` runs counts → EXPAND → thin → fill →
   compact. Keyword rerank (:func:`generate_from_keywords`) uses the token head's pseudo-log-likelihood, a heuristic.
+* Logits hooks (§5.2; ``reverse_sample(..., logits_hooks=...)``) act on the fill's token logits, i.e. on every
+  inserted token's categorical; slot counts are not hooked (see :class:`ModelPrediction`).
+* Fill cost: each fill call sends only the rows that still have kept placeholders to fill.
 * Likelihood reporting: :func:`elbo_upper_bound` estimates the continuous-time bound of §4.7 by Monte Carlo with a
   Rao-Blackwellised, never-zero estimate of ``μ_θ(j, w)`` (D5 option iii); it is conservative in expectation.
 
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
 import torch
@@ -40,7 +43,7 @@ from torch import Tensor
 
 from textdiff.rng import make_generator, sample_categorical, uniform
 from textdiff.udm.process import Batch, ForwardProcess, Noise, StepPlan, X0Draw, as_time
-from textdiff.udm.sampler import NetworkUsage, Trajectory, forbid, reverse_sample
+from textdiff.udm.sampler import LogitsHook, NetworkUsage, StepHooks, Trajectory, forbid, reverse_sample
 
 __all__ = [
     "Reindex", "Expansion", "expand", "compact", "slot_counts", "count_embeddings", "sample_embedding",
@@ -345,7 +348,8 @@ class InsertionOutput(Protocol):
     """What an insertion predictor returns for ``x_t`` (ALGORITHMS.md §4.3): a pattern drawn in two stages.
 
     A trained network (:class:`ModelInsertionPredictor`) and an exact enumerated posterior in a test both return
-    one; :meth:`DeletionProcess.apply` cannot tell them apart.
+    one; :meth:`DeletionProcess.apply` cannot tell them apart. Outputs that draw the fill from token logits may also
+    define ``with_logits_hooks`` (:class:`textdiff.udm.sampler.StepHooks`); only those accept ``logits_hooks``.
     """
 
     def sample_counts(self, closed: Tensor, budget: Tensor, generator: torch.Generator) -> Tensor:
@@ -415,11 +419,24 @@ def _id_tensor(name: str, ids: Sequence[int] | Tensor | None, vocab_size: int) -
 
 @dataclass
 class ModelPrediction:
-    """:class:`InsertionOutput` of a network: count logits for ``x_t``; the fill calls the token head."""
+    """:class:`InsertionOutput` of a network: count logits for ``x_t``; the fill calls the token head.
+
+    ``hooks`` (set by :meth:`with_logits_hooks`, i.e. by ``reverse_sample``'s ``logits_hooks``) run on the fill's token
+    logits ``[B', L', V]`` after the support restrictions, with ``x`` = the rows of the expanded sequence sent to the
+    network (placeholders = ``[MASK]``, tokens revealed so far) and those rows' ``t``, ``s``; the draw uses their
+    result. Each hooked fill categorical is conditioned / reweighted exactly (§5.2); with several kept placeholders
+    per row the per-draw reweighting approximates reweighting the joint fill (§5.3). Hooks cannot apply to the count
+    head (its logits are over counts ``0..K``, not tokens), so slot counts are drawn from the unhooked model: e.g.
+    ``forbid_tokens`` conditions every fill categorical, not ``p_θ(x0 | no forbidden token inserted)``.
+    """
 
     predictor: "ModelInsertionPredictor"
     x_t: Batch
     count_logits: Tensor
+    hooks: StepHooks | None = None
+
+    def with_logits_hooks(self, hooks: StepHooks) -> "ModelPrediction":
+        return replace(self, hooks=hooks)
 
     def sample_counts(self, closed, budget, generator):
         return sample_slot_counts(self.count_logits, self.x_t.lengths, closed, budget, generator,
@@ -428,7 +445,9 @@ class ModelPrediction:
     @torch.no_grad()
     def sample_fill(self, expanded: Batch, fill: Tensor, draw: X0Draw, generator) -> Batch:
         """``oneshot``: all of ``fill`` from one token-head call; ``iterative``: ``tokens_per_step`` at a time, the
-        positions barred from continuation pieces first (support restrictions: :class:`ModelInsertionPredictor`)."""
+        positions barred from continuation pieces first (support restrictions: :class:`ModelInsertionPredictor`).
+        Each call sends only the rows with a position to draw; the same categoricals are drawn in the same order as
+        from a whole-batch call, so a seed gives the same samples (up to the network's batch-size numerics)."""
         predictor = self.predictor
         restricted = (_no_continuation(expanded, fill, predictor.model.config.mask_token_id)
                       if predictor.continuation_ids.numel() else torch.zeros_like(fill))
@@ -438,9 +457,14 @@ class ModelPrediction:
         ids = expanded.ids.clone()
         for start in range(0, int(fill.sum(1).max()) if fill.numel() else 0, step):
             now = (rank >= start) & (rank < start + step)
-            logits = predictor.token_logits(ids, expanded.attention_mask)
-            logits[now & restricted] = forbid(logits[now & restricted], predictor.continuation_ids)
-            ids = draw.at(logits, now, ids, generator)
+            rows = now.any(1).nonzero().squeeze(1)
+            sent = Batch(ids[rows], expanded.attention_mask[rows], expanded.protected[rows])
+            now = now[rows]
+            logits = predictor.token_logits(sent.ids, sent.attention_mask)
+            logits[now & restricted[rows]] = forbid(logits[now & restricted[rows]], predictor.continuation_ids)
+            if self.hooks is not None:
+                logits = self.hooks(logits, sent, rows)
+            ids[rows] = draw.at(logits, now, sent.ids, generator)
         return expanded.with_ids(ids)
 
 
@@ -464,7 +488,8 @@ class ModelInsertionPredictor:
     (keywords), and for ``forbidden_ids`` at every draw, sequential restriction approximates the joint conditioning.
     Slot counts are not reweighted by the event's probability: the chain samples the model with every fill so
     conditioned, not ``p_θ(x0 | first piece is not a continuation)``. The first piece of every state is kept from the
-    previous state or is a restricted fill, so no sample starts with a continuation.
+    previous state or is a restricted fill, so no sample starts with a continuation. ``reverse_sample``'s
+    ``logits_hooks`` run on the fill logits after these restrictions (:class:`ModelPrediction`).
     """
 
     time_conditioned = True
@@ -543,13 +568,15 @@ def sample_delete(
     trajectory: Trajectory | None = None,
     progress: bool = False,
     stats: dict | None = None,
+    logits_hooks: Sequence[LogitsHook] = (),
     device: str | torch.device = "cpu",
 ) -> Batch:
     """Variable-length samples from the reverse insertion chain (ALGORITHMS.md §4.5) via the generic loop.
 
     From ``x_1 = []`` (``n`` rows), or from ``start`` at ``t_start`` (protected tokens of ``start`` are kept, in
     order, by construction: §4.9). ``predictor(x_t, t)`` returns an :class:`InsertionOutput`. ``stats`` receives
-    ``reverse_sample``'s network counts (fill calls included for a :class:`ModelInsertionPredictor`).
+    ``reverse_sample``'s network counts (fill calls included for a :class:`ModelInsertionPredictor`);
+    ``logits_hooks`` act on the fill's token logits (:class:`ModelPrediction`).
     """
     if (n is None) == (start is None):
         raise ValueError("give exactly one of n (start from the empty sequence) or start (a Batch at t_start)")
@@ -565,7 +592,8 @@ def sample_delete(
         raise ValueError(f"the start state has {int(start.lengths.max())} tokens, more than max_length={process.max_length}")
     grid = torch.linspace(t_start, 0.0, steps + 1, dtype=torch.float64, device=start.device)
     return reverse_sample(process, predictor, start, grid=grid, draw=draw, seed=seed, generator=generator,
-                          trajectory=trajectory, x_init=start, progress=progress, stats=stats)
+                          trajectory=trajectory, x_init=start, progress=progress, stats=stats,
+                          logits_hooks=logits_hooks)
 
 
 def decode(tokenizer, x: Batch) -> list[str]:

@@ -1,8 +1,8 @@
 """The generic UDM reverse loop (ALGORITHMS.md §1.6): any process, any x0 predictor.
 
-The loop owns the time grid, predictor calls (with caching), the per-step logits hooks (§5), progress and the
-trajectory record; the process owns how ``x̂0`` is drawn from the predictor output and how the state is corrected
-(:meth:`ForwardProcess.plan` before the predictor call, :meth:`ForwardProcess.apply` after it).
+The loop owns the time grid, predictor calls (with caching), the per-step logits hooks (§5, :class:`StepHooks`),
+progress and the trajectory record; the process owns how ``x̂0`` is drawn from the predictor output and how the state
+is corrected (:meth:`ForwardProcess.plan` before the predictor call, :meth:`ForwardProcess.apply` after it).
 
 A predictor is any callable ``predictor(x_t: Batch, t: Tensor[B]) -> output`` (logits ``[B, L, V]`` for
 ``mask``/``replace_*``; whatever the process's ``apply`` expects otherwise). Set ``predictor.time_conditioned = True``
@@ -31,8 +31,10 @@ import torch
 from textdiff.rng import make_generator
 from textdiff.udm.process import Batch, ForwardProcess, X0Draw, as_batch, time_grid
 
-#: ``hook(output, x_t, t, s) -> output``; e.g. classifier-free mixing or candidate reweighting (§5).
-LogitsHook = Callable[[Any, Batch, torch.Tensor, torch.Tensor], Any]
+#: ``hook(logits, x, t, s) -> logits``: ``logits [B', L, V]`` are the token logits a reverse step draws from at the
+#: positions of ``x`` (the batch the network saw), ``t``, ``s [B']`` the step's times of those rows; e.g.
+#: classifier-free mixing or candidate reweighting (ALGORITHMS.md §5.2, §5.4). Hooks must not modify in place.
+LogitsHook = Callable[[torch.Tensor, Batch, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def forbid(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -42,14 +44,45 @@ def forbid(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
 
 
 def forbid_tokens(token_ids: Sequence[int]) -> LogitsHook:
-    """A logits hook giving ``token_ids`` probability 0 wherever x̂0 is drawn (e.g. special tokens). Visible and
-    protected tokens are carried over by the process, not drawn, so they are unaffected."""
+    """A logits hook giving ``token_ids`` probability 0 wherever x̂0 is drawn (e.g. special tokens), the deletion
+    process's inserted tokens included (its fill draws, §4.3). Visible, protected and surviving tokens are carried
+    over by the process, not drawn, so they are unaffected."""
     banned = torch.as_tensor(sorted(set(token_ids)), dtype=torch.long)
 
     def hook(logits, x_t, t, s):
         return forbid(logits, banned)
 
     return hook
+
+
+@dataclass(frozen=True)
+class StepHooks:
+    """The logits hooks of one reverse step ``t → s`` (``t``, ``s``: ``[B]``): the one place hooks are run (§5.2).
+
+    :meth:`bind` applies them to a predictor output: logits ``[B, L, V]`` directly; a structured output whose
+    tokens are drawn from logits computed later (the deletion process's ``ModelPrediction``, §4.3) must define
+    ``with_logits_hooks(step_hooks)``, returning a copy that calls ``step_hooks(logits, x, rows)`` on every logits
+    tensor it draws tokens from (``x``: the batch the network saw; ``rows``: the step-batch indices of its rows).
+    """
+
+    hooks: tuple[LogitsHook, ...]
+    t: torch.Tensor
+    s: torch.Tensor
+
+    def __call__(self, logits: torch.Tensor, x: Batch, rows: torch.Tensor | None = None) -> torch.Tensor:
+        t, s = (self.t, self.s) if rows is None else (self.t[rows], self.s[rows])
+        for hook in self.hooks:
+            logits = hook(logits, x, t, s)
+        return logits
+
+    def bind(self, output: Any, x: Batch) -> Any:
+        """``output`` with the hooks applied (tensor) or attached (structured output); ``ValueError`` otherwise."""
+        if isinstance(output, torch.Tensor):
+            return self(output, x)
+        if callable(getattr(output, "with_logits_hooks", None)):
+            return output.with_logits_hooks(self)
+        raise ValueError("logits_hooks need a predictor returning logits [B, L, V] or an output with "
+                         f"with_logits_hooks(step_hooks); got {type(output).__name__}")
 
 
 @dataclass
@@ -187,8 +220,9 @@ def reverse_sample(
     states (``process.variable_length``: deletion, §4.5) also accepts a template of width 0 (every row empty).
     ``steps`` (default ``T``: the number of corruptible tokens of the longest row) defines the uniform grid; the count
     form needs ``1 <= steps <= T``. ``grid`` overrides it (decreasing, from ``t_start`` to 0). ``x_init`` starts the
-    chain from a given state at ``grid[0]`` instead of the prior draw. ``stats`` (a dict) receives the number of
-    network calls and rows (see the module docstring).
+    chain from a given state at ``grid[0]`` instead of the prior draw. ``logits_hooks`` (:data:`LogitsHook`) run, in
+    order, on the token logits of every step (:class:`StepHooks`). ``stats`` (a dict) receives the number of network
+    calls and rows (see the module docstring).
     """
     template = as_batch(template)
     if not isinstance(process, ForwardProcess):
@@ -229,8 +263,8 @@ def reverse_sample(
         plan = process.plan(x, t, s, gen)
         if cache is False or bool(plan.active.any()):
             output = model(x, t)
-            for hook in logits_hooks:
-                output = hook(output, x, t, s)
+            if logits_hooks:
+                output = StepHooks(tuple(logits_hooks), t, s).bind(output, x)
             if bool(plan.active.any()):
                 x = process.apply(x, output, plan, draw, gen)
         if trajectory is not None:
