@@ -35,8 +35,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from textdiff import rng
     from textdiff.mcmc.gibbs import gibbs_sample, masked_init, random_lengths, text_init
-    from textdiff.models.loading import excluded_mlm_ids, load_mlm
-    from textdiff.udm.deletion import continuation_pieces
+    from textdiff.models.loading import continuation_pieces, excluded_mlm_ids, load_mlm
 
     model, tokenizer = load_mlm(args.model, device=args.device)
     generator = rng.make_generator(args.seed, device=args.device)

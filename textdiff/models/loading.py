@@ -154,6 +154,11 @@ def load_mlm(name_or_path: str | Path | None = None, *, device: str | torch.devi
     return _finish(model, device), tokenizer
 
 
+def continuation_pieces(tokenizer) -> list[int]:
+    """Ids of the WordPiece continuation pieces (``##…``) of ``tokenizer``: never the first piece of a sentence."""
+    return sorted(i for token, i in tokenizer.get_vocab().items() if token.startswith("##"))
+
+
 def excluded_mlm_ids(tokenizer) -> list[int]:
     """Ids a WordPiece sampler never draws (MLM proposals, Gibbs, the insertion fill): special tokens and
     ``[unused*]`` placeholders (D7)."""

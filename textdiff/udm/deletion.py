@@ -48,7 +48,7 @@ from textdiff.udm.sampler import LogitsHook, NetworkUsage, StepHooks, Trajectory
 __all__ = [
     "Reindex", "Expansion", "expand", "compact", "slot_counts", "count_embeddings", "sample_embedding",
     "DeletionProcess", "InsertionOutput", "ModelInsertionPredictor", "ModelPrediction", "sample_slot_counts",
-    "TrainingTargets", "training_targets", "continuation_pieces", "process_for", "predictor_for", "sample_delete",
+    "TrainingTargets", "training_targets", "process_for", "predictor_for", "sample_delete",
     "decode", "sample_sentences", "KeywordSample", "keyword_orders", "keyword_start", "generate_from_keywords",
     "pseudo_log_likelihood", "elbo_upper_bound",
 ]
@@ -528,15 +528,12 @@ FILL_MODES = ("oneshot", "iterative")
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def continuation_pieces(tokenizer) -> list[int]:
-    """Ids of the WordPiece continuation pieces (``##…``) of ``tokenizer``."""
-    return sorted(i for token, i in tokenizer.get_vocab().items() if token.startswith("##"))
-
-
 def process_for(model, tokenizer=None, schedule="linear", corrector: str = "posterior") -> DeletionProcess:
     """The :class:`DeletionProcess` matching an insertion model (its ``[MASK]``, padding, length cap) and tokenizer
     (WordPiece ``##`` pieces glue multi-piece keywords)."""
     config = model.config
+    from textdiff.models.loading import continuation_pieces
+
     continuation = None if tokenizer is None else continuation_pieces(tokenizer)
     return DeletionProcess(config.mask_token_id, config.pad_token_id, config.max_seq_length, schedule, corrector,
                            continuation)
@@ -547,7 +544,7 @@ def predictor_for(model, tokenizer, fill_mode: str = "iterative", tokens_per_ste
     """The :class:`ModelInsertionPredictor` of an insertion model with its tokenizer's support restrictions, built
     once: special tokens and ``[unused*]`` pieces are never inserted, ``##`` pieces never open a sentence or follow
     a keyword."""
-    from textdiff.models.loading import excluded_mlm_ids
+    from textdiff.models.loading import continuation_pieces, excluded_mlm_ids
 
     return ModelInsertionPredictor(model, fill_mode, tokens_per_step, max_tries,
                                    continuation_ids=continuation_pieces(tokenizer),
