@@ -7,6 +7,7 @@ are joined with ``doc_sep_id`` (``[SEP]`` for BERT, EOS for causal tokenizers); 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -116,24 +117,27 @@ class BatchStream:
         gen = make_generator(seed=self.seed + 1000003 * epoch)
         return torch.randperm(len(self.dataset), generator=gen)
 
-    def _epoch_rows(self) -> Iterator[torch.Tensor]:
-        """Rows of the current epoch from the current offset on (the incomplete last global batch is dropped)."""
+    def _epoch_batches(self) -> Iterator[torch.Tensor]:
+        """Global batches ``[B · world_size, L]`` of the current epoch from the current offset on (the incomplete last
+        global batch is dropped); map-style datasets are read one batch per call, not one row per call."""
+        global_batch = self.batch_size * self.world_size
         if not hasattr(self.dataset, "__len__"):
-            return (torch.as_tensor(r["input_ids"]) for r in self.dataset.skip(self.position.offset))
+            rows = (torch.as_tensor(r["input_ids"]) for r in self.dataset.skip(self.position.offset))
+            while batch := list(itertools.islice(rows, global_batch)):
+                if len(batch) == global_batch:
+                    yield torch.stack(batch)
+            return
         order = self._order(self.position.epoch)
-        usable = len(order) - len(order) % (self.batch_size * self.world_size)
+        usable = len(order) - len(order) % global_batch
         if usable == 0:
             raise ValueError(f"dataset has {len(order)} blocks, fewer than one global batch")
-        return (self.dataset[int(i)]["input_ids"] for i in order[self.position.offset : usable])
+        for start in range(self.position.offset, usable, global_batch):
+            yield torch.as_tensor(self.dataset[order[start : start + global_batch].tolist()]["input_ids"])
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         global_batch = self.batch_size * self.world_size
         while True:
-            buf: list[torch.Tensor] = []
-            for row in self._epoch_rows():
-                buf.append(row)
-                if len(buf) == global_batch:
-                    self.position = DataPosition(self.position.epoch, self.position.offset + global_batch)
-                    yield torch.stack(buf[self.rank :: self.world_size])
-                    buf = []
+            for batch in self._epoch_batches():
+                self.position = DataPosition(self.position.epoch, self.position.offset + global_batch)
+                yield batch[self.rank :: self.world_size]
             self.position = DataPosition(self.position.epoch + 1, 0)
