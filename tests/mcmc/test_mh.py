@@ -12,7 +12,7 @@ from scipy.stats import chisquare
 
 from textdiff.mcmc.mh import (MetropolisHastings, Move, MoveProbs, State, apply_move, log_acceptance,
                               log_proposal_pair, temperature_schedule)
-from textdiff.mcmc.targets import KeywordMeasure, keyword_placements
+from textdiff.mcmc.targets import KeywordMeasure, keyword_placements, keywords_whole
 
 from .toy import ToyProposal, ToyTarget, exact_kernel
 
@@ -181,3 +181,41 @@ def test_same_seed_same_chains_and_bad_input():
         MetropolisHastings(ToyProposal(), ToyTarget(), move_probs=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="temperatures"):
         sampler.run(start, 2, temperatures=[1.0, 0.0])
+
+
+def test_whole_word_keywords_keep_the_restricted_marginal():
+    """Token 2 continues a word (a ``##`` piece): with ``continuation=[2]`` no visited state glues it onto the keyword,
+    the kernel stays reversible, and the sequence law is π restricted to sequences holding the keyword whole. The
+    plain measure puts mass on glued states, and dropping the whole-placement count from N_K biases the marginal."""
+    spans, max_length, glue = [(0,)], 3, 2
+    proposal, base = ToyProposal(), ToyTarget(max_length=max_length)
+
+    def marginal_of(target):
+        states, kernel = exact_kernel(State.from_keywords(spans), proposal, target, MoveProbs(), max_length)
+        pi = torch.softmax(target.log_prob(states), 0)
+        flow = pi[:, None] * kernel
+        assert (flow - flow.T).abs().max() <= 1e-15
+        evals, evecs = torch.linalg.eig(kernel.T)
+        stationary = evecs[:, torch.argmin((evals - 1).abs())].real
+        return states, sequence_marginal(states, stationary / stationary.sum())
+
+    def whole(seq):
+        return keyword_placements(seq, spans, frozenset({glue})) > 0
+
+    states, marginal = marginal_of(KeywordMeasure(base, continuation=[glue]))
+    assert all(keywords_whole(s, frozenset({glue})) for s in states)
+    weights = {seq: math.exp(base.table[seq]) for seq in marginal if whole(seq)}
+    z = sum(weights.values())
+    for seq, p in marginal.items():
+        assert abs(p - weights.get(seq, 0.0) / z) < 1e-10
+    _, plain = marginal_of(KeywordMeasure(base))
+    assert sum(p for seq, p in plain.items() if not whole(seq)) > 0.05
+
+    class WholeButUncounted(KeywordMeasure):  # forbids glued pairs but divides by the plain N_K
+        def log_prob(self, states):
+            out = KeywordMeasure(self.target).log_prob(states)
+            out[[not keywords_whole(s, self.continuation) for s in states]] = -math.inf
+            return out
+
+    _, biased = marginal_of(WholeButUncounted(base, continuation=[glue]))
+    assert max(abs(biased[seq] - weights.get(seq, 0.0) / z) for seq in biased) > 1e-3

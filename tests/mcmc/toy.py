@@ -71,5 +71,6 @@ def exact_kernel(start: State, proposal, target, probs, max_length, tau=1.0, fai
     kernel = torch.zeros(len(states), len(states), dtype=torch.float64)
     for x, row in rows.items():
         for y, p in row.items():
-            kernel[index[x], index[y]] += p
+            if p > 0:  # moves into zero-probability states are always rejected
+                kernel[index[x], index[y]] += p
     return states, kernel

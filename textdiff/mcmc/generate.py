@@ -39,6 +39,7 @@ from textdiff.mcmc.keywords import candidate_starts, inflections, parse_keywords
 from textdiff.mcmc.mh import MetropolisHastings, State, temperature_schedule
 from textdiff.mcmc.proposals import CausalLMProposal, MLMProposal
 from textdiff.mcmc.targets import CausalLMScorer, ConstrainedLMTarget, KeywordMeasure, keyword_spans
+from textdiff.models.loading import continuation_pieces
 
 MAX_STARTS = 64
 CHAT_PROMPT = "<|im_start|>assistant\n"
@@ -152,10 +153,11 @@ class KeywordGenerator:
 
     # --- generation ---------------------------------------------------------------------------------------------
     def make_target(self, min_length: int, banned: Sequence[str], soft: Sequence[Callable]):
+        tokenizer = self.mlm_tokenizer if self.kind == "mlm" else self.lm_tokenizer
         return KeywordMeasure(ConstrainedLMTarget(
             self.scorer, self.decode, self.to_lm_ids, gamma=self.gamma, length_bonus=self.length_bonus,
-            min_length=min_length,
-            max_length=self.max_length, banned=banned, soft=soft))
+            min_length=min_length, max_length=self.max_length, banned=banned, soft=soft),
+            continuation=continuation_pieces(tokenizer))
 
     def generate(self, keywords: str | Iterable[str], n: int = 1, *, steps: int = 200, chains: int | None = None,
                  seed: int | None = None, inflect: bool = False, schedule: str = "geometric",

@@ -9,7 +9,8 @@ Design decisions (ALGORITHMS.md §10, D8):
   an optional length bonus ``λ`` per scored token (a soft term) counters the LM's preference for short texts.
   The state lives in the proposal model's token space; ``to_lm_ids`` maps it to the scorer's ids (re-tokenising the
   decoded text when the spaces differ, the identity when the proposal is the causal LM itself).
-* Hard constraints (length bounds, banned words) give ``-inf``; keywords are guaranteed by protection (§7.5).
+* Hard constraints (length bounds, banned words) give ``-inf``; keywords are guaranteed by protection (§7.5) and
+  kept whole words by ``KeywordMeasure(continuation=...)`` (no word-continuing token right after a keyword block).
 * Soft terms: any callables ``texts -> sequence of floats`` added to ``log π``.
 * ``KeywordMeasure``: the chain lives on (sequence, protection mask) pairs, so its sequence marginal is
   ``π(x) N_K(x)``; dividing by ``N_K`` makes the sequence marginal ``π`` (§7.4 "target on pairs").
@@ -97,8 +98,10 @@ class CausalLMScorer:
         return first + (token_lp.cpu() * mask[:, 1:]).sum(-1)
 
 
-def keyword_placements(tokens: Sequence[int], spans: Sequence[Sequence[int]]) -> int:
-    """``N_K(x)``: ways to place ``spans`` as ordered, contiguous, non-overlapping blocks in ``tokens`` (§7.4)."""
+def keyword_placements(tokens: Sequence[int], spans: Sequence[Sequence[int]],
+                       continuation: frozenset[int] = frozenset()) -> int:
+    """``N_K(x)``: ways to place ``spans`` as ordered, contiguous, non-overlapping blocks in ``tokens`` (§7.4), each
+    a whole word: not followed by a ``continuation`` token (a ``##`` piece would glue onto the keyword)."""
     n = len(tokens)
     ways = [1] * (n + 1)  # ways[p]: placements of the spans processed so far that end at or before position p
     for span in spans:
@@ -107,10 +110,17 @@ def keyword_placements(tokens: Sequence[int], spans: Sequence[Sequence[int]]) ->
         for end in range(1, n + 1):
             new[end] = new[end - 1]
             start = end - len(span)
-            if start >= 0 and list(tokens[start:end]) == span:
+            whole = end == n or tokens[end] not in continuation
+            if start >= 0 and whole and list(tokens[start:end]) == span:
                 new[end] += ways[start]
         ways = new
     return ways[n]
+
+
+def keywords_whole(state, continuation: frozenset[int]) -> bool:
+    """No keyword block of ``state`` is followed by a ``continuation`` token."""
+    t, b = state.tokens, state.blocks
+    return not any(b[i] >= 0 and b[i + 1] != b[i] and t[i + 1] in continuation for i in range(len(t) - 1))
 
 
 def keyword_spans(state) -> list[tuple[int, ...]]:
@@ -123,14 +133,23 @@ def keyword_spans(state) -> list[tuple[int, ...]]:
 
 
 class KeywordMeasure:
-    """``log π'(x, m) = log π(x) − log N_K(x)``: makes the sequence marginal of the pair chain ``π`` (§7.4)."""
+    """``log π'(x, m) = log π(x) − log N_K(x)``: makes the sequence marginal of the pair chain ``π`` (§7.4).
 
-    def __init__(self, target):
-        self.target = target
+    With ``continuation`` ids (word-continuing tokens, :func:`textdiff.models.loading.continuation_pieces`) keywords
+    must stay whole words: ``π'(x, m) = 0`` when a block of ``m`` is followed by one, and ``N_K`` counts only whole
+    placements, so the sequence marginal is ``π`` restricted to sequences holding every keyword as a whole word."""
+
+    def __init__(self, target, continuation: Sequence[int] = ()):
+        self.target, self.continuation = target, frozenset(continuation)
 
     def log_prob(self, states) -> torch.Tensor:
-        counts = [keyword_placements(s.tokens, keyword_spans(s)) for s in states]
-        return self.target.log_prob(states) - torch.tensor([math.log(c) for c in counts], dtype=torch.float64)
+        out = torch.full((len(states),), -math.inf, dtype=torch.float64)
+        whole = [i for i, s in enumerate(states) if keywords_whole(s, self.continuation)]
+        if whole:
+            kept = [states[i] for i in whole]
+            counts = [keyword_placements(s.tokens, keyword_spans(s), self.continuation) for s in kept]
+            out[whole] = self.target.log_prob(kept) - torch.tensor([math.log(c) for c in counts], dtype=torch.float64)
+        return out
 
 
 class ConstrainedLMTarget:

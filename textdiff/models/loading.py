@@ -155,8 +155,13 @@ def load_mlm(name_or_path: str | Path | None = None, *, device: str | torch.devi
 
 
 def continuation_pieces(tokenizer) -> list[int]:
-    """Ids of the WordPiece continuation pieces (``##…``) of ``tokenizer``: never the first piece of a sentence."""
-    return sorted(i for token, i in tokenizer.get_vocab().items() if token.startswith("##"))
+    """Ids of the tokens that continue the previous word, so they never open a sentence and never follow a keyword:
+    WordPiece ``##…`` pieces; in a vocabulary without them (byte-level BPE marking a leading space with ``Ġ``,
+    SentencePiece with ``▁``) the tokens that start with a letter or digit."""
+    vocab = tokenizer.get_vocab()
+    if any(token.startswith("##") for token in vocab):
+        return sorted(i for token, i in vocab.items() if token.startswith("##"))
+    return sorted(i for token, i in vocab.items() if token[:1].isalnum())
 
 
 def excluded_mlm_ids(tokenizer) -> list[int]:
