@@ -5,7 +5,9 @@ in MB/s of UTF-8 input and tokens/s, and prints textdiff / SentencePiece ratios.
 
 How it is measured: both systems get the same list of corpus lines in one call each (``tok.encode(lines)``,
 ``sp.encode(lines, num_threads=T)``), in the same process with the same thread count, and return the same output
-(a list of id lists). After one warm-up call per system, every round times each system once, in turn, and each
+(a list of id lists). The ``b256`` rows encode 256-line batches, as a training collator does, returning lists or
+(``pt``) ``return_tensors="pt"`` padded tensors on the device with no Python lists, the device sync included.
+After one warm-up call per system, every round times each system once, in turn, and each
 system keeps its best round (best of ``--repeats``). The absolute MB/s depend on the machine and on its load; the
 ratios are the machine-independent figures, since interleaving the rounds exposes both systems to the same
 conditions.
@@ -16,6 +18,7 @@ conditions.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import os
 import random
@@ -59,9 +62,16 @@ def main() -> None:
         ),
         "textdiff sample cpu": lambda: tok.encode(lines, alpha=args.alpha, seed=0),
     }
-    if torch.cuda.is_available():
-        systems["textdiff viterbi cuda"] = lambda: tok.encode(lines, device="cuda")
-        systems["textdiff sample cuda"] = lambda: tok.encode(lines, alpha=args.alpha, seed=0, device="cuda")
+    batches = [lines[i : i + 256] for i in range(0, len(lines), 256)]  # a training collator's view of the data
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        if device == "cuda":
+            systems["textdiff viterbi cuda"] = lambda: tok.encode(lines, device="cuda")
+            systems["textdiff sample cuda"] = lambda: tok.encode(lines, alpha=args.alpha, seed=0, device="cuda")
+        for output in ("lists", "pt"):
+            systems[f"textdiff sample {device} b256 {output}"] = functools.partial(
+                lambda device, output: [tok.encode(b, alpha=args.alpha, seed=0, device=device,
+                                                   return_tensors=None if output == "lists" else "pt")
+                                        for b in batches], device, output)
     print(f"{len(lines)} lines, {megabytes:.2f} MB, model {Path(args.model).name}, alpha {args.alpha}, "
           f"threads {args.threads}, torch {torch.__version__}, sentencepiece {spm.__version__}")
     best, tokens = dict.fromkeys(systems, float("inf")), {}
@@ -71,19 +81,22 @@ def main() -> None:
         for name, run in systems.items():
             start = time.perf_counter()
             out = run()
+            if name.endswith(" pt"):  # padded tensors per batch: the count syncs the device inside the timing
+                tokens[name] = sum(int(b["attention_mask"].sum()) for b in out)
             best[name] = min(best[name], time.perf_counter() - start)
-            tokens[name] = sum(map(len, out))
+            if not name.endswith(" pt"):
+                tokens[name] = sum(len(row) for b in out for row in b) if name.endswith(" lists") else sum(map(len, out))
     results = {}
     for name in systems:
         results[name] = (megabytes / best[name], tokens[name] / best[name])
-        print(f"{name:24s} {results[name][0]:8.2f} MB/s {results[name][1] / 1e6:8.3f} M tok/s  ({tokens[name]} tokens)")
+        print(f"{name:30s} {results[name][0]:8.2f} MB/s {results[name][1] / 1e6:8.3f} M tok/s  ({tokens[name]} tokens)")
     print("ratios (textdiff / sentencepiece, MB/s):")
     for mode in ("viterbi", "sample"):
-        for device in ("cpu", "cuda"):
+        for device in ("cpu", "cuda", "cpu b256 lists", "cpu b256 pt", "cuda b256 lists", "cuda b256 pt"):
             key = f"textdiff {mode} {device}"
             if key in results:
                 ratio = results[key][0] / results[f"sentencepiece {mode}"][0]
-                print(f"  {mode:8s} {device:5s} {ratio:6.2f}x")
+                print(f"  {mode:8s} {device:15s} {ratio:6.2f}x")
 
 
 if __name__ == "__main__":

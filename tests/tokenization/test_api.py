@@ -170,6 +170,35 @@ def test_collator_pads_truncates_and_adds_specials(tok):
     assert out["attention_mask"][1].tolist() == [1] * (1 + len(tok.encode("a"))) + [0] * (4 - len(tok.encode("a")))
 
 
+def test_collator_suffix_and_truncation_per_row(tok):
+    """EOS lands right after each row's own pieces; truncation cuts every row at ``max_length``."""
+    eos, texts = tok.piece_to_id("</s>"), [TEXT, "a", ""]
+    out = tok.collator(alpha=None, add_eos=True, pad_id=0)(texts)
+    for row, mask, ids in zip(out["input_ids"].tolist(), out["attention_mask"].tolist(), tok.encode(texts)):
+        assert row[: sum(mask)] == ids + [eos] and set(row[sum(mask):]) <= {0}
+    short = tok.collator(alpha=None, add_eos=True, max_length=2, pad_id=0)(texts)
+    assert short["input_ids"].tolist()[0] == tok.encode(TEXT)[:2] and short["attention_mask"].sum(1).tolist()[2] == 1
+
+
+@pytest.mark.parametrize("alpha", [None, 0.3])
+def test_tensor_output_equals_padded_lists(tok, device, alpha):
+    """``return_tensors="pt"`` gives the same pieces as the list output (same draws), padded, on the device."""
+    texts = [TEXT, "", "naïve café", "a"]
+    lists = tok.encode(texts, alpha=alpha, seed=5, device=device)
+    out = tok.encode(texts, alpha=alpha, seed=5, device=device, return_tensors="pt", pad_id=-1)
+    assert out["input_ids"].device.type == torch.device(device).type
+    assert out["input_ids"].shape == (4, max(map(len, lists)))
+    for row, mask, ids in zip(out["input_ids"].tolist(), out["attention_mask"].tolist(), lists):
+        assert row == ids + [-1] * (len(row) - len(ids)) and mask == [1] * len(ids) + [0] * (len(row) - len(ids))
+
+
+def test_tensor_output_bad_options(tok):
+    with pytest.raises(ValueError, match="return_tensors"):
+        tok.encode([TEXT], return_tensors="np")
+    with pytest.raises(ValueError, match="return_offsets"):
+        tok.encode([TEXT], return_tensors="pt", return_offsets=True)
+
+
 def test_datasets_transform_resamples_on_every_access(tok):
     datasets = pytest.importorskip("datasets")
     ds = datasets.Dataset.from_dict({"text": [TEXT, "short"], "label": [0, 1]})

@@ -91,14 +91,21 @@ class UnigramCollator:
 
     def __call__(self, examples: list) -> dict[str, torch.Tensor]:
         texts = [ex if isinstance(ex, str) else ex[self.text_column] for ex in examples]
-        rows = self.tokenizer.encode(texts, self.alpha, device=self.device, generator=self._stream.get())
-        rows = [self.prefix + row + self.suffix for row in rows]
+        encoded = self.tokenizer.encode(texts, self.alpha, device=self.device, generator=self._stream.get(),
+                                        return_tensors="pt", pad_id=self.pad_id)
+        ids, lengths = encoded["input_ids"], encoded["attention_mask"].sum(1)
+        rows = torch.arange(len(ids), device=ids.device)[:, None]
+        if self.prefix:
+            prefix = torch.tensor(self.prefix, dtype=torch.long, device=ids.device).expand(len(ids), -1)
+            ids, lengths = torch.cat([prefix, ids], 1), lengths + len(self.prefix)
+        if self.suffix:
+            ids = torch.cat([ids, ids.new_full((len(ids), len(self.suffix)), self.pad_id)], 1)
+            at = lengths[:, None] + torch.arange(len(self.suffix), device=ids.device)
+            ids[rows, at] = torch.tensor(self.suffix, dtype=torch.long, device=ids.device)
+            lengths = lengths + len(self.suffix)
         if self.max_length is not None:
-            rows = [row[: self.max_length] for row in rows]
-        width = max((len(row) for row in rows), default=0)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            attention_mask[i, : len(row)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+            ids, lengths = ids[:, : self.max_length], lengths.clamp(max=self.max_length)
+        width = int(lengths.max()) if len(lengths) else 0
+        attention_mask = torch.arange(width, device=ids.device)[None, :] < lengths[:, None]
+        ids = ids[:, :width].masked_fill(~attention_mask, self.pad_id)
+        return {"input_ids": ids.cpu(), "attention_mask": attention_mask.long().cpu()}

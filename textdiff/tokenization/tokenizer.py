@@ -233,6 +233,8 @@ class UnigramTokenizer:
         device: str | torch.device = "cpu",
         generator: torch.Generator | None = None,
         return_offsets: bool = False,
+        return_tensors: str | None = None,
+        pad_id: int | None = None,
     ):
         """Piece ids of every text: Viterbi decoding (``alpha`` None or < 0) or an exact sample (``alpha >= 0``).
 
@@ -240,10 +242,19 @@ class UnigramTokenizer:
         them each DataLoader worker draws from its own stream. A single ``str`` gives a single list.
         ``return_offsets=True`` returns ``(ids, offsets)`` with ``(start, end)`` character offsets of every piece in
         the original text (byte-fallback pieces of one character share its span).
+        ``return_tensors="pt"`` returns ``{"input_ids", "attention_mask"}``: ``[B, longest]`` long tensors on
+        ``device``, padded with ``pad_id`` (default: the ``<pad>`` piece, else 0) — no Python lists are built, so
+        GPU segmentations stay on the GPU (the same draws as the list output).
         """
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
+        if return_tensors and return_offsets:
+            raise ValueError("return_offsets is not available with return_tensors='pt'")
         single = isinstance(texts, str)
         batch = [texts] if single else _check_texts(texts)
         tokens = self._segment(batch, alpha, seed, generator, device, return_offsets)
+        if return_tensors:
+            return _padded(tokens, self.vocab.index.get("<pad>", 0) if pad_id is None else pad_id)
         ids = _split(tokens.piece, tokens.count)
         if return_offsets:
             offsets = self._offsets(batch, tokens)
@@ -592,6 +603,18 @@ def _split(values: torch.Tensor, count: torch.Tensor) -> list[list[int]]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _padded(tokens: Tokens, pad_id: int) -> dict[str, torch.Tensor]:
+    """``input_ids`` / ``attention_mask`` ``[B, max count]`` from the flat pieces, on the pieces' device."""
+    count = tokens.count.to(tokens.piece.device)
+    width = int(count.max()) if len(count) else 0
+    row = torch.repeat_interleave(torch.arange(len(count), device=count.device), count)
+    column = torch.arange(len(row), device=count.device) - (torch.cumsum(count, 0) - count)[row]
+    input_ids = torch.full((len(count), width), pad_id, dtype=torch.long, device=count.device)
+    input_ids[row, column] = tokens.piece.long()
+    attention_mask = (torch.arange(width, device=count.device)[None, :] < count[:, None]).long()
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def _check_alpha(alpha) -> float | None:
