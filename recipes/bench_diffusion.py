@@ -4,7 +4,7 @@
    and the same token budget (``textdiff.training.Trainer``, objectives ``mask`` and ``ar``); prints the ratio
    (goal ≤ 1.15x at convergence; small CPU budgets are far from it — the budget is printed). Measured on 2 CPU
    cores (0.91M-parameter RoPE transformer): 4,096,000 tokens each (``--steps 4000``) → 277.6 vs 92.6 = 3.00x. On one
-   H100 (13.7M parameters, 49M tokens each, the H100 command below): 108.0 vs 71.2 = 1.52x, AR best 62.0 at step 2000.
+   H100 (13.7M parameters, 49M tokens each, the last command below, ≈ 7 min): 108.0 vs 71.2 = 1.52x, AR best 62.0 at step 2000.
 2. Sampling time with and without the predictor cache (first-hitting skip + per-row reuse) at T = 1024, L = 128.
 3. Generative perplexity of samples under SmolLM2-135M (``textdiff.models.loading.load_lm``) WITH the mean per-sample
    unigram entropy beside it (ALGORITHMS.md §9), for the default BERT (``data/models/minilm-mlm``) and held-out text.
@@ -12,7 +12,7 @@
     python recipes/bench_diffusion.py --threads 1            # ≈10-15 min on 2 shared CPU cores
     python recipes/train_denoiser.py --prepare-only --corpus full   # once: writes data/corpus/denoiser_en_full
     python recipes/bench_diffusion.py --skip cache genppl --train-files 'data/corpus/denoiser_en_full/*.train.txt' \
-        --steps 3000 --batch-size 128 --seq-len 128 --hidden 384 --layers 6 --vocab 8000 --eval-every 500  # ≈7 min, H100
+        --steps 3000 --batch-size 128 --seq-len 128 --hidden 384 --layers 6 --vocab 8000 --eval-every 500
 """
 
 from __future__ import annotations

@@ -84,8 +84,10 @@ def main() -> None:
             if name.endswith(" pt"):  # padded tensors per batch: the count syncs the device inside the timing
                 tokens[name] = sum(int(b["attention_mask"].sum()) for b in out)
             best[name] = min(best[name], time.perf_counter() - start)
-            if not name.endswith(" pt"):
-                tokens[name] = sum(len(row) for b in out for row in b) if name.endswith(" lists") else sum(map(len, out))
+            if name.endswith(" lists"):
+                tokens[name] = sum(len(row) for b in out for row in b)
+            elif not name.endswith(" pt"):
+                tokens[name] = sum(map(len, out))
     results = {}
     for name in systems:
         results[name] = (megabytes / best[name], tokens[name] / best[name])

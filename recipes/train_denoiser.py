@@ -135,7 +135,8 @@ def write_card(history: list[dict], metrics: dict) -> None:
         group = groups.setdefault((h.get("device", "cpu"), h.get("batch", 16), h.get("lr", 3e-4)), [0, 0])
         group[0], group[1] = group[0] + 1, group[1] + h["steps"]
     hardware = "\n".join(f"  - {n:,} steps in {k} stretch(es) on "
-                         f"{'2 shared CPU cores (1 thread, niced)' if d == 'cpu' else 'one ' + d}, batch {b}, peak lr {lr}"
+                         f"{'2 shared CPU cores (1 thread, niced)' if d == 'cpu' else 'one ' + d}, "
+                         f"batch {b}, peak lr {lr}"
                          for (d, b, lr), (k, n) in groups.items())
     full = sum(h["steps"] for h in history if h.get("corpus") == "full")
     fills = ", ".join(f"`{w}` {p:.3f}" for w, p in metrics["capital_of_france"])
@@ -213,7 +214,8 @@ def main() -> int:
         print(train_dir)
         return 0
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    history = json.loads((SHIPPED / "training_history.json").read_text()) if (SHIPPED / "training_history.json").exists() else []
+    history_file = SHIPPED / "training_history.json"
+    history = json.loads(history_file.read_text()) if history_file.exists() else []
     if args.card_only:
         write_card(history, evaluate_card(SHIPPED))
         return 0
@@ -228,7 +230,8 @@ def main() -> int:
                     str(CORPUS / "*.valid.txt"), "--out", str(RUN), "--seq-len", str(SEQ_LEN), "--batch-size",
                     str(args.batch_size), "--max-steps", str(args.max_steps), "--lr", str(args.lr),
                     "--warmup-steps", str(args.warmup_steps),
-                    "--eval-every", "0", "--eval-blocks", "32", "--save-every", "50", "--time-limit", str(limit), "--export", str(SHIPPED)])
+                    "--eval-every", "0", "--eval-blocks", "32", "--save-every", "50", "--time-limit", str(limit),
+                    "--export", str(SHIPPED)])
         if code:
             return code
         after = json.loads((RUN / "latest.json").read_text())["step"]
