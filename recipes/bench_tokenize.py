@@ -63,15 +63,20 @@ def main() -> None:
         "textdiff sample cpu": lambda: tok.encode(lines, alpha=args.alpha, seed=0),
     }
     batches = [lines[i : i + 256] for i in range(0, len(lines), 256)]  # a training collator's view of the data
+
+    def batched(device: str, output: str) -> int:
+        """Tokens of all batches; with tensors the count syncs the device inside the timing."""
+        if output == "lists":
+            return sum(len(row) for b in batches for row in tok.encode(b, alpha=args.alpha, seed=0, device=device))
+        return sum(int(tok.encode(b, alpha=args.alpha, seed=0, device=device, return_tensors="pt")
+                       ["attention_mask"].sum()) for b in batches)
+
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         if device == "cuda":
             systems["textdiff viterbi cuda"] = lambda: tok.encode(lines, device="cuda")
             systems["textdiff sample cuda"] = lambda: tok.encode(lines, alpha=args.alpha, seed=0, device="cuda")
         for output in ("lists", "pt"):
-            systems[f"textdiff sample {device} b256 {output}"] = functools.partial(
-                lambda device, output: [tok.encode(b, alpha=args.alpha, seed=0, device=device,
-                                                   return_tensors=None if output == "lists" else "pt")
-                                        for b in batches], device, output)
+            systems[f"textdiff sample {device} b256 {output}"] = functools.partial(batched, device, output)
     print(f"{len(lines)} lines, {megabytes:.2f} MB, model {Path(args.model).name}, alpha {args.alpha}, "
           f"threads {args.threads}, torch {torch.__version__}, sentencepiece {spm.__version__}")
     best, tokens = dict.fromkeys(systems, float("inf")), {}
@@ -81,13 +86,8 @@ def main() -> None:
         for name, run in systems.items():
             start = time.perf_counter()
             out = run()
-            if name.endswith(" pt"):  # padded tensors per batch: the count syncs the device inside the timing
-                tokens[name] = sum(int(b["attention_mask"].sum()) for b in out)
             best[name] = min(best[name], time.perf_counter() - start)
-            if name.endswith(" lists"):
-                tokens[name] = sum(len(row) for b in out for row in b)
-            elif not name.endswith(" pt"):
-                tokens[name] = sum(map(len, out))
+            tokens[name] = out if isinstance(out, int) else sum(map(len, out))
     results = {}
     for name in systems:
         results[name] = (megabytes / best[name], tokens[name] / best[name])

@@ -105,6 +105,7 @@ class KeywordGenerator:
         self.lm_tokenizer, self.mlm_tokenizer = lm_tokenizer, mlm_tokenizer
         self.kind, self.gamma, self.max_length, self.end = proposal, gamma, max_length, end
         self.length_bonus = length_bonus
+        self.continuation = continuation_pieces(mlm_tokenizer if proposal == "mlm" else lm_tokenizer)
         self.last_result = None  # the MHResult of the latest ``generate`` call (diagnostics)
         if proposal == "mlm":
             end_ids = mlm_tokenizer.encode(end, add_special_tokens=False) if end else []
@@ -153,11 +154,10 @@ class KeywordGenerator:
 
     # --- generation ---------------------------------------------------------------------------------------------
     def make_target(self, min_length: int, banned: Sequence[str], soft: Sequence[Callable]):
-        tokenizer = self.mlm_tokenizer if self.kind == "mlm" else self.lm_tokenizer
         return KeywordMeasure(ConstrainedLMTarget(
             self.scorer, self.decode, self.to_lm_ids, gamma=self.gamma, length_bonus=self.length_bonus,
             min_length=min_length, max_length=self.max_length, banned=banned, soft=soft),
-            continuation=continuation_pieces(tokenizer))
+            continuation=self.continuation)
 
     def generate(self, keywords: str | Iterable[str], n: int = 1, *, steps: int = 200, chains: int | None = None,
                  seed: int | None = None, inflect: bool = False, schedule: str = "geometric",

@@ -132,7 +132,7 @@ def gibbs_sample(
     changed = torch.zeros(steps, n_chains, dtype=torch.bool)
     samples: list[list[list[int]]] = [[] for _ in range(n_chains)]
     excluded = sorted(set(special_ids) | set(excluded_ids))
-    opening_excluded = sorted(set(opening_excluded_ids))
+    opening_excluded = torch.tensor(sorted(set(opening_excluded_ids)), dtype=torch.long, device=device)
     sweep_order = [free[c].nonzero()[:, 0] for c in range(n_chains)]
     current_energy = torch.full((n_chains,), float("nan"), dtype=torch.float64)
     for step in tqdm(range(steps), disable=not progress, desc="Gibbs steps", leave=False):
@@ -147,9 +147,9 @@ def gibbs_sample(
         ids[rows, positions] = mask_id
         logits = model(input_ids=ids, attention_mask=attention).logits[rows, positions].double()
         logits[:, excluded] = float("-inf")
-        if opening_excluded:
+        if opening_excluded.numel():
             at_opening = (positions == opening).nonzero()[:, 0]
-            logits[at_opening[:, None], torch.tensor(opening_excluded, device=device)] = float("-inf")
+            logits[at_opening[:, None], opening_excluded] = float("-inf")
         draws = rng.sample_categorical(logits, generator, temperature=temperature, top_k=top_k)
         if energy is not None:
             draws = _mh_correct(energy, ids, attention, positions, previous, draws, current_energy,

@@ -461,7 +461,8 @@ class ModelPrediction:
             sent = Batch(ids[rows], expanded.attention_mask[rows], expanded.protected[rows])
             now = now[rows]
             logits = predictor.token_logits(sent.ids, sent.attention_mask)
-            logits[now & restricted[rows]] = forbid(logits[now & restricted[rows]], predictor.continuation_ids)
+            barred = now & restricted[rows]
+            logits[barred] = forbid(logits[barred], predictor.continuation_ids)
             if self.hooks is not None:
                 logits = self.hooks(logits, sent, rows)
             ids[rows] = draw.at(logits, now, sent.ids, generator)
@@ -531,9 +532,9 @@ FILL_MODES = ("oneshot", "iterative")
 def process_for(model, tokenizer=None, schedule="linear", corrector: str = "posterior") -> DeletionProcess:
     """The :class:`DeletionProcess` matching an insertion model (its ``[MASK]``, padding, length cap) and tokenizer
     (WordPiece ``##`` pieces glue multi-piece keywords)."""
-    config = model.config
     from textdiff.models.loading import continuation_pieces
 
+    config = model.config
     continuation = None if tokenizer is None else continuation_pieces(tokenizer)
     return DeletionProcess(config.mask_token_id, config.pad_token_id, config.max_seq_length, schedule, corrector,
                            continuation)
