@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from textdiff.models.insertion import load_insertion_model
+from textdiff.models import load_insertion
 from textdiff.udm.deletion import compact, expand, sample_sentences
 
 MASK, PAD = 103, 0
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     print(f"EXPAND+compact, {args.rows} rows x {args.length}: batched {t_batched * 1e3:.1f} ms, "
           f"Python per-row {t_python * 1e3:.1f} ms, ratio {t_python / t_batched:.1f}x")
 
-    model, tokenizer = load_insertion_model(device=dev)
+    model, tokenizer = load_insertion(device=dev)
     times = {}
     for mode in ("oneshot", "iterative"):
         times[mode] = timed(lambda: sample_sentences(model, tokenizer, args.samples, steps=args.steps, fill_mode=mode,

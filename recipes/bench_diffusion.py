@@ -6,7 +6,7 @@
    cores (0.91M-parameter RoPE transformer): 4,096,000 tokens each (``--steps 4000``) → 277.6 vs 92.6 = 3.00x. On one
    H100 (13.7M parameters, 49M tokens each, the last command below, ≈ 7 min): 108.0 vs 71.2 = 1.52x, AR best 62.0 at step 2000.
 2. Sampling time with and without the predictor cache (first-hitting skip + per-row reuse) at T = 1024, L = 128.
-3. Generative perplexity of samples under SmolLM2-135M (``textdiff.models.loading.load_lm``) WITH the mean per-sample
+3. Generative perplexity of samples under SmolLM2-135M (``textdiff.models.load_lm``) WITH the mean per-sample
    unigram entropy beside it (ALGORITHMS.md §9), for the default BERT (``data/models/minilm-mlm``) and held-out text.
 
     python recipes/bench_diffusion.py --threads 1            # ≈10-15 min on 2 shared CPU cores
@@ -122,12 +122,11 @@ def cache_bench(model, tokenizer, args):
 def gen_ppl_bench(args):
     from textdiff.mcmc.targets import CausalLMScorer
     from textdiff.metrics import perplexity, unigram_entropy
-    from textdiff.models.denoiser import MaskedLMPredictor, load_masked_lm
-    from textdiff.models.loading import load_lm
+    from textdiff.models import MaskedLMPredictor, load_lm, load_mlm
     from textdiff.udm import MaskingProcess, X0Draw, make_template, reverse_sample
     from textdiff.udm.sampler import forbid_tokens
 
-    mlm, mlm_tok = load_masked_lm(REPO / "data" / "models" / "minilm-mlm")
+    mlm, mlm_tok = load_mlm()
     lm, lm_tok = load_lm()
     scorer = CausalLMScorer(lm, lm_tok)
     predictor = MaskedLMPredictor(mlm, mlm_tok.mask_token_id)

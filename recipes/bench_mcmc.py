@@ -20,9 +20,9 @@ import time
 import torch
 
 from textdiff import rng
-from textdiff.mcmc.generate import KeywordGenerator
+from textdiff.keywords import KeywordGenerator
 from textdiff.mcmc.mh import MOVES, State
-from textdiff.models.loading import load_lm, load_mlm
+from textdiff.models import load_lm, load_mlm
 
 KEYWORDS = "dog frisbee catch"
 

@@ -1,7 +1,7 @@
 """Evaluate ``textdiff generate`` on CommonGen dev concept sets (data/commongen, MIT licence).
 
 For every concept set: one sentence (``--inflect`` on, as CommonGen allows inflected concepts), and the metrics
-* coverage: share of concepts present as a word of the output, any form from ``textdiff.mcmc.keywords.inflections``;
+* coverage: share of concepts present as a word of the output, any form from ``textdiff.keywords.inflections``;
 * corpus BLEU-4 against all references of each set (uniform 1-4-gram weights, clipped counts over references,
   brevity penalty with the closest reference length; lower-cased, words and punctuation split by ``\\w+|[^\\w\\s]``);
 * scorer perplexity: SmolLM2 with the target's prompt (the model the sampler optimises);
@@ -26,11 +26,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from textdiff.mcmc.generate import KeywordGenerator
-from textdiff.mcmc.keywords import inflections
+from textdiff.keywords import KeywordGenerator, inflections
 from textdiff.mcmc.targets import CausalLMScorer
 from textdiff.metrics import perplexity
-from textdiff.models.loading import load_lm, load_mlm
+from textdiff.models import load_lm, load_mlm
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "commongen"
 

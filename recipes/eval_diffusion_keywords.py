@@ -49,14 +49,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     from textdiff.mcmc.targets import CausalLMScorer
-    from textdiff.models.insertion import load_insertion_model
-    from textdiff.models.loading import load_lm
-    from textdiff.udm.deletion import generate_from_keywords
+    from textdiff.keywords import generate_from_keywords
+    from textdiff.models import load_insertion, load_lm
 
     mh = mh_recipe()
     sets = mh.load_sets("dev")
     picked = sets[:: max(1, len(sets) // args.sets)][: args.sets]
-    model, tokenizer = load_insertion_model(args.model)
+    model, tokenizer = load_insertion(args.model)
     outputs, rows = [], []
     start = time.perf_counter()
     for k, (concepts, _) in enumerate(tqdm(picked, desc="concept sets")):
@@ -64,7 +63,7 @@ def main(argv=None) -> int:
         best = generate_from_keywords(model, tokenizer, concepts, 1, orders=orders, samples_per_order=args.samples_per_order,
                                       steps=args.steps, fill_mode=args.fill_mode, seed=args.seed + k)[0]
         outputs.append(best.text)
-        rows.append({"concepts": concepts, "output": best.text, "order": best.order,
+        rows.append({"concepts": concepts, "output": best.text, "order": best.keywords,
                      "seconds": time.perf_counter() - t0})
     wall = time.perf_counter() - start
     judge = CausalLMScorer(*load_lm())

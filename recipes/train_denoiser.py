@@ -96,11 +96,11 @@ def fresh_init(directory: Path) -> Path:
 def evaluate_card(model_dir: Path, seed: int = 0) -> dict:
     """Held-out MLM accuracy at 15 % masking, ELBO perplexity (masking diffusion, per token), capital-of-France fill."""
     from textdiff.cli.train import expand_files
-    from textdiff.models.denoiser import load_masked_lm
+    from textdiff.models import load_mlm
     from textdiff.training.data import PackingSpec, load_packed_dataset
     from textdiff.training.trainer import TrainConfig, Trainer
 
-    model, tokenizer = load_masked_lm(model_dir)
+    model, tokenizer = load_mlm(model_dir)
     spec = PackingSpec.for_tokenizer(tokenizer, SEQ_LEN)
     valid = load_packed_dataset(expand_files([str(CORPUS / "*.valid.txt")]), tokenizer, spec)
     valid = valid.select(range(min(len(valid), 128)))

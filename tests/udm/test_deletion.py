@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from textdiff.rng import make_generator
-from textdiff.udm import deletion
+from textdiff.udm.deletion import insertion as deletion_insertion
 from textdiff.udm.deletion import (
     DeletionProcess,
     ModelInsertionPredictor,
@@ -272,8 +272,8 @@ def test_first_piece_restriction_is_exact_conditioning(fill_mode, order, monkeyp
     law[CONTINUATION] = 0.0
     law /= law.sum()
     if order == "random":
-        rank = deletion._fill_rank
-        monkeypatch.setattr(deletion, "_fill_rank", lambda fill, first, g: rank(fill, torch.zeros_like(first), g))
+        rank = deletion_insertion._fill_rank
+        monkeypatch.setattr(deletion_insertion, "_fill_rank", lambda fill, first, g: rank(fill, torch.zeros_like(first), g))
     n = 60_000
     predictor = ModelInsertionPredictor(TableFill(joint), fill_mode, continuation_ids=CONTINUATION)
     expanded = Batch(torch.full((n, 2), T))

@@ -17,8 +17,8 @@ from scipy import stats
 from test_deletion import MASK, PAD, T, DeltaPrediction, TableFill
 from test_deletion_keywords import biased, random_model, shipped_model, tokenizer  # noqa: F401 (fixtures)
 from textdiff.rng import make_generator
-from textdiff.udm.deletion import (DeletionProcess, ModelInsertionPredictor, keyword_start, predictor_for,
-                                   process_for, sample_delete)
+from textdiff.keywords.diffusion import keyword_start
+from textdiff.udm.deletion import DeletionProcess, ModelInsertionPredictor, predictor_for, process_for, sample_delete
 from textdiff.udm.process import Batch
 from textdiff.udm.sampler import forbid_tokens, reverse_sample
 

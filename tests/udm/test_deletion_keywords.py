@@ -1,4 +1,4 @@
-"""Keyword-anchored generation with the deletion process (ALGORITHMS.md §4.9)."""
+"""Keyword-anchored generation with the deletion process (docs/deletion.md#conditioning-on-keywords)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from textdiff.models.insertion import InsertionConfig, InsertionModel, load_insertion_model
+from textdiff.keywords.diffusion import generate_from_keywords, keyword_orders, keyword_start
+from textdiff.models import InsertionConfig, InsertionModel, load_insertion
 from textdiff.udm.deletion import (
     ModelInsertionPredictor,
-    generate_from_keywords,
-    keyword_orders,
-    keyword_start,
     predictor_for,
     process_for,
     sample_delete,
@@ -34,7 +32,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def shipped_model():
-    return load_insertion_model()[0]
+    return load_insertion()[0]
 
 
 @pytest.fixture(scope="module")
@@ -83,16 +81,17 @@ def test_shipped_model_writes_sentences_around_keywords(shipped_model, tokenizer
     assert 1 <= len(samples) <= 3
     for sample in samples:
         ids = tokenizer(sample.text, add_special_tokens=False)["input_ids"]
-        pieces = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in sample.order]
+        pieces = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in sample.keywords]
         assert contains_in_order(ids, pieces), sample
-        assert set(sample.order) <= set(re.findall(r"\w+", sample.text)), sample  # whole words
+        assert set(sample.keywords) <= set(re.findall(r"\w+", sample.text)), sample  # whole words
         assert len(sample.text.split()) > 3
     assert [s.score for s in samples] == sorted((s.score for s in samples), reverse=True)
 
 
 def test_keyword_bad_input(random_model, tokenizer):
     with pytest.raises(ValueError, match="max_length=20"):
-        generate_from_keywords(random_model, tokenizer, ["antidisestablishmentarianism"] * 5, seed=0)
+        generate_from_keywords(random_model, tokenizer, ["antidisestablishmentarianism", "counterrevolutionaries", "internationalization",
+                                                        "electroencephalography", "uncharacteristically"], seed=0)
     with pytest.raises(ValueError, match="non-empty"):
         generate_from_keywords(random_model, tokenizer, [], seed=0)
     with pytest.raises(ValueError, match="orders"):
@@ -131,8 +130,8 @@ def test_sentences_from_the_empty_sequence_on_device(random_model, tokenizer, de
 
 
 def test_missing_model_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no insertion model"):
-        load_insertion_model(tmp_path)
+    with pytest.raises(ValueError, match="no model.safetensors"):
+        load_insertion(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

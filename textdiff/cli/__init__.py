@@ -12,6 +12,7 @@ import pkgutil
 import sys
 
 from textdiff import __version__
+from textdiff.cli.common import default_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,13 +37,19 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    import torch
+
+    torch.set_num_threads(getattr(args, "threads", None) or default_threads())
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"textdiff {args.verb}: error: {err}", file=sys.stderr)
-        return 2
     except BrokenPipeError:
         return 0
+    except (ValueError, TypeError, OSError) as err:
+        message = " ".join(str(err).split())
+        print(f"textdiff {args.verb}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
-"""``textdiff generate``: sentences that contain every keyword (exact MH with annealing, ALGORITHMS.md §7)."""
+"""``textdiff generate``: sentences that contain every keyword (:func:`textdiff.keywords.generate`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+
+from textdiff.cli.common import add_device_option, add_seed_option
+from textdiff.keywords import METHODS, generate
+from textdiff.mcmc.proposals import PROPOSALS
 
 
 def add_parser(subparsers) -> None:
@@ -18,10 +23,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("-n", type=int, default=1, help="number of distinct sentences to print")
     parser.add_argument("--steps", type=int, default=200, help="MH steps per chain")
     parser.add_argument("--chains", type=int, default=None, help="parallel chains (default: max(n, 4))")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (same seed, same output on CPU)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    add_seed_option(parser)
+    add_device_option(parser, default="cpu")
     parser.add_argument("--inflect", action="store_true", help="allow inflected keyword forms (dogs, caught, ...)")
-    parser.add_argument("--proposal", choices=["mlm", "lm"], default="mlm",
+    parser.add_argument("--proposal", choices=list(PROPOSALS), default="mlm",
                         help="edit proposal: masked-LM conditional, or causal-LM top-K re-scored (Su's CGMH)")
     parser.add_argument("--lm", default=None, help="causal LM directory or hub name (default: SmolLM2-135M)")
     parser.add_argument("--mlm", default=None, help="masked LM directory or hub name (default: data/models/minilm-mlm)")
@@ -35,11 +40,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--ban", action="append", default=[], help="a word that must not appear (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per sentence, with scores")
     diffusion = parser.add_argument_group("--method diffusion (reverse deletion process started from the keywords)")
-    parser.add_argument("--method", choices=["mh", "diffusion"], default="mh",
+    parser.add_argument("--method", choices=list(METHODS), default="mh",
                         help="mh: Metropolis-Hastings chains; diffusion: insertion chain of the deletion process "
                         "started from x_t = keywords (keywords kept in order, lemma form)")
     diffusion.add_argument("--insertion-model", default=None, help="model folder (default: data/models/insertion)")
-    diffusion.add_argument("--orders", default="6", help="keyword orders to try: 'all', 'given' or a number")
+    diffusion.add_argument("--orders", type=orders_option, default=6,
+                           help="keyword orders to try: 'all', 'given' or a number")
     diffusion.add_argument("--samples-per-order", type=int, default=4, help="chains per keyword order")
     diffusion.add_argument("--diffusion-steps", type=int, default=12, help="reverse steps from t* to 0")
     diffusion.add_argument("--fill-mode", choices=["oneshot", "iterative"], default="oneshot",
@@ -48,40 +54,25 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def orders_option(text: str) -> str | int:
+    """``--orders``: ``all``, ``given`` or a positive integer."""
+    if text in ("all", "given"):
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"must be 'all', 'given' or an integer >= 1, got {text!r}")
+
+
 def run(args) -> int:
-    import json
-
     if args.method == "diffusion":
-        return run_diffusion(args)
-    from textdiff.mcmc.generate import generate
-
-    sentences = generate(args.keywords, args.n, lm=args.lm, mlm=args.mlm, device=args.device,
-                         proposal=args.proposal, steps=args.steps, chains=args.chains, seed=args.seed,
-                         inflect=args.inflect, schedule=args.schedule, temperature=args.temperature,
-                         final_temperature=args.final_temperature, output=args.output, banned=args.ban,
-                         progress=True)
-    for sentence in sentences:
-        print(json.dumps(sentence.to_dict()) if args.json else sentence.text)
-    return 0
-
-
-def run_diffusion(args) -> int:
-    import json
-
-    from textdiff.models.insertion import load_insertion_model
-    from textdiff.udm.deletion import generate_from_keywords
-
-    if args.orders in ("all", "given"):
-        orders = args.orders
-    elif args.orders.isdigit() and int(args.orders) >= 1:
-        orders = int(args.orders)
+        options = dict(insertion_model=args.insertion_model, orders=args.orders,
+                       samples_per_order=args.samples_per_order, steps=args.diffusion_steps, fill_mode=args.fill_mode)
     else:
-        raise ValueError(f"--orders must be 'all', 'given' or an integer >= 1, got {args.orders!r}")
-    model, tokenizer = load_insertion_model(args.insertion_model, device=args.device)
-    samples = generate_from_keywords(model, tokenizer, args.keywords, args.n, orders=orders,
-                                     samples_per_order=args.samples_per_order, steps=args.diffusion_steps,
-                                     fill_mode=args.fill_mode, seed=args.seed, progress=True)
-    for sample in samples:
-        record = {"text": sample.text, "order": list(sample.order), "score": float(sample.score)}
-        print(json.dumps(record) if args.json else sample.text)
+        options = dict(lm=args.lm, mlm=args.mlm, proposal=args.proposal, steps=args.steps, chains=args.chains,
+                       inflect=args.inflect, schedule=args.schedule, temperature=args.temperature,
+                       final_temperature=args.final_temperature, output=args.output, banned=args.ban)
+    sentences = generate(args.keywords, args.n, method=args.method, device=args.device, seed=args.seed,
+                         progress=True, **options)
+    for sentence in sentences:
+        print(json.dumps(sentence.to_dict(), allow_nan=False, ensure_ascii=False) if args.json else sentence.text)
     return 0

@@ -1,8 +1,14 @@
-"""``textdiff gibbs``: batched MLM Gibbs sampling from a masked LM (ALGORITHMS.md §6)."""
+"""``textdiff gibbs``: batched MLM Gibbs sampling from a masked LM (docs/mcmc.md#mlm-gibbs-sampling)."""
 
 from __future__ import annotations
 
 import argparse
+
+from textdiff import rng
+from textdiff.cli.common import add_device_option, add_seed_option, add_threads_option
+from textdiff.mcmc.gibbs import ORDERS, gibbs_sample, masked_init, random_lengths, text_init
+from textdiff.models.hub import load_mlm
+from textdiff.support import TokenSupport
 
 
 def add_parser(subparsers) -> None:
@@ -24,35 +30,30 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=500, help="Gibbs steps (one token per chain per step)")
     parser.add_argument("--burn-in", type=int, default=200, help="steps before samples are kept")
     parser.add_argument("--thin", type=int, default=100, help="keep every THIN-th state after burn-in")
-    parser.add_argument("--order", choices=["random", "sweep"], default="random", help="position order")
+    parser.add_argument("--order", choices=ORDERS, default="random", help="position order")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (changes the law)")
     parser.add_argument("--top-k", type=int, default=None, help="sample from the top-k tokens only (changes the law)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed")
-    parser.add_argument("--device", default="cpu", help="torch device")
+    add_seed_option(parser)
+    add_device_option(parser, default="cpu")
+    add_threads_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from textdiff import rng
-    from textdiff.mcmc.gibbs import gibbs_sample, masked_init, random_lengths, text_init
-    from textdiff.models.loading import continuation_pieces, excluded_mlm_ids, load_mlm
-
     model, tokenizer = load_mlm(args.model, device=args.device)
     generator = rng.make_generator(args.seed, device=args.device)
     if args.text:
         init = text_init(tokenizer, args.text)
     else:
         if args.chains < 1:
-            raise ValueError(f"chains must be >= 1, got {args.chains}")
+            raise ValueError(f"--chains must be >= 1, got {args.chains}")
         lengths = ([args.length] * args.chains if args.length is not None
                    else random_lengths(args.chains, 8, 32, generator))
         init = masked_init(tokenizer, lengths)
-    result = gibbs_sample(model, init, mask_id=tokenizer.mask_token_id, pad_id=tokenizer.pad_token_id,
-                          special_ids=tokenizer.all_special_ids, excluded_ids=excluded_mlm_ids(tokenizer),
-                          opening_excluded_ids=continuation_pieces(tokenizer),
-                          steps=args.steps, burn_in=args.burn_in,
-                          thin=args.thin, order=args.order, temperature=args.temperature, top_k=args.top_k,
-                          generator=generator, device=args.device, progress=True)
+    support = TokenSupport.from_tokenizer(tokenizer, model.config.vocab_size)
+    result = gibbs_sample(model, init, support, steps=args.steps, burn_in=args.burn_in, thin=args.thin,
+                          order=args.order, temperature=args.temperature, top_k=args.top_k, generator=generator,
+                          device=args.device, progress=True)
     for chain, samples in enumerate(result.samples):
         for sample in samples:
             print(f"[{chain}] {tokenizer.decode(sample, skip_special_tokens=True)}")

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "data" / "models" / "minilm-mlm"
+from textdiff.cli.common import add_device_option, add_seed_option, add_threads_option, default_device
+from textdiff.models.hub import load_denoiser, load_insertion
+from textdiff.udm import PROCESSES, Trajectory, X0Draw, forbid_tokens, make_process, process_names, reverse_sample
+from textdiff.udm.deletion import decode, predictor_for, process_for, sample_delete
+from textdiff.udm.sampler import make_template
 
 
 def add_parser(subparsers) -> None:
@@ -17,9 +22,9 @@ def add_parser(subparsers) -> None:
         "noise-posterior corrector. With the default count schedule and --steps equal to --length one token changes per step, which is exact "
         "given exact conditionals; fewer steps change several tokens per step (an approximation).",
     )
-    p.add_argument("--model", default=None, help=f"model directory (default: {DEFAULT_MODEL} for mask/replace_*; "
-                   "the shipped insertion model for delete)")
-    p.add_argument("--process", default="mask", choices=["mask", "replace_any", "replace_diff", "delete"],
+    p.add_argument("--model", default=None, help="model directory or hub name (default: the shipped MiniLM MLM, "
+                   "$TEXTDIFF_MLM; the shipped insertion model, $TEXTDIFF_INSERTION, for delete)")
+    p.add_argument("--process", default="mask", choices=process_names(),
                    help="forward process (default: mask)")
     p.add_argument("--schedule", default=None, choices=["linear", "cosine", "loglinear", "count"],
                    help="time schedule; count = Su's form, exactly k of n tokens corrupted, so --steps = --length "
@@ -31,7 +36,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="reverse steps (default: T = the number of generated tokens, --length minus the prefix)")
     p.add_argument("--prefix", default=None, help="text kept fixed at the start of every sample")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_seed_option(p, default=0)
     p.add_argument("--x0-mode", default="sample", choices=["sample", "argmax"], help="how x̂0 is drawn (default sample)")
     p.add_argument("--temperature", type=float, default=1.0, help="x̂0 temperature (1 = exact; default 1)")
     p.add_argument("--top-k", type=int, default=None, help="restrict x̂0 to the top-k tokens (not exact)")
@@ -46,38 +51,13 @@ def add_parser(subparsers) -> None:
                    help="let the model generate special tokens ([SEP], [UNK], ...); by default a logits hook forbids them")
     p.add_argument("--no-cache", action="store_true", help="call the network at every step (no caching/skipping)")
     p.add_argument("--trajectory", default=None, help="write the denoising trajectory to this HTML file")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_device_option(p)
+    add_threads_option(p)
     p.set_defaults(func=run)
-
-
-def build_predictor(model_dir: Path, device: str, subs: bool = True):
-    """``(predictor, tokenizer, vocab_size, mask_id)`` for a textdiff denoiser or any HF masked LM directory."""
-    import json
-
-    from transformers import AutoTokenizer
-
-    from textdiff.models.denoiser import DenoiserModel, DenoiserPredictor, MaskedLMPredictor, load_masked_lm
-
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"no model at {model_dir} (expected config.json + model.safetensors)")
-    if json.loads((model_dir / "config.json").read_text()).get("model_type") == "textdiff_denoiser":
-        model = DenoiserModel.from_pretrained(model_dir).float().to(device).eval()
-        if model.config.causal:
-            raise ValueError(f"{model_dir} is an autoregressive baseline, not a diffusion denoiser")
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        return DenoiserPredictor(model), tokenizer, model.config.vocab_size, model.config.mask_token_id
-    model, tokenizer = load_masked_lm(model_dir, device)
-    if tokenizer.mask_token_id is None:
-        raise ValueError(f"the tokenizer of {model_dir} has no [MASK] token")
-    return MaskedLMPredictor(model, tokenizer.mask_token_id, subs), tokenizer, model.config.vocab_size, tokenizer.mask_token_id
 
 
 def text_template(tokenizer, n: int, length: int, prefix: str | None, device: str):
     """``[CLS] prefix … [SEP]`` rows (specials and prefix protected) of ``length`` content tokens."""
-    import torch
-
-    from textdiff.udm.sampler import make_template
-
     prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
     head = [tokenizer.cls_token_id] if tokenizer.cls_token_id is not None else []
     tail = [tokenizer.sep_token_id] if tokenizer.sep_token_id is not None else []
@@ -90,13 +70,21 @@ def text_template(tokenizer, n: int, length: int, prefix: str | None, device: st
     return x
 
 
+#: options of ``textdiff sample`` that go to the processes whose constructor takes them, with their defaults
+PROCESS_OPTIONS = {"reveal": "random", "kernel": "one_token"}
+
+
+def process_options(process_class, args: argparse.Namespace) -> dict:
+    """The process-specific options the chosen process accepts; ``ValueError`` for one set that it does not."""
+    accepted = inspect.signature(process_class.__init__).parameters
+    options = {name: getattr(args, name) for name in PROCESS_OPTIONS if name in accepted}
+    for name, default in PROCESS_OPTIONS.items():
+        if name not in accepted and getattr(args, name) != default:
+            raise ValueError(f"--{name} does not apply to --process {args.process}")
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from textdiff.udm.process import X0Draw
-    from textdiff.udm.registry import make_process
-    from textdiff.udm.sampler import Trajectory, forbid_tokens, reverse_sample
-
     if args.length < 1:
         raise ValueError(f"--length must be >= 1, got {args.length}")
     if args.num_samples < 1:
@@ -104,28 +92,22 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     steps = args.steps
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     draw = X0Draw(args.x0_mode, args.temperature, args.top_k, args.top_p)
     trajectory = Trajectory() if args.trajectory else None
-    schedule = args.schedule or ("linear" if args.process == "delete" else "count")
-    if args.process == "delete":
-        from textdiff.models.insertion import load_insertion_model
-        from textdiff.udm.deletion import decode, predictor_for, process_for, sample_delete
-
-        model, tokenizer = load_insertion_model(args.model, device)
+    process_class = PROCESSES[args.process]
+    schedule = args.schedule or process_class.default_schedule
+    if process_class.variable_length:
+        model, tokenizer = load_insertion(args.model, device)
         process = process_for(model, tokenizer, schedule, args.corrector or "posterior")
         steps = steps or args.length
         out = sample_delete(predictor_for(model, tokenizer), process, args.num_samples, steps=steps, draw=draw,
                             seed=args.seed, trajectory=trajectory, progress=True, device=device)
         texts = decode(tokenizer, out)
     else:
-        predictor, tokenizer, vocab, mask_id = build_predictor(Path(args.model or DEFAULT_MODEL), device,
-                                                               subs=args.process == "mask")
-        options = {"reveal": args.reveal} if args.process == "mask" else {}
-        if args.process == "replace_diff":
-            options["kernel"] = args.kernel
-        elif args.kernel != "one_token":
-            raise ValueError(f"--kernel applies to --process replace_diff only, got --process {args.process}")
+        predictor, tokenizer = load_denoiser(args.model, device, subs=process_class.subs)
+        vocab, mask_id = predictor.model.config.vocab_size, tokenizer.mask_token_id
+        options = process_options(process_class, args)
         process = make_process(args.process, mask_id=mask_id, vocab_size=vocab, schedule=schedule,
                                corrector=args.corrector, **options)
         template = text_template(tokenizer, args.num_samples, args.length, args.prefix, device)

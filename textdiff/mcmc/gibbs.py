@@ -21,7 +21,12 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from textdiff import rng
+from textdiff import checks, rng
+from textdiff.padding import pad
+from textdiff.support import TokenSupport
+
+
+ORDERS = ("random", "sweep")
 
 
 @dataclass
@@ -59,24 +64,12 @@ def text_init(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [tokenizer(text)["input_ids"] for text in texts]
 
 
-def _pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(seqs):
-        ids[row, : len(seq)] = torch.as_tensor(list(seq))
-        mask[row, : len(seq)] = 1
-    return ids, mask
-
-
 @torch.no_grad()
 def gibbs_sample(
     model,
     init_ids: Sequence[Sequence[int]],
+    support: TokenSupport,
     *,
-    mask_id: int,
-    pad_id: int,
-    special_ids: Sequence[int],
     steps: int,
     burn_in: int = 0,
     thin: int = 1,
@@ -84,8 +77,6 @@ def gibbs_sample(
     temperature: float = 1.0,
     top_k: int | None = None,
     protected: Sequence[Sequence[bool]] | None = None,
-    excluded_ids: Sequence[int] = (),
-    opening_excluded_ids: Sequence[int] = (),
     seed: int | None = None,
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
@@ -98,31 +89,36 @@ def gibbs_sample(
     After ``burn_in`` steps every ``thin``-th state without ``[MASK]`` is a sample. With ``energy`` (``(ids,
     attention_mask) -> E [B]``) each redraw of a complete state is an MH proposal accepted with
     ``min(1, exp(E(x) − E(y)) q(x_i | x_−i) / q(y_i | x_−i))`` (§6.3), so the chains target ``exp(−E)/Z``.
-    ``excluded_ids`` are never drawn; ``opening_excluded_ids`` (e.g. WordPiece ``##`` pieces, which cannot open a
-    sentence) are never drawn at a chain's first non-special position. Both are support restrictions: every
+    ``support`` says which tokens are special (kept where they stand), never drawn (``excluded_ids``), and never
+    drawn at a chain's first non-special position (``continuation_ids``: e.g. WordPiece ``##`` pieces, which cannot
+    open a sentence); its ``mask_id`` and ``pad_id`` are used. The restrictions are support restrictions: every
     conditional is renormalised over the allowed tokens, so the chains target the law restricted to sequences
     without them (exactly, from a start inside that support).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if burn_in < 0 or thin < 1:
-        raise ValueError(f"need burn_in >= 0 and thin >= 1, got burn_in={burn_in}, thin={thin}")
-    if order not in ("random", "sweep"):
-        raise ValueError(f"order must be 'random' or 'sweep', got {order!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    checks.positive_int("steps", steps)
+    checks.positive_int("burn_in", burn_in, minimum=0)
+    checks.positive_int("thin", thin)
+    if burn_in >= steps:
+        raise ValueError(f"burn_in must be < steps so that samples are kept, got burn_in={burn_in}, steps={steps}")
+    checks.one_of("order", order, ORDERS)
+    checks.positive_float("temperature", temperature)
     if not init_ids:
         raise ValueError("init_ids must hold at least one chain")
+    if support.mask_id is None or support.pad_id is None:
+        raise ValueError("support needs a mask_id and a pad_id for Gibbs sampling")
+    mask_id = support.mask_id
+    device = checks.device(device)
     generator = rng.make_generator(seed, generator, device)
-    ids, attention = _pad(init_ids, pad_id)
-    ids, attention = ids.to(device), attention.to(device)
+    ids, attention = pad(init_ids, support.pad_id, device=device)
+    attention = attention.long()
     n_chains = ids.shape[0]
-    special = torch.isin(ids, torch.tensor(sorted(set(special_ids) - {mask_id}), device=device)) | (attention == 0)
+    kept = torch.tensor(sorted(set(support.special_ids) - {mask_id}), dtype=torch.long, device=device)
+    special = torch.isin(ids, kept) | (attention == 0)
     opening = (~special).int().argmax(-1)  # first non-special position of every chain
     fixed = special.clone()
     if protected is not None:
-        prot, _ = _pad([[bool(v) for v in row] for row in protected], 0)
-        fixed[:, : prot.shape[1]] |= prot.bool().to(device)
+        prot, _ = pad([[bool(v) for v in row] for row in protected], 0, device=device)
+        fixed[:, : prot.shape[1]] |= prot.bool()
     free = ~fixed
     counts = free.sum(-1)
     if (counts == 0).any():
@@ -131,8 +127,6 @@ def gibbs_sample(
     chosen_lp = torch.empty(steps, n_chains, dtype=torch.float64)
     changed = torch.zeros(steps, n_chains, dtype=torch.bool)
     samples: list[list[list[int]]] = [[] for _ in range(n_chains)]
-    excluded = sorted(set(special_ids) | set(excluded_ids))
-    opening_excluded = torch.tensor(sorted(set(opening_excluded_ids)), dtype=torch.long, device=device)
     sweep_order = [free[c].nonzero()[:, 0] for c in range(n_chains)]
     current_energy = torch.full((n_chains,), float("nan"), dtype=torch.float64)
     for step in tqdm(range(steps), disable=not progress, desc="Gibbs steps", leave=False):
@@ -146,10 +140,8 @@ def gibbs_sample(
         previous = ids[rows, positions].clone()
         ids[rows, positions] = mask_id
         logits = model(input_ids=ids, attention_mask=attention).logits[rows, positions].double()
-        logits[:, excluded] = float("-inf")
-        if opening_excluded.numel():
-            at_opening = (positions == opening).nonzero()[:, 0]
-            logits[at_opening[:, None], opening_excluded] = float("-inf")
+        logits = torch.where((positions == opening)[:, None], support.restrict_opening(logits),
+                             support.restrict(logits))
         draws = rng.sample_categorical(logits, generator, temperature=temperature, top_k=top_k)
         if energy is not None:
             draws = _mh_correct(energy, ids, attention, positions, previous, draws, current_energy,
@@ -193,10 +185,10 @@ def _mh_correct(energy, ids, attention, positions, previous, draws, current_ener
     return out
 
 
-def pseudo_log_likelihood_energy(model, mask_id: int, special_ids: Sequence[int], raw: bool = False):
+def pseudo_log_likelihood_energy(model, support: TokenSupport, raw: bool = False):
     """``E(x)`` of Goyal et al. (§6.3): minus the sum over body positions of the masked log-prob of ``x_j``
     (``raw=True``: of the unnormalised logit), special tokens excluded. One batched forward of ``B × l`` copies."""
-    special = torch.tensor(sorted(special_ids))
+    special, mask_id = torch.tensor(support.special_ids, dtype=torch.long), support.mask_id
 
     @torch.no_grad()
     def energy(ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:

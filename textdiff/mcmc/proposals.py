@@ -15,13 +15,44 @@ can be read off exactly. ``g`` depends on the context only, never on the token b
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from textdiff.models.loading import excluded_mlm_ids
+from textdiff.padding import pad
+from textdiff.support import TokenSupport
 
 Context = tuple[tuple[int, ...], int]
+
+#: proposal classes by name (``textdiff generate --proposal``), filled by :func:`register_proposal`
+PROPOSALS: dict[str, type] = {}
+
+
+def register_proposal(name: str) -> Callable[[type], type]:
+    """Class decorator registering a proposal under ``name``; the class builds itself with
+    ``from_models(models, top_k=..., lm_top_k=..., epsilon=..., suffix=...)`` (docs/extending.md#a-new-proposal)."""
+
+    def decorate(cls: type) -> type:
+        if name in PROPOSALS and PROPOSALS[name] is not cls:
+            raise ValueError(f"a proposal named {name!r} is already registered ({PROPOSALS[name].__name__})")
+        cls.name = name
+        PROPOSALS[name] = cls
+        return cls
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class ProposalModels:
+    """The models a proposal may draw on: the scoring causal LM (with its prompt ids) and an optional masked LM."""
+
+    lm: Any
+    lm_tokenizer: Any
+    mlm: Any = None
+    mlm_tokenizer: Any = None
+    prefix_ids: Sequence[int] | None = None
 
 
 def restrict(log_g: torch.Tensor, allowed: torch.Tensor, top_k: int | None, epsilon: float) -> torch.Tensor:
@@ -41,6 +72,7 @@ def restrict(log_g: torch.Tensor, allowed: torch.Tensor, top_k: int | None, epsi
     return log_g
 
 
+@register_proposal("mlm")
 class MLMProposal:
     """``g(· | context)`` = masked-LM conditional at the slot (ALGORITHMS.md §7.3, option "full MLM conditional").
 
@@ -54,22 +86,34 @@ class MLMProposal:
         self.placeholder = tokenizer.mask_token_id
         self.device = next(model.parameters()).device
         self.vocab_size = model.config.vocab_size
-        self.allowed = torch.ones(self.vocab_size, dtype=torch.bool)
-        self.allowed[list(excluded_mlm_ids(tokenizer) if excluded is None else excluded)] = False
+        self.support = TokenSupport.from_tokenizer(tokenizer, self.vocab_size)
+        self.allowed = _allowed(self.support, excluded)
         restrict(torch.zeros(1, self.vocab_size), self.allowed, top_k, epsilon)  # validates top_k / epsilon
         self.forwards = 0
 
+    #: states are the proposal tokenizer's ids, not the scorer's (the target re-tokenises the text)
+    in_scorer_space = False
+    needs_mlm = True
+
+    @classmethod
+    def from_models(cls, models: ProposalModels, *, top_k: int | None = 20, epsilon: float = 0.0,
+                    suffix: str = "", **_) -> MLMProposal:
+        if models.mlm is None:
+            raise ValueError("proposal 'mlm' needs a masked LM (mlm=...)")
+        suffix_ids = models.mlm_tokenizer.encode(suffix, add_special_tokens=False) if suffix else []
+        return cls(models.mlm, models.mlm_tokenizer, top_k=top_k, epsilon=epsilon, suffix_ids=suffix_ids)
+
+    def keyword_ids(self, word: str) -> list[int]:
+        """The word's pieces in this proposal's vocabulary (``[]`` if it needs ``[UNK]``)."""
+        ids = self.tokenizer.encode(word, add_special_tokens=False)
+        return [] if self.tokenizer.unk_token_id in ids else ids
+
     @torch.no_grad()
     def log_probs(self, contexts: Sequence[Context]) -> torch.Tensor:
-        cls, sep, pad = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id, self.tokenizer.pad_token_id
-        width = max(len(tokens) for tokens, _ in contexts) + 2 + len(self.suffix_ids)
-        ids = torch.full((len(contexts), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, (tokens, slot) in enumerate(contexts):
-            seq = [cls, *tokens, *self.suffix_ids, sep]
-            seq[slot + 1] = self.placeholder
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
+        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        rows = [[cls, *tokens[:slot], self.placeholder, *tokens[slot + 1:], *self.suffix_ids, sep]
+                for tokens, slot in contexts]
+        ids, mask = pad(rows, self.tokenizer.pad_token_id)
         slots = torch.tensor([slot + 1 for _, slot in contexts])
         logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
         self.forwards += 1
@@ -77,6 +121,7 @@ class MLMProposal:
         return restrict(torch.log_softmax(at_slot.double(), -1), self.allowed, self.top_k, self.epsilon)
 
 
+@register_proposal("lm")
 class CausalLMProposal:
     """Su's / CGMH's proposal: prefix top-K, whole-sentence re-scoring (ALGORITHMS.md §7.7), with prefix KV reuse.
 
@@ -97,36 +142,44 @@ class CausalLMProposal:
         self.placeholder = self.pad_id
         self.device = next(model.parameters()).device
         self.vocab_size = model.config.vocab_size
-        self.allowed = torch.ones(self.vocab_size, dtype=torch.bool)
-        self.allowed[list(tokenizer.all_special_ids if excluded is None else excluded)] = False
+        self.support = TokenSupport.from_tokenizer(tokenizer, self.vocab_size)
+        self.allowed = _allowed(self.support, excluded)
         restrict(torch.zeros(1, self.vocab_size), self.allowed, top_k, epsilon)
         self.forwards = 0
+
+    #: states are the scoring LM's own ids
+    in_scorer_space = True
+    needs_mlm = False
+
+    @classmethod
+    def from_models(cls, models: ProposalModels, *, lm_top_k: int = 64, epsilon: float = 0.0, suffix: str = "",
+                    **_) -> CausalLMProposal:
+        return cls(models.lm, models.lm_tokenizer, top_k=lm_top_k, epsilon=epsilon, prefix_ids=models.prefix_ids,
+                   suffix_ids=models.lm_tokenizer.encode(suffix, add_special_tokens=False))
+
+    def keyword_ids(self, word: str) -> list[int]:
+        """The word's tokens after a space (``[]`` unless they decode back to the word)."""
+        ids = self.tokenizer.encode(" " + word, add_special_tokens=False)
+        return ids if self.tokenizer.decode(ids).strip() == word else []
 
     @torch.no_grad()
     def log_probs(self, contexts: Sequence[Context]) -> torch.Tensor:
         n, k = len(contexts), self.top_k
         prefixes = [self.prefix_ids + list(tokens[:slot]) for tokens, slot in contexts]
         suffixes = [list(tokens[slot + 1:]) + self.suffix_ids + [self.eos_id] for tokens, slot in contexts]
-        p_width = max(map(len, prefixes))
-        p_ids = torch.full((n, p_width), self.pad_id, dtype=torch.long)
-        p_mask = torch.zeros_like(p_ids)
-        for row, seq in enumerate(prefixes):  # left padding: every prefix ends at the last column
-            p_ids[row, p_width - len(seq):] = torch.tensor(seq)
-            p_mask[row, p_width - len(seq):] = 1
+        p_ids, p_mask = pad(prefixes, self.pad_id, left=True)  # every prefix ends at the last column
+        p_mask = p_mask.long()
         p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=p_ids.to(self.device), attention_mask=p_mask.to(self.device),
                          position_ids=p_pos.to(self.device), use_cache=True)
         next_lp = torch.log_softmax(out.logits[:, -1].double().cpu(), -1).masked_fill(~self.allowed, -math.inf)
         cand_lp, cand = torch.topk(next_lp, k, dim=-1)  # [n, k]
 
-        s_width = 1 + max(map(len, suffixes))
-        s_ids = torch.full((n * k, s_width), self.pad_id, dtype=torch.long)
-        s_mask = torch.zeros_like(s_ids)
-        for row, suffix in enumerate(suffixes):
-            for j in range(k):
-                seq = [int(cand[row, j]), *suffix]
-                s_ids[row * k + j, : len(seq)] = torch.tensor(seq)
-                s_mask[row * k + j, : len(seq)] = 1
+        candidates = cand.tolist()
+        s_ids, s_mask = pad([[candidates[row][j], *suffix] for row, suffix in enumerate(suffixes) for j in range(k)],
+                            self.pad_id)
+        s_mask = s_mask.long()
+        s_width = s_ids.shape[1]
         cache = out.past_key_values
         cache.batch_repeat_interleave(k)
         lengths = p_mask.sum(-1).repeat_interleave(k)
@@ -144,3 +197,12 @@ class CausalLMProposal:
         if self.epsilon > 0:
             return restrict(log_g, self.allowed, None, self.epsilon)
         return log_g
+
+
+def _allowed(support: TokenSupport, excluded: Sequence[int] | None) -> torch.Tensor:
+    """``[V]`` bool: the support's drawable tokens, or everything but ``excluded`` when given."""
+    if excluded is None:
+        return support.allowed()
+    allowed = torch.ones(support.vocab_size, dtype=torch.bool)
+    allowed[list(excluded)] = False
+    return allowed

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from textdiff.padding import pad
+
 
 class CausalLMScorer:
     """Sentence log-probabilities under an HF causal LM (ALGORITHMS.md §7.1, §9: sums of log-softmax).
@@ -77,12 +79,8 @@ class CausalLMScorer:
         return out
 
     def _score(self, full: list[list[int]]) -> torch.Tensor:
-        n, width, p = len(full), max(map(len, full)), len(self.prefix_ids)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for row, seq in enumerate(full):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
+        ids, mask = pad(full, self.pad_id)
+        (n, width), p, mask = ids.shape, len(self.prefix_ids), mask.long()
         first = self.first_log_probs[ids[:, 0]]
         if width == 1:
             return first
@@ -135,7 +133,7 @@ def keyword_spans(state) -> list[tuple[int, ...]]:
 class KeywordMeasure:
     """``log π'(x, m) = log π(x) − log N_K(x)``: makes the sequence marginal of the pair chain ``π`` (§7.4).
 
-    With ``continuation`` ids (word-continuing tokens, :func:`textdiff.models.loading.continuation_pieces`) keywords
+    With ``continuation`` ids (word-continuing tokens, :func:`textdiff.support.continuation_pieces`) keywords
     must stay whole words: ``π'(x, m) = 0`` when a block of ``m`` is followed by one, and ``N_K`` counts only whole
     placements, so the sequence marginal is ``π`` restricted to sequences holding every keyword as a whole word."""
 
@@ -177,6 +175,9 @@ class ConstrainedLMTarget:
             raise ValueError(f"gamma must be > 0, got {gamma}")
         if min_length < 0 or max_length < min_length:
             raise ValueError(f"need 0 <= min_length <= max_length, got {min_length}, {max_length}")
+        banned = [banned] if isinstance(banned, str) else list(banned)
+        if not all(isinstance(word, str) and word.strip() for word in banned):
+            raise ValueError(f"banned must be a list of non-empty words, got {banned!r}")
         self.scorer, self.decode, self.to_lm_ids = scorer, decode, to_lm_ids
         self.gamma, self.length_bonus, self.min_length, self.max_length = gamma, length_bonus, min_length, max_length
         self.banned = re.compile(r"\b(" + "|".join(map(re.escape, banned)) + r")\b", re.I) if banned else None

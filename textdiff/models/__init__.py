@@ -1,13 +1,15 @@
-"""Networks: x0 predictors for the UDM processes and model loading."""
+"""Networks and their loaders: x0 predictors for the UDM processes (a RoPE denoiser, any HF masked LM, the
+insertion model of the deletion process) and one loader per model kind (:mod:`textdiff.models.hub`)."""
 
-from textdiff.models.denoiser import (
-    DenoiserConfig,
-    DenoiserModel,
-    DenoiserPredictor,
-    MaskedLMPredictor,
-    check_safetensors_dir,
-    load_masked_lm,
-)
+from textdiff.models.denoiser import DenoiserConfig, DenoiserModel, DenoiserPredictor, MaskedLMPredictor
+from textdiff.models.hub import default_asset, load_denoiser, load_insertion, load_lm, load_mlm, resolve
+from textdiff.models.insertion import InsertionConfig, InsertionModel
+from textdiff.models.weights import check_safetensors_dir
 
-__all__ = ["DenoiserConfig", "DenoiserModel", "DenoiserPredictor", "MaskedLMPredictor", "check_safetensors_dir",
-           "load_masked_lm"]
+#: earlier names, kept so user scripts keep working
+load_masked_lm = load_mlm
+load_insertion_model = load_insertion
+
+__all__ = ["DenoiserConfig", "DenoiserModel", "DenoiserPredictor", "InsertionConfig", "InsertionModel",
+           "MaskedLMPredictor", "check_safetensors_dir", "default_asset", "load_denoiser", "load_insertion",
+           "load_insertion_model", "load_lm", "load_masked_lm", "load_mlm", "resolve"]

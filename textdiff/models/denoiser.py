@@ -22,23 +22,9 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
 from textdiff.models.time import time_features
+from textdiff.models.weights import check_safetensors_dir
+from textdiff.support import subs
 from textdiff.udm.process import Batch
-
-PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
-
-
-def check_safetensors_dir(path: str | Path) -> None:
-    """Refuse a local checkpoint directory (or file) that holds pickle weights instead of safetensors."""
-    path = Path(path)
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise ValueError(f"{path} is not a safetensors file; pickle checkpoints are refused (never unpickled)")
-        return
-    if path.is_dir() and not any(path.glob("*.safetensors")):
-        found = [name for name in PICKLE_WEIGHTS if (path / name).exists()]
-        detail = f"found {found}" if found else "no model.safetensors"
-        raise ValueError(f"{path}: {detail}; only safetensors checkpoints are loaded (pickle files are never unpickled)")
-
 
 class DenoiserConfig(PretrainedConfig):
     """Configuration of :class:`DenoiserModel`."""
@@ -210,23 +196,9 @@ class MaskedLMPredictor:
     @torch.no_grad()
     def __call__(self, x: Batch, t: torch.Tensor) -> torch.Tensor:
         logits = self.model(input_ids=x.ids, attention_mask=x.attention_mask.long()).logits.float()
-        logits[..., self.mask_token_id] = -math.inf
+        logits = subs(logits, self.mask_token_id)
         if not self.subs:
             return logits
         visible = x.ids != self.mask_token_id
         carry = torch.full_like(logits, -math.inf).scatter(-1, x.ids[..., None], 0.0)
         return torch.where(visible[..., None], carry, logits)
-
-
-def load_masked_lm(path: str | Path, device="cpu", dtype: torch.dtype | None = None):
-    """``(model, tokenizer)`` from a local HF masked-LM directory (safetensors only; offline)."""
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
-
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"model directory not found: {path}")
-    check_safetensors_dir(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForMaskedLM.from_pretrained(path, use_safetensors=True,
-                                                 dtype=dtype or (torch.float32 if str(device) == "cpu" else torch.bfloat16))
-    return model.to(device).eval(), tokenizer

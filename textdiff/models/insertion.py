@@ -14,14 +14,12 @@ Inputs are bare token ids ``[B, L]`` (no specials) with a left-aligned bool ``at
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel, PretrainedConfig, PreTrainedModel
 
 from textdiff.models.time import time_features
-from textdiff.udm.sampler import forbid
+from textdiff.support import forbid
 
 
 class InsertionConfig(PretrainedConfig):
@@ -44,7 +42,7 @@ class InsertionConfig(PretrainedConfig):
         cls_token_id: int = 101,
         sep_token_id: int = 102,
         mask_token_id: int = 103,
-        excluded_token_ids: tuple[int, ...] = (0, 100, 101, 102, 103),
+        excluded_token_ids: tuple[int, ...] = (),
         **kwargs,
     ):
         if max_count < 1:
@@ -168,21 +166,6 @@ def init_from_bert(model: InsertionModel, bert_dir: str) -> InsertionModel:
             layer_t.load_state_dict(layer_s.state_dict())
     model.tie_weights()
     return model
-
-
-#: the small insertion model shipped with the repository (data/models/insertion)
-DEFAULT_INSERTION_DIR = Path(__file__).resolve().parents[2] / "data" / "models" / "insertion"
-
-
-def load_insertion_model(path: str | Path | None = None, device: str | torch.device = "cpu"):
-    """``(model, tokenizer)`` of an insertion model folder (default: the shipped ``data/models/insertion``), float32."""
-    from transformers import AutoTokenizer
-
-    path = Path(path) if path is not None else DEFAULT_INSERTION_DIR
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no insertion model at {path} (expected config.json + model.safetensors)")
-    model = InsertionModel.from_pretrained(str(path), dtype=torch.float32).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(str(path))
 
 
 AutoConfig.register(InsertionConfig.model_type, InsertionConfig)

@@ -2,6 +2,7 @@
 
 from textdiff.udm.loss import (masked_token_nll, masking_elbo, masking_elbo_weight, replace_diff_elbo, sample_times,
                               udm_loss)
+from textdiff.udm.deletion import DeletionProcess
 from textdiff.udm.masking import MaskingProcess
 from textdiff.udm.process import (
     Batch,
@@ -18,13 +19,13 @@ from textdiff.udm.process import (
     get_schedule,
     time_grid,
 )
-from textdiff.udm.registry import PROCESS_NAMES, make_process
+from textdiff.udm.registry import PROCESSES, make_process, process_names, register_process
 from textdiff.udm.replacement import ReplaceAnyProcess, ReplaceDiffProcess
 from textdiff.udm.sampler import PredictorCache, Trajectory, forbid_tokens, make_template, reverse_sample
 
 __all__ = [
     "Batch", "CosineSchedule", "forbid_tokens", "CountSchedule", "ForwardProcess", "LinearSchedule", "LogLinearSchedule",
-    "MaskingProcess", "Noise", "PROCESS_NAMES", "ReplaceAnyProcess", "ReplaceDiffProcess", "make_process", "PredictorCache", "Schedule", "StepPlan", "Trajectory", "X0Draw", "as_batch",
+    "MaskingProcess", "Noise", "PROCESSES", "DeletionProcess", "process_names", "register_process", "ReplaceAnyProcess", "ReplaceDiffProcess", "make_process", "PredictorCache", "Schedule", "StepPlan", "Trajectory", "X0Draw", "as_batch",
     "get_schedule", "make_template", "masked_token_nll", "masking_elbo", "masking_elbo_weight", "replace_diff_elbo", "reverse_sample",
     "sample_times", "time_grid", "udm_loss",
 ]

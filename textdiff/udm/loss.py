@@ -20,6 +20,7 @@ import math
 import torch
 
 from textdiff.rng import uniform
+from textdiff.support import subs
 from textdiff.udm.process import Schedule, get_schedule
 
 
@@ -50,8 +51,7 @@ def masked_token_nll(logits: torch.Tensor, x0: torch.Tensor, mask_id: int | None
     parameterisation (``[MASK]`` logit = −inf, §2.2) is applied first."""
     logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     if mask_id is not None:
-        logits = logits.clone()
-        logits[..., mask_id] = -math.inf
+        logits = subs(logits, mask_id)
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x0.reshape(-1),
                                              reduction="none").view(x0.shape)
 

@@ -19,16 +19,23 @@ import math
 
 import torch
 
+from textdiff.support import subs
 from textdiff.udm.process import Batch, ForwardProcess, Noise, StepPlan, X0Draw, as_time
+from textdiff.udm.registry import register_process
 
 REVEAL_STRATEGIES = ("random", "confidence")
 
 
+@register_process("mask")
 class MaskingProcess(ForwardProcess):
     """``mask``: corrupted tokens become ``mask_id``; the state at ``t = 1`` is all ``[MASK]``."""
 
-    name = "mask"
     time_agnostic_posterior = True
+    subs = True
+
+    @classmethod
+    def for_vocabulary(cls, *, mask_id=None, vocab_size=None, **options) -> "MaskingProcess":
+        return cls(cls._required("mask_id (the tokenizer's [MASK] id)", mask_id, "mask"), **options)
 
     def __init__(self, mask_id: int, schedule="linear", corrector: str = "posterior", reveal: str = "random"):
         super().__init__(schedule, corrector)
@@ -72,9 +79,7 @@ class MaskingProcess(ForwardProcess):
 
     def subs(self, logits: torch.Tensor) -> torch.Tensor:
         """SUBS (§2.2): the ``[MASK]`` logit is ``−inf``."""
-        logits = logits.clone()
-        logits[..., self.mask_id] = -math.inf
-        return logits
+        return subs(logits, self.mask_id)
 
     def draw_x0(self, x_t, logits, draw, generator):
         """``x̂0``: masked positions drawn from the SUBS logits, visible positions copied (D4)."""

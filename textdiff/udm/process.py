@@ -340,12 +340,28 @@ class ForwardProcess(ABC):
     time_agnostic_posterior: bool = False
     #: whether the reverse chain changes sequence lengths (then it may start from the empty sequence, width 0)
     variable_length: bool = False
+    #: the schedule the CLI uses unless told otherwise
+    default_schedule: str = "count"
+    #: whether its predictor is SUBS-parameterised (visible tokens carried over; masking) or predicts every position
+    subs: bool = False
 
     def __init__(self, schedule: str | Schedule = "linear", corrector: str = "posterior"):
         self.schedule = get_schedule(schedule)
         if corrector not in CORRECTORS:
             raise ValueError(f"corrector must be one of {CORRECTORS}, got {corrector!r}")
         self.corrector = corrector
+
+    @classmethod
+    def for_vocabulary(cls, *, mask_id: int | None = None, vocab_size: int | None = None, **options) -> ForwardProcess:
+        """Build the process for a vocabulary (the registry's constructor; processes that need neither id ignore
+        both). Subclasses that need ``mask_id`` or ``vocab_size`` override it and say so when it is missing."""
+        return cls(**options)
+
+    @staticmethod
+    def _required(name: str, value, process: str):
+        if value is None:
+            raise ValueError(f"process {process!r} needs {name}")
+        return value
 
     # -- forward ------------------------------------------------------------------------------------------------
     def sample_noise(self, x0: Batch, generator: torch.Generator) -> Noise:

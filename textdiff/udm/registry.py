@@ -1,33 +1,41 @@
-"""Forward processes by name (``mask``, ``replace_any``, ``replace_diff``, ``delete``) for the CLI and recipes."""
+"""Forward processes by name, registered by decorator (docs/extending.md#a-new-forward-process).
+
+``@register_process("name")`` on a :class:`~textdiff.udm.process.ForwardProcess` subclass makes it buildable by
+:func:`make_process` and a choice of ``textdiff sample --process``; nothing else needs editing.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from textdiff import checks
 from textdiff.udm.process import ForwardProcess
 
-PROCESS_NAMES = ("mask", "replace_any", "replace_diff", "delete")
+PROCESSES: dict[str, type[ForwardProcess]] = {}
+
+
+def register_process(name: str) -> Callable[[type[ForwardProcess]], type[ForwardProcess]]:
+    """Class decorator registering a forward process under ``name`` (also set as its ``name`` attribute)."""
+
+    def decorate(cls: type[ForwardProcess]) -> type[ForwardProcess]:
+        if name in PROCESSES and PROCESSES[name] is not cls:
+            raise ValueError(f"a process named {name!r} is already registered ({PROCESSES[name].__name__})")
+        cls.name = name
+        PROCESSES[name] = cls
+        return cls
+
+    return decorate
+
+
+def process_names() -> tuple[str, ...]:
+    """Names of the registered processes, in registration order."""
+    return tuple(PROCESSES)
 
 
 def make_process(name: str, *, mask_id: int | None = None, vocab_size: int | None = None, schedule="linear",
                  corrector: str | None = None, **options) -> ForwardProcess:
-    """Build a process; ``mask`` needs ``mask_id``, ``replace_*`` need ``vocab_size``; ``options`` go to the class."""
-    if name not in PROCESS_NAMES:
-        raise ValueError(f"process must be one of {PROCESS_NAMES}, got {name!r}")
+    """Build the process ``name`` for a vocabulary (``mask_id``, ``vocab_size``); ``options`` go to the class."""
+    checks.one_of("process", name, PROCESSES)
     if corrector is not None:
         options["corrector"] = corrector
-    if name == "mask":
-        from textdiff.udm.masking import MaskingProcess
-
-        if mask_id is None:
-            raise ValueError("process 'mask' needs mask_id (the tokenizer's [MASK] id)")
-        return MaskingProcess(mask_id, schedule, **options)
-    if name == "delete":
-        from textdiff.udm.deletion import DeletionProcess
-
-        if mask_id is None:
-            raise ValueError("process 'delete' needs mask_id (the placeholder id EXPAND writes)")
-        return DeletionProcess(mask_id, schedule=schedule, **options)
-    from textdiff.udm.replacement import PROCESSES
-
-    if vocab_size is None:
-        raise ValueError(f"process {name!r} needs vocab_size")
-    return PROCESSES[name](vocab_size, schedule, **options)
+    return PROCESSES[name].for_vocabulary(mask_id=mask_id, vocab_size=vocab_size, schedule=schedule, **options)

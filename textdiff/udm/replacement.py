@@ -46,6 +46,7 @@ import torch
 
 from textdiff.rng import gumbel, uniform
 from textdiff.udm.process import Batch, CountSchedule, ForwardProcess, Noise, StepPlan, X0Draw, as_time
+from textdiff.udm.registry import register_process
 
 
 #: ``replace_diff`` count-form reverse kernels (D1, §3.3)
@@ -134,6 +135,10 @@ class ReplacementProcess(ForwardProcess):
     #: True when a replacement token always differs from the original (``replace_diff``)
     differs: bool = False
 
+    @classmethod
+    def for_vocabulary(cls, *, mask_id=None, vocab_size=None, **options) -> "ReplacementProcess":
+        return cls(cls._required("vocab_size", vocab_size, cls.name), **options)
+
     def __init__(self, vocab_size: int, schedule="linear", corrector: str = "posterior"):
         super().__init__(schedule, corrector)
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
@@ -210,10 +215,10 @@ class ReplacementProcess(ForwardProcess):
         return (rank < n_change[:, None]) & (d > 0)
 
 
+@register_process("replace_any")
 class ReplaceAnyProcess(ReplacementProcess):
     """``replace_any`` (A9271 version 1): a corrupted token is redrawn from ``U(V)``; not invertible."""
 
-    name = "replace_any"
 
     def __init__(self, vocab_size: int, schedule="linear", corrector: str = "baseline"):
         super().__init__(vocab_size, schedule, corrector)
@@ -260,12 +265,12 @@ class ReplaceAnyProcess(ReplacementProcess):
         return torch.where(fixed_ok, lp, torch.full_like(lp, -math.inf))
 
 
+@register_process("replace_diff")
 class ReplaceDiffProcess(ReplacementProcess):
     """``replace_diff`` (A9271 version 2): a corrupted token is redrawn from ``U(V \\ {x0_i})``; the edited set is
     identified by ``(x0, x_t)`` (invertible up to the order inside it). ``kernel`` selects the count-form reverse step
     (D1, §3.3): ``"one_token"`` (a, default) or ``"conditional_bernoulli"`` (b; count form, posterior corrector)."""
 
-    name = "replace_diff"
     differs = True
 
     def __init__(self, vocab_size: int, schedule="linear", corrector: str = "posterior", kernel: str = "one_token"):
@@ -311,4 +316,3 @@ class ReplaceDiffProcess(ReplacementProcess):
         return f"{super().__repr__()[:-1]}, kernel={self.kernel!r})"
 
 
-PROCESSES = {"replace_any": ReplaceAnyProcess, "replace_diff": ReplaceDiffProcess}

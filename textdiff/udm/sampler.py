@@ -29,18 +29,13 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 
 from textdiff.rng import make_generator
+from textdiff.support import forbid
 from textdiff.udm.process import Batch, ForwardProcess, X0Draw, as_batch, time_grid
 
 #: ``hook(logits, x, t, s) -> logits``: ``logits [B', L, V]`` are the token logits a reverse step draws from at the
 #: positions of ``x`` (the batch the network saw), ``t``, ``s [B']`` the step's times of those rows; e.g.
 #: classifier-free mixing or candidate reweighting (ALGORITHMS.md §5.2, §5.4). Hooks must not modify in place.
 LogitsHook = Callable[[torch.Tensor, Batch, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def forbid(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """``logits [..., V]`` with ``token_ids`` set to ``−inf``: a support restriction; the softmax renormalises over
-    the remaining tokens, i.e. the categorical is conditioned on "not one of ``token_ids``" (ALGORITHMS.md §5.2)."""
-    return logits.index_fill(-1, token_ids.to(logits.device), -math.inf)
 
 
 def forbid_tokens(token_ids: Sequence[int]) -> LogitsHook:

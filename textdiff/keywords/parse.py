@@ -1,20 +1,14 @@
-"""Keyword handling for constrained generation: parsing, token spans, orders, English inflections (§7.5).
+"""Keywords as users write them: one parser for every method, and English inflections (docs/mcmc.md#keywords).
 
-Keyword sets are unordered (CommonGen) while a chain keeps its blocks in order, so several chains start from
-different orders (and, with ``inflect``, different inflected forms); ``candidate_starts`` lists them.
 Inflections are rule-based English forms (plural / 3rd person, past, participles, -ing) plus a table of common
 irregular words; a keyword always keeps its lemma as one of its forms.
 """
 
 from __future__ import annotations
 
-import itertools
 import re
-from collections.abc import Iterable, Sequence
-
-import torch
-
-from textdiff import rng
+import unicodedata
+from collections.abc import Iterable
 
 IRREGULAR = {
     "be": ["is", "are", "was", "were", "been", "being"], "have": ["has", "had", "having"],
@@ -49,15 +43,42 @@ for _entry in IRREGULAR_VERBS.split("|"):
 _VOWELS = "aeiou"
 
 
+def _check_keyword(word: str) -> str:
+    """``word`` if it is plain text a sentence can contain; ``ValueError`` naming it otherwise."""
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn") for c in word):
+        raise ValueError(f"keyword {word!r} holds a control, format or unpaired surrogate character")
+    if word.startswith("##") or re.fullmatch(r"\[[^\]]*\]|<[^>]*>", word):
+        raise ValueError(f"keyword {word!r} looks like a tokenizer piece or special token, not a word")
+    return word
+
+
 def parse_keywords(keywords: str | Iterable[str]) -> list[str]:
-    """``"dog frisbee catch"`` / ``"dog, frisbee"`` / a list -> stripped, non-empty keywords."""
-    items = re.split(r"[,\s]+", keywords) if isinstance(keywords, str) else list(keywords)
-    out = [k.strip() for k in items if isinstance(k, str) and k.strip()]
-    if isinstance(keywords, str) or all(isinstance(k, str) for k in items):
-        if not out:
-            raise ValueError("keywords must hold at least one non-empty keyword")
-        return out
-    raise TypeError("keywords must be a string or an iterable of strings")
+    """``"dog frisbee catch"`` / ``"dog, frisbee"`` / a list -> stripped, non-empty, distinct keywords.
+
+    A string is split on commas and whitespace; a list keeps each item whole. ``ValueError`` names a keyword that is
+    not plain text (control characters, lone surrogates, ``##`` pieces, ``[special]`` tokens) or a repeated one.
+    """
+    items = re.split(r"[,\s]+", keywords) if isinstance(keywords, str) else keywords
+    items = list(items) if isinstance(items, Iterable) else [items]
+    if not all(isinstance(k, str) for k in items):
+        raise TypeError("keywords must be a string or an iterable of strings")
+    out = [_check_keyword(k.strip()) for k in items if k.strip()]
+    if not out:
+        raise ValueError("keywords must hold at least one non-empty keyword")
+    repeated = sorted({k for k in out if out.count(k) > 1})
+    if repeated:
+        raise ValueError(f"keywords must be distinct, got {repeated} more than once")
+    return out
+
+
+def detokenize(text: str) -> str:
+    """Glue hyphens and apostrophes that a WordPiece decode spaced out inside a word (``t - shirt``, ``don ' t``)."""
+    return re.sub(r"(?<=\w) ?([-'’]) ?(?=\w)", r"\1", text)
+
+
+def capitalize(text: str) -> str:
+    text = text.strip()
+    return text[:1].upper() + text[1:]
 
 
 def _suffix_s(word: str) -> str:
@@ -98,29 +119,3 @@ def inflections(word: str) -> list[str]:
     if lower not in IRREGULAR_PAST:
         forms.append(_suffix_ed(lower))
     return list(dict.fromkeys(forms))
-
-
-def candidate_starts(spans: Sequence[Sequence[Sequence[int]]], limit: int, generator: torch.Generator
-                     ) -> list[list[tuple[int, ...]]]:
-    """Up to ``limit`` distinct keyword-span lists: every order x every form choice, or a random subset.
-
-    ``spans[k]`` holds the token spans of the forms of keyword ``k`` (lemma first).
-    """
-    total = 1
-    for k, forms in enumerate(spans):
-        total *= len(forms) * (k + 1)
-    if total <= limit:
-        combos = [list(order) for forms in itertools.product(*spans) for order in itertools.permutations(forms)]
-    else:
-        combos, seen = [], set()
-        for _ in range(20 * limit):
-            if len(combos) == limit:
-                break
-            u = rng.uniform((2 * len(spans),), generator).tolist()
-            forms = [s[int(u[k] * len(s)) % len(s)] for k, s in enumerate(spans)]
-            order = sorted(range(len(forms)), key=lambda k: u[len(spans) + k])
-            combo = tuple(tuple(forms[k]) for k in order)
-            if combo not in seen:
-                seen.add(combo)
-                combos.append(list(combo))
-    return [[tuple(s) for s in combo] for combo in dict.fromkeys(tuple(map(tuple, c)) for c in combos)]

@@ -1,0 +1,73 @@
+"""Options every verb shares, validated at parse time so a bad value gives a one-line usage error."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from textdiff import checks
+from textdiff.rng import SEED_LIMIT
+
+
+def _argument_type(convert):
+    """An argparse ``type=`` that turns the ``ValueError``/``TypeError`` of ``convert`` into a usage error."""
+
+    def parse(text: str):
+        try:
+            return convert(text)
+        except (ValueError, TypeError) as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"must be an integer in [0, 2**64), got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    return str(checks.device(text))
+
+
+def _threads(text: str) -> int:
+    return checks.positive_int("threads", int(text))
+
+
+def add_seed_option(parser: argparse.ArgumentParser, default: int | None = None) -> None:
+    parser.add_argument("--seed", type=_argument_type(_seed), default=default,
+                        help="random seed in [0, 2**64): the same seed gives the same output on CPU")
+
+
+def add_device_option(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument("--device", type=_argument_type(_device), default=default,
+                        help="torch device: cpu, cuda or cuda:N" + ("" if default else " (default: cuda when available)"))
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=_argument_type(_threads), default=None,
+                        help="torch intra-op CPU threads (default: the cores not already busy, at least 1; "
+                        "$OMP_NUM_THREADS wins when set)")
+
+
+def default_threads() -> int:
+    """CPU threads for torch: ``$OMP_NUM_THREADS`` when set, else the cores the 1-minute load leaves free (≥ 1).
+
+    On a busy machine more threads than free cores make small-batch forwards far slower (threads wait on each
+    other), so the default never oversubscribes.
+    """
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = int(os.getloadavg()[0] + 0.5) if hasattr(os, "getloadavg") else 0
+    return max(1, cores - busy)
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is available, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

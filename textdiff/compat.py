@@ -1,0 +1,22 @@
+"""Names that moved keep working from their old module, with a ``DeprecationWarning`` (docs/design.md#layout)."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Callable
+
+
+def moved(module: str, new_homes: dict[str, str]) -> Callable[[str], object]:
+    """A module ``__getattr__`` that resolves each name in ``new_homes`` from its new module, warning once per use.
+
+    The new home is imported by name at first access, so an engine never imports the application it forwards to.
+    """
+
+    def __getattr__(name: str):
+        if name not in new_homes:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        warnings.warn(f"{module}.{name} moved to {new_homes[name]}.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(new_homes[name]), name)
+
+    return __getattr__

