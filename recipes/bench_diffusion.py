@@ -110,12 +110,11 @@ def cache_bench(model, tokenizer, args):
     print("| sampler | network calls | rows through the network | time |\n|---|---|---|---|")
     times, outs = {}, {}
     for cache in (False, True):
-        stats = {}
         start = time.time()
-        outs[cache] = reverse_sample(process, predictor, template, 1024, seed=0, cache=cache, stats=stats).ids
-        times[cache] = time.time() - start
+        out = reverse_sample(process, predictor, template, 1024, seed=0, cache=cache)
+        times[cache], outs[cache], stats = time.time() - start, out.ids, out.stats
         name = "cache (skip + per-row reuse)" if cache else "no cache (network every step)"
-        print(f"| {name} | {stats['network_calls']} | {stats['network_rows']} | {times[cache]:.1f} s |")
+        print(f"| {name} | {stats.network_calls} | {stats.network_rows} | {times[cache]:.1f} s |")
     print(f"speed-up {times[False] / times[True]:.2f}x; identical samples: {torch.equal(outs[False], outs[True])}")
 
 

@@ -199,7 +199,7 @@ def test_shipped_model_samples_have_no_unused_piece_and_no_leading_continuation(
 
 @pytest.mark.parametrize("fill_mode", ["oneshot", "iterative"])
 def test_stats_count_every_network_call(random_model, tokenizer, fill_mode):
-    """stats["network_calls"/"network_rows"] = encoder forward passes / rows, counted by a hook on the encoder; a
+    """stats.network_calls / network_rows = encoder forward passes / rows, counted by a hook on the encoder; a
     fill call sends only the rows with tokens left to insert (counts per step from the trajectory's growth)."""
     measured = {"calls": 0, "rows": 0}
 
@@ -210,13 +210,12 @@ def test_stats_count_every_network_call(random_model, tokenizer, fill_mode):
     handle = random_model.encoder.register_forward_hook(count, with_kwargs=True)
     trajectory = Trajectory()
     try:
-        stats = {}
-        sample_delete(predictor_for(random_model, tokenizer, fill_mode), process_for(random_model, tokenizer), 8,
-                      steps=4, seed=2, stats=stats, trajectory=trajectory)
+        stats = sample_delete(predictor_for(random_model, tokenizer, fill_mode), process_for(random_model, tokenizer),
+                              8, steps=4, seed=2, trajectory=trajectory).stats
     finally:
         handle.remove()
-    assert stats["network_calls"] == measured["calls"] > stats["steps"]  # one count-head call per step + the fills
-    assert stats["network_rows"] == measured["rows"] < 8 * measured["calls"]
+    assert stats.network_calls == measured["calls"] > stats.steps  # one count-head call per step + the fills
+    assert stats.network_rows == measured["rows"] < 8 * measured["calls"]
     # tokens inserted per row and step (posterior corrector: survivors stay, each kept placeholder is filled)
     filled = [b.lengths - a.lengths for a, b in zip(trajectory.states[:-1], trajectory.states[1:])]
     if fill_mode == "iterative":  # one token per call: a row is sent once per token it receives
@@ -226,4 +225,4 @@ def test_stats_count_every_network_call(random_model, tokenizer, fill_mode):
         calls = sum(1 + int(bool((n > 0).any())) for n in filled)
         rows = sum(8 + int((n > 0).sum()) for n in filled)
     assert any(bool(n.min() < n.max()) for n in filled)  # rows finish their fills at different calls
-    assert (stats["network_calls"], stats["network_rows"]) == (calls, rows)
+    assert (stats.network_calls, stats.network_rows) == (calls, rows)

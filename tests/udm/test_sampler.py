@@ -34,10 +34,10 @@ def test_cache_changes_cost_not_samples(process):
     template = make_template(16, 12)
     outs, rows = [], []
     for cache in (False, True):
-        stats = {}
-        outs.append(reverse_sample(process, ContextPredictor(), template, 48 if not process.schedule.is_count else 12,
-                                   seed=3, cache=cache, stats=stats).ids)
-        rows.append(stats["network_rows"])
+        out = reverse_sample(process, ContextPredictor(), template, 48 if not process.schedule.is_count else 12,
+                             seed=3, cache=cache)
+        outs.append(out.ids)
+        rows.append(out.stats.network_rows)
     assert torch.equal(outs[0], outs[1])
     if process.schedule.is_count:  # every row reveals a token at every step: nothing to reuse
         assert rows[1] == rows[0]

@@ -44,7 +44,8 @@ def add_seed_option(parser: argparse.ArgumentParser, default: int | None = None)
 
 def add_device_option(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     parser.add_argument("--device", type=_argument_type(_device), default=default,
-                        help="torch device: cpu, cuda or cuda:N" + ("" if default else " (default: cuda when available)"))
+                        help="torch device: cpu, cuda or cuda:N"
+                        + ("" if default else " (default: cuda when available)"))
 
 
 def add_threads_option(parser: argparse.ArgumentParser) -> None:

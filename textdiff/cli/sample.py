@@ -19,7 +19,8 @@ def add_parser(subparsers) -> None:
         help="sample text with a discrete diffusion process (masking, replacement, deletion)",
         description="Run the generic UDM reverse loop: start from the prior (all [MASK] for --process mask, uniform "
         "tokens for replace_*, the empty sequence for delete) and denoise with the model's x0 prediction and the "
-        "noise-posterior corrector. With the default count schedule and --steps equal to --length one token changes per step, which is exact "
+        "noise-posterior corrector. With the default count schedule and --steps equal to --length one token changes "
+        "per step, which is exact "
         "given exact conditionals; fewer steps change several tokens per step (an approximation).",
     )
     p.add_argument("--model", default=None, help="model directory or hub name (default: the shipped MiniLM MLM, "
@@ -48,7 +49,8 @@ def add_parser(subparsers) -> None:
                    "step with exact marginals; conditional_bernoulli: draws the edited set conditioned on the Hamming "
                    "distance, for several tokens per step (exact only for factorised posteriors)")
     p.add_argument("--allow-special", action="store_true",
-                   help="let the model generate special tokens ([SEP], [UNK], ...); by default a logits hook forbids them")
+                   help="let the model generate special tokens ([SEP], [UNK], ...); by default a logits hook "
+                   "forbids them")
     p.add_argument("--no-cache", action="store_true", help="call the network at every step (no caching/skipping)")
     p.add_argument("--trajectory", default=None, help="write the denoising trajectory to this HTML file")
     add_device_option(p)
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
                             seed=args.seed, trajectory=trajectory, progress=True, device=device)
         texts = decode(tokenizer, out)
     else:
-        predictor, tokenizer = load_denoiser(args.model, device, subs=process_class.subs)
+        predictor, tokenizer = load_denoiser(args.model, device, subs=process_class.subs_predictor)
         vocab, mask_id = predictor.model.config.vocab_size, tokenizer.mask_token_id
         options = process_options(process_class, args)
         process = make_process(args.process, mask_id=mask_id, vocab_size=vocab, schedule=schedule,

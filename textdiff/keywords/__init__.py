@@ -59,4 +59,5 @@ def generate(keywords: str | Iterable[str], n: int = 1, *, method: str = "mh", *
     return METHODS[method](keywords, n, **options)
 
 
-__all__ = ["METHODS", "KeywordGenerator", "Sentence", "generate_from_keywords", "generate", "inflections", "parse_keywords", "register_method"]
+__all__ = ["METHODS", "KeywordGenerator", "Sentence", "generate", "generate_from_keywords", "inflections",
+           "parse_keywords", "register_method"]

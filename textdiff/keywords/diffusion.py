@@ -1,4 +1,5 @@
-"""Keyword sentences by the reverse deletion process (the ``diffusion`` method; docs/deletion.md#conditioning-on-keywords).
+"""Keyword sentences by the reverse deletion process (the ``diffusion`` method;
+docs/deletion.md#conditioning-on-keywords).
 
 The chain starts from ``x_{t*}`` = the keywords' pieces in some order, all protected, with ``t*`` solving
 ``α(t*) = m / expected_length`` (``m`` keyword tokens), and grows a sentence around them by insertions. Keywords are
@@ -92,7 +93,8 @@ def generate_from_keywords(
     m = int(start.lengths[0])
     target = max(14, 2 * m) if expected_length is None else expected_length
     if isinstance(target, bool) or not isinstance(target, int) or target < m or target > process.max_length:
-        raise ValueError(f"expected_length must be an integer in [{m}, max_length={process.max_length}], got {target!r}")
+        raise ValueError(f"expected_length must be an integer in [{m}, max_length={process.max_length}], "
+                         f"got {target!r}")
     t_star = float(process.time_for_survival(torch.tensor(min(m / target, 0.95))))
     out = sample_delete(predictor_for(model, tokenizer, fill_mode), process, start=start, steps=steps, t_start=t_star,
                         draw=draw, generator=gen, progress=progress)

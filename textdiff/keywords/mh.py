@@ -1,4 +1,5 @@
-"""Keyword sentences by Metropolis-Hastings (the ``mh`` method; docs/mcmc.md#metropolis-hastings-constrained-generation).
+"""Keyword sentences by Metropolis-Hastings (the ``mh`` method;
+docs/mcmc.md#metropolis-hastings-constrained-generation).
 
 ``KeywordGenerator`` wires the engine's pieces: a registered proposal (masked LM by default, or the causal LM as in
 Su's CGMH), the target ``γ · log p_LM(text + EOS | prompt) + λ · #tokens`` under SmolLM2 (``ConstrainedLMTarget``),

@@ -14,9 +14,10 @@ from textdiff.mcmc.targets import CausalLMScorer, ConstrainedLMTarget, KeywordMe
 
 __all__ = [
     "CausalLMProposal", "CausalLMScorer", "ConstrainedLMTarget", "GibbsResult", "KeywordMeasure",
-    "MHResult", "MLMProposal", "MetropolisHastings", "MoveProbs", "PROPOSALS", "ProposalModels", "State", "gibbs_sample",
+    "MHResult", "MLMProposal", "MetropolisHastings", "MoveProbs", "PROPOSALS", "ProposalModels", "State",
+    "gibbs_sample",
     "register_proposal",
     "temperature_schedule",
 ]
 
-__getattr__ = moved(__name__, {"generate": "textdiff.keywords", "KeywordGenerator": "textdiff.keywords", "Sentence": "textdiff.keywords"})
+__getattr__ = moved(__name__, {name: "textdiff.keywords" for name in ("generate", "KeywordGenerator", "Sentence")})

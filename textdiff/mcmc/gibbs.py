@@ -25,7 +25,6 @@ from textdiff import checks, rng
 from textdiff.padding import pad
 from textdiff.support import TokenSupport
 
-
 ORDERS = ("random", "sweep")
 
 

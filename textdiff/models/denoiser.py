@@ -26,6 +26,7 @@ from textdiff.models.weights import check_safetensors_dir
 from textdiff.support import subs
 from textdiff.udm.process import Batch
 
+
 class DenoiserConfig(PretrainedConfig):
     """Configuration of :class:`DenoiserModel`."""
 
@@ -38,7 +39,8 @@ class DenoiserConfig(PretrainedConfig):
         kwargs.setdefault("tie_word_embeddings", True)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         if hidden_size % num_attention_heads:
-            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})")
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_attention_heads "
+                             f"({num_attention_heads})")
         if (hidden_size // num_attention_heads) % 2:
             raise ValueError(f"the head size hidden_size / num_attention_heads must be even (rotary pairs), got "
                              f"{hidden_size // num_attention_heads}")
@@ -135,7 +137,8 @@ class DenoiserModel(PreTrainedModel):
         """Final hidden states ``[B, L, H]``."""
         B, L = input_ids.shape
         if L > self.config.max_position_embeddings:
-            raise ValueError(f"sequence length {L} exceeds max_position_embeddings={self.config.max_position_embeddings}")
+            raise ValueError(f"sequence length {L} exceeds "
+                             f"max_position_embeddings={self.config.max_position_embeddings}")
         x = self.embed_tokens(input_ids)
         if self.time_mlp is not None:
             if t is None:

@@ -23,7 +23,8 @@ from textdiff.support import forbid
 
 
 class InsertionConfig(PretrainedConfig):
-    """Hyper-parameters of :class:`InsertionModel`; ``max_count`` is ``K`` (slot-count classes ``0..K``), ``max_seq_length``
+    """Hyper-parameters of :class:`InsertionModel`; ``max_count`` is ``K`` (slot-count classes ``0..K``),
+    ``max_seq_length``
     the longest bare sequence (no specials) the model accepts."""
 
     model_type = "textdiff-insertion"
@@ -115,7 +116,8 @@ class InsertionModel(PreTrainedModel):
         return out.last_hidden_state
 
     def count_logits(self, ids: Tensor, attention_mask: Tensor, t: Tensor) -> Tensor:
-        """Slot-count logits ``[B, L+1, K+1]`` for ``x_t`` at time ``t`` (slot ``j`` between tokens ``j−1`` and ``j``)."""
+        """Slot-count logits ``[B, L+1, K+1]`` for ``x_t`` at time ``t`` (slot ``j`` between tokens ``j−1``
+        and ``j``)."""
         hidden = self._encode(ids, attention_mask, t)
         pairs = torch.cat([hidden[:, :-1], hidden[:, 1:]], dim=-1)
         return self.count_head(pairs).float()
@@ -142,7 +144,8 @@ class InsertionModel(PreTrainedModel):
         if target_counts is None:
             return count_logits, token_logits
         slots = torch.arange(count_logits.shape[1], device=ids_t.device)[None, :] <= mask_t.sum(1)[:, None]
-        count_nll = -torch.log_softmax(count_logits, -1).gather(-1, target_counts.clamp(max=self.config.max_count)[..., None])
+        targets = target_counts.clamp(max=self.config.max_count)[..., None]
+        count_nll = -torch.log_softmax(count_logits, -1).gather(-1, targets)
         count_nll = (count_nll.squeeze(-1) * slots).sum(1)
         token_nll = -torch.log_softmax(token_logits, -1).gather(-1, target_ids[fill_positions][:, None]).squeeze(-1)
         rows = fill_positions.nonzero()[:, 0]

@@ -1,31 +1,47 @@
 """Unified Diffusion Model (UDM) on token sequences: forward processes, the generic reverse loop, losses."""
 
-from textdiff.udm.loss import (masked_token_nll, masking_elbo, masking_elbo_weight, replace_diff_elbo, sample_times,
-                              udm_loss)
 from textdiff.udm.deletion import DeletionProcess
+from textdiff.udm.loss import (
+                              masked_token_nll,
+                              masking_elbo,
+                              masking_elbo_weight,
+                              replace_diff_elbo,
+                              sample_times,
+                              udm_loss,
+)
 from textdiff.udm.masking import MaskingProcess
 from textdiff.udm.process import (
-    Batch,
-    CosineSchedule,
-    CountSchedule,
-    ForwardProcess,
-    LinearSchedule,
-    LogLinearSchedule,
-    Noise,
-    Schedule,
-    StepPlan,
-    X0Draw,
-    as_batch,
-    get_schedule,
-    time_grid,
+                              Batch,
+                              CosineSchedule,
+                              CountSchedule,
+                              ForwardProcess,
+                              LinearSchedule,
+                              LogLinearSchedule,
+                              Noise,
+                              Schedule,
+                              StepPlan,
+                              X0Draw,
+                              as_batch,
+                              get_schedule,
+                              time_grid,
 )
 from textdiff.udm.registry import PROCESSES, make_process, process_names, register_process
 from textdiff.udm.replacement import ReplaceAnyProcess, ReplaceDiffProcess
-from textdiff.udm.sampler import PredictorCache, Trajectory, forbid_tokens, make_template, reverse_sample
+from textdiff.udm.sampler import (
+                              PredictorCache,
+                              SampleResult,
+                              SampleStats,
+                              Trajectory,
+                              forbid_tokens,
+                              make_template,
+                              reverse_sample,
+)
 
 __all__ = [
-    "Batch", "CosineSchedule", "forbid_tokens", "CountSchedule", "ForwardProcess", "LinearSchedule", "LogLinearSchedule",
-    "MaskingProcess", "Noise", "PROCESSES", "DeletionProcess", "process_names", "register_process", "ReplaceAnyProcess", "ReplaceDiffProcess", "make_process", "PredictorCache", "Schedule", "StepPlan", "Trajectory", "X0Draw", "as_batch",
-    "get_schedule", "make_template", "masked_token_nll", "masking_elbo", "masking_elbo_weight", "replace_diff_elbo", "reverse_sample",
-    "sample_times", "time_grid", "udm_loss",
+    "PROCESSES", "Batch", "CosineSchedule", "CountSchedule", "DeletionProcess", "ForwardProcess", "LinearSchedule",
+    "LogLinearSchedule", "MaskingProcess", "Noise", "PredictorCache", "ReplaceAnyProcess", "ReplaceDiffProcess",
+    "SampleResult", "SampleStats", "Schedule", "StepPlan", "Trajectory", "X0Draw", "as_batch", "forbid_tokens",
+    "get_schedule", "make_process", "make_template", "masked_token_nll", "masking_elbo", "masking_elbo_weight",
+    "process_names", "register_process", "replace_diff_elbo", "reverse_sample", "sample_times", "time_grid",
+    "udm_loss",
 ]

@@ -16,6 +16,7 @@ Design decisions (ALGORITHMS.md §10):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -26,15 +27,22 @@ from textdiff.udm.registry import register_process
 REVEAL_STRATEGIES = ("random", "confidence")
 
 
+@dataclass
+class RevealPlan(StepPlan):
+    """A masking step's plan: ``reveal [B, L]``, the masked positions this step reveals."""
+
+    reveal: torch.Tensor
+
+
 @register_process("mask")
 class MaskingProcess(ForwardProcess):
     """``mask``: corrupted tokens become ``mask_id``; the state at ``t = 1`` is all ``[MASK]``."""
 
     time_agnostic_posterior = True
-    subs = True
+    subs_predictor = True
 
     @classmethod
-    def for_vocabulary(cls, *, mask_id=None, vocab_size=None, **options) -> "MaskingProcess":
+    def for_vocabulary(cls, *, mask_id=None, vocab_size=None, **options) -> MaskingProcess:
         return cls(cls._required("mask_id (the tokenizer's [MASK] id)", mask_id, "mask"), **options)
 
     def __init__(self, mask_id: int, schedule="linear", corrector: str = "posterior", reveal: str = "random"):
@@ -75,7 +83,7 @@ class MaskingProcess(ForwardProcess):
         u = self.schedule.posterior_noise(masked, x_t.corruptible, t, generator)
         reveal = masked & ~self.schedule.corrupted(u, s, x_t.corruptible)
         active = reveal.any(-1) if self.corrector == "posterior" else (s < t) & x_t.corruptible.any(-1)
-        return StepPlan(t, s, active, {"reveal": reveal})
+        return RevealPlan(t, s, active, reveal)
 
     def subs(self, logits: torch.Tensor) -> torch.Tensor:
         """SUBS (§2.2): the ``[MASK]`` logit is ``−inf``."""
@@ -89,7 +97,7 @@ class MaskingProcess(ForwardProcess):
         self.validate_logits(x_t, logits)
         if self.corrector == "baseline":
             return super().apply(x_t, logits, plan, draw, generator)
-        reveal = plan.extra["reveal"]
+        reveal = plan.reveal
         if self.reveal == "confidence":
             return self._reveal_confident(x_t, self.subs(logits), reveal.sum(-1), draw, generator)
         return x_t.with_ids(draw.at(self.subs(logits), reveal, x_t.ids, generator))

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from textdiff.rng import uniform
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Batches
@@ -73,10 +72,10 @@ class Batch:
     def device(self) -> torch.device:
         return self.ids.device
 
-    def with_ids(self, ids: torch.Tensor) -> "Batch":
+    def with_ids(self, ids: torch.Tensor) -> Batch:
         return replace(self, ids=ids)
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         return Batch(self.ids.to(device), self.attention_mask.to(device), self.protected.to(device))
 
 
@@ -137,7 +136,8 @@ class Schedule(ABC):
         v = uniform(corrupted.shape, generator, corrupted.device)
         return torch.where(corrupted, v * c, c + v * (1 - c))
 
-    def log_prob_corrupted(self, n_corrupted: torch.Tensor, n_corruptible: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def log_prob_corrupted(self, n_corrupted: torch.Tensor, n_corruptible: torch.Tensor,
+                           t: torch.Tensor) -> torch.Tensor:
         """``log P(this particular corrupted set)``: ``k log(1 − α) + (n − k) log α`` (§2.1)."""
         a = self.alpha(t)
         return torch.xlogy(n_corrupted.double(), 1 - a) + torch.xlogy((n_corruptible - n_corrupted).double(), a)
@@ -264,13 +264,13 @@ class StepPlan:
     """The part of a reverse step ``t → s`` drawn before the predictor is called.
 
     ``active [B]``: rows the step may change (rows with ``False`` need no predictor call; first-hitting skip).
-    ``extra``: process-specific pre-drawn randomness (e.g. the positions a masking step reveals).
+    Processes that pre-draw more randomness return a subclass with typed fields (e.g. the positions a masking step
+    reveals).
     """
 
     t: torch.Tensor
     s: torch.Tensor
     active: torch.Tensor
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -343,7 +343,7 @@ class ForwardProcess(ABC):
     #: the schedule the CLI uses unless told otherwise
     default_schedule: str = "count"
     #: whether its predictor is SUBS-parameterised (visible tokens carried over; masking) or predicts every position
-    subs: bool = False
+    subs_predictor: bool = False
 
     def __init__(self, schedule: str | Schedule = "linear", corrector: str = "posterior"):
         self.schedule = get_schedule(schedule)
@@ -431,7 +431,8 @@ class ForwardProcess(ABC):
     def validate_logits(self, x_t: Batch, logits: torch.Tensor) -> None:
         if not isinstance(logits, torch.Tensor) or logits.shape[:2] != x_t.ids.shape:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise ValueError(f"predictor must return logits [B, L, V] with [B, L] = {tuple(x_t.ids.shape)}, got {shape}")
+            raise ValueError(f"predictor must return logits [B, L, V] with [B, L] = {tuple(x_t.ids.shape)}, "
+                             f"got {shape}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(schedule={self.schedule.name!r}, corrector={self.corrector!r})"

@@ -41,13 +41,13 @@ Design decisions (ALGORITHMS.md §10):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from textdiff.rng import gumbel, uniform
 from textdiff.udm.process import Batch, CountSchedule, ForwardProcess, Noise, StepPlan, X0Draw, as_time
 from textdiff.udm.registry import register_process
-
 
 #: ``replace_diff`` count-form reverse kernels (D1, §3.3)
 KERNELS = ("one_token", "conditional_bernoulli")
@@ -129,6 +129,21 @@ def conditional_bernoulli_sample(log_odds: torch.Tensor, k: torch.Tensor, genera
     return chosen
 
 
+@dataclass
+class RevertCoinPlan(StepPlan):
+    """Continuous-time plan: ``revert [B, L]``, the positions whose revert coin came up."""
+
+    revert: torch.Tensor
+
+
+@dataclass
+class RevertCountPlan(StepPlan):
+    """Count-form plan: ``n_revert [B]`` reverse events this step, ``k [B]`` corrupted tokens at ``t``."""
+
+    n_revert: torch.Tensor
+    k: torch.Tensor
+
+
 class ReplacementProcess(ForwardProcess):
     """Shared mechanics of ``replace_any`` / ``replace_diff``; subclasses choose the replacement law."""
 
@@ -136,7 +151,7 @@ class ReplacementProcess(ForwardProcess):
     differs: bool = False
 
     @classmethod
-    def for_vocabulary(cls, *, mask_id=None, vocab_size=None, **options) -> "ReplacementProcess":
+    def for_vocabulary(cls, *, mask_id=None, vocab_size=None, **options) -> ReplacementProcess:
         return cls(cls._required("vocab_size", vocab_size, cls.name), **options)
 
     def __init__(self, vocab_size: int, schedule="linear", corrector: str = "posterior"):
@@ -176,16 +191,16 @@ class ReplacementProcess(ForwardProcess):
             return super().plan(x_t, t, s, generator)
         if self.schedule.is_count:
             k_t, k_s = CountSchedule.count(t, x_t.corruptible), CountSchedule.count(s, x_t.corruptible)
-            return StepPlan(t, s, k_t > k_s, {"n_revert": k_t - k_s, "k": k_t})
+            return RevertCountPlan(t, s, k_t > k_s, k_t - k_s, k_t)
         beta = self.schedule.beta(s, t)[:, None]
         coin = x_t.corruptible & (uniform(x_t.ids.shape, generator, x_t.device) < beta)
-        return StepPlan(t, s, coin.any(-1), {"revert": coin})
+        return RevertCoinPlan(t, s, coin.any(-1), coin)
 
     def apply(self, x_t, logits, plan, draw, generator) -> Batch:
         self.validate_logits(x_t, logits)
-        if "revert" in plan.extra:
-            return x_t.with_ids(draw.at(logits, plan.extra["revert"], x_t.ids, generator))
-        if "n_revert" in plan.extra:
+        if isinstance(plan, RevertCoinPlan):
+            return x_t.with_ids(draw.at(logits, plan.revert, x_t.ids, generator))
+        if isinstance(plan, RevertCountPlan):
             return self.revert_kernel(x_t, logits, plan, draw, generator)
         return super().apply(x_t, logits, plan, draw, generator)
 
@@ -209,7 +224,7 @@ class ReplacementProcess(ForwardProcess):
         corruptible), without replacement when several change. Rows with ``Σ d = 0`` are left unchanged
         (self-loop)."""
         d = (-torch.expm1(log_stay)).clamp(min=0.0)
-        n_change = self.n_changes(plan.extra["n_revert"], plan.extra["k"], d.sum(-1), generator)
+        n_change = self.n_changes(plan.n_revert, plan.k, d.sum(-1), generator)
         keys = torch.log(d) + gumbel(d.shape, generator, d.device)
         rank = keys.argsort(dim=-1, descending=True).argsort(dim=-1)
         return (rank < n_change[:, None]) & (d > 0)
@@ -256,7 +271,7 @@ class ReplaceAnyProcess(ReplacementProcess):
         log_v = math.log(self.vocab_size)
         if self.schedule.is_count:
             k = CountSchedule.count(t, x0.corruptible).double()
-            lb = lambda a, b: torch.lgamma(a + 1) - torch.lgamma(b + 1) - torch.lgamma(a - b + 1)  # noqa: E731
+            lb = lambda a, b: torch.lgamma(a + 1) - torch.lgamma(b + 1) - torch.lgamma(a - b + 1)
             lp = torch.where(d <= k, lb(n - d, (k - d).clamp(min=0)) - lb(n, k) - k * log_v,
                              torch.full_like(n, -math.inf))
         else:
@@ -289,12 +304,12 @@ class ReplaceDiffProcess(ReplacementProcess):
         if self.kernel == "one_token":
             return super().revert_positions(x_t, log_stay, plan, generator)
         log_odds = torch.log(-torch.expm1(log_stay)) - log_stay  # log d − log(1 − d); −inf where not corruptible
-        k = torch.minimum(torch.maximum(plan.extra["k"], torch.isposinf(log_odds).sum(-1)),
+        k = torch.minimum(torch.maximum(plan.k, torch.isposinf(log_odds).sum(-1)),
                           (log_odds > -math.inf).sum(-1))
         edited = self.edited_set(log_odds, k, generator)
         u = self.schedule.posterior_noise(edited, x_t.corruptible, plan.t, generator)
         reverted = edited & ~self.schedule.corrupted(u, plan.s, x_t.corruptible)
-        return reverted & (plan.extra["n_revert"] > 0)[:, None]
+        return reverted & (plan.n_revert > 0)[:, None]
 
     def edited_set(self, log_odds: torch.Tensor, k: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """``D̂ [B, L]`` with ``|D̂| = k``: the conditional-Bernoulli draw (§3.3 (b))."""

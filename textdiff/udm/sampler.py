@@ -13,8 +13,8 @@ network call (first-hitting skip), and when the predictor ignores ``t`` only the
 their last call are recomputed. ``cache=False`` calls the predictor on the whole batch at every step (the naive
 ancestral sampler, kept for benchmarks). ``cache="auto"`` (default) = ``True``.
 
-Cost accounting: ``stats["network_calls"]`` / ``stats["network_rows"]`` count the batched forward passes and the rows
-sent through them. A predictor whose output makes more network calls after it returns (the deletion process's
+Cost accounting: the result's ``stats.network_calls`` / ``stats.network_rows`` count the batched forward passes and
+the rows sent through them. A predictor whose output makes more network calls after it returns (the deletion process's
 insertion fill, §4.3) meters every call it makes in its own ``usage`` (:class:`NetworkUsage`); the loop then
 reports that meter's increase over the run instead of counting predictor calls.
 """
@@ -22,9 +22,9 @@ reports that meter's increase over the run instead of counting predictor calls.
 from __future__ import annotations
 
 import html
-import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -91,7 +91,7 @@ class NetworkUsage:
         self.calls += 1
         self.rows += rows
 
-    def __sub__(self, other: "NetworkUsage") -> "NetworkUsage":
+    def __sub__(self, other: NetworkUsage) -> NetworkUsage:
         return NetworkUsage(self.calls - other.calls, self.rows - other.rows)
 
 
@@ -168,7 +168,11 @@ class Trajectory:
                     spans.append(f'<span title="t={t:.3f}" style="background:rgb(255,{shade},{shade})">'
                                  f"{html.escape(decode_token(w))}</span>")
             rows.append(f"<p>{' '.join(spans)}</p>")
-        steps = "".join(f"<li>t={t:.3f}: {html.escape(' '.join(decode_token(int(w)) for w, m in zip(x.ids[0], x.attention_mask[0]) if m))}</li>"
+
+        def first_row(x: Batch) -> str:
+            return html.escape(" ".join(decode_token(int(w)) for w, m in zip(x.ids[0], x.attention_mask[0]) if m))
+
+        steps = "".join(f"<li>t={t:.3f}: {first_row(x)}</li>"
                         for t, x in zip(self.times, self.states))
         return (f"<!doctype html><meta charset='utf-8'><title>{title}</title><h1>{title}</h1>"
                 "<p>Background: reverse time t at which each token took its final value (dark red = early, t near 1; "
@@ -192,6 +196,22 @@ def make_template(batch_size: int | None = None, length: int | None = None, pref
     return Batch(ids, None, protected)
 
 
+@dataclass(frozen=True)
+class SampleStats:
+    """Cost of one reverse run: grid steps, batched network calls and the rows they carried."""
+
+    steps: int
+    network_calls: int
+    network_rows: int
+
+
+@dataclass
+class SampleResult(Batch):
+    """``x_0`` of a reverse run (a :class:`Batch`) with its :class:`SampleStats`."""
+
+    stats: SampleStats | None = None
+
+
 def reverse_sample(
     process: ForwardProcess,
     predictor: Predictor,
@@ -207,8 +227,7 @@ def reverse_sample(
     trajectory: Trajectory | None = None,
     x_init: Batch | None = None,
     progress: bool = False,
-    stats: dict | None = None,
-) -> Batch:
+) -> SampleResult:
     """Run the reverse chain ``x_1 → x_0`` (ALGORITHMS.md §1.6) and return ``x_0``.
 
     ``template`` fixes shape, padding and protected tokens (see :func:`make_template`); a process that grows its
@@ -216,8 +235,8 @@ def reverse_sample(
     ``steps`` (default ``T``: the number of corruptible tokens of the longest row) defines the uniform grid; the count
     form needs ``1 <= steps <= T``. ``grid`` overrides it (decreasing, from ``t_start`` to 0). ``x_init`` starts the
     chain from a given state at ``grid[0]`` instead of the prior draw. ``logits_hooks`` (:data:`LogitsHook`) run, in
-    order, on the token logits of every step (:class:`StepHooks`). ``stats`` (a dict) receives the number of network
-    calls and rows (see the module docstring).
+    order, on the token logits of every step (:class:`StepHooks`). The result is ``x_0`` with its
+    :class:`SampleStats` (steps, network calls and rows; see the module docstring).
     """
     template = as_batch(template)
     if not isinstance(process, ForwardProcess):
@@ -264,7 +283,6 @@ def reverse_sample(
                 x = process.apply(x, output, plan, draw, gen)
         if trajectory is not None:
             trajectory.record(s_val, x)
-    if stats is not None:
-        usage = model.usage if usage_before is None else metered - usage_before
-        stats.update(network_calls=usage.calls, network_rows=usage.rows, steps=len(grid) - 1)
-    return x
+    usage = model.usage if usage_before is None else metered - usage_before
+    stats = SampleStats(steps=len(grid) - 1, network_calls=usage.calls, network_rows=usage.rows)
+    return SampleResult(x.ids, x.attention_mask, x.protected, stats)

@@ -104,12 +104,12 @@ class ModelPrediction:
     ``forbid_tokens`` conditions every fill categorical, not ``p_θ(x0 | no forbidden token inserted)``.
     """
 
-    predictor: "ModelInsertionPredictor"
+    predictor: ModelInsertionPredictor
     x_t: Batch
     count_logits: Tensor
     hooks: StepHooks | None = None
 
-    def with_logits_hooks(self, hooks: StepHooks) -> "ModelPrediction":
+    def with_logits_hooks(self, hooks: StepHooks) -> ModelPrediction:
         return replace(self, hooks=hooks)
 
     def sample_counts(self, closed, budget, generator):

@@ -53,7 +53,8 @@ def elbo_upper_bound(model, process: DeletionProcess, x0: Batch, generator: torc
     values = torch.arange(model.config.max_count + 1, device=x0.device)
     slots = torch.arange(counts.shape[1], device=x0.device)[None, :] <= x_t.lengths[:, None]
     allowed = (values[None, None, :] <= budget[:, None, None]) & (slots[:, :, None] | (values == 0))
-    log_p = torch.log_softmax(model.count_logits(x_t.ids, x_t.attention_mask, t).double().masked_fill(~allowed, -math.inf), -1)
+    count_logits = model.count_logits(x_t.ids, x_t.attention_mask, t).double()
+    log_p = torch.log_softmax(count_logits.masked_fill(~allowed, -math.inf), -1)
     expected_total = (log_p.exp() * values).sum((1, 2))
 
     # slot of every deleted token of x0, and the (row, slot) pairs that need μ̂

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -13,6 +14,9 @@ from textdiff.udm.deletion.alignment import count_embeddings, sample_embedding
 from textdiff.udm.deletion.ragged import compact, expand, slot_counts
 from textdiff.udm.process import Batch, ForwardProcess, Noise, StepPlan, X0Draw, as_time
 from textdiff.udm.registry import register_process
+
+if TYPE_CHECKING:
+    from textdiff.udm.deletion.insertion import InsertionOutput
 
 
 def _match_keys(x: Batch) -> Tensor:
@@ -35,14 +39,15 @@ class DeletionProcess(ForwardProcess):
     default_schedule = "linear"
 
     @classmethod
-    def for_vocabulary(cls, *, mask_id=None, vocab_size=None, **options) -> "DeletionProcess":
+    def for_vocabulary(cls, *, mask_id=None, vocab_size=None, **options) -> DeletionProcess:
         return cls(cls._required("mask_id (the placeholder id EXPAND writes)", mask_id, "delete"), **options)
 
     def __init__(self, placeholder_id: int, pad_id: int = 0, max_length: int = 64, schedule="linear",
                  corrector: str = "posterior", continuation_ids: Sequence[int] | Tensor | None = None):
         super().__init__(schedule, corrector)
         if self.schedule.is_count:
-            raise ValueError("the deletion process is continuous-time only (ALGORITHMS.md §1.2 table); use another schedule")
+            raise ValueError("the deletion process is continuous-time only; use the linear, cosine or loglinear "
+                             "schedule")
         for name, value in (("placeholder_id", placeholder_id), ("pad_id", pad_id)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
@@ -70,8 +75,8 @@ class DeletionProcess(ForwardProcess):
         """``log p(x_t | x0) = log N(x0, x_t) + m log α + (l − m) log(1 − α)`` over corruptible tokens (§4.1)."""
         alpha = self.schedule.alpha(as_time(t, x0.ids.shape[0], x0.device))
         embeddings = count_embeddings(_match_keys(x0), x0.attention_mask, _match_keys(x_t), x_t.attention_mask)
-        l, m = x0.corruptible.sum(1).double(), x_t.corruptible.sum(1).double()
-        return torch.log(embeddings) + torch.xlogy(m, alpha) + torch.xlogy(l - m, 1 - alpha)
+        n0, m = x0.corruptible.sum(1).double(), x_t.corruptible.sum(1).double()
+        return torch.log(embeddings) + torch.xlogy(m, alpha) + torch.xlogy(n0 - m, 1 - alpha)
 
     def time_for_survival(self, alpha) -> Tensor:
         """The ``t`` with ``α(t) = alpha`` (bisection on the non-increasing schedule), float64."""
@@ -92,7 +97,8 @@ class DeletionProcess(ForwardProcess):
         return attention_mask & (~is_new | reinsert)
 
     def closed_slots(self, x: Batch) -> Tensor:
-        """``[B, L+1]``: slot ``j`` is closed when token ``j`` is a protected continuation of protected token ``j−1``."""
+        """``[B, L+1]``: slot ``j`` is closed when token ``j`` is a protected continuation of protected token
+        ``j−1``."""
         glued = x.protected & torch.isin(x.ids, self.continuation_ids.to(x.device))
         glued[:, :1] = False
         glued &= x.protected.roll(1, dims=1)
@@ -103,7 +109,7 @@ class DeletionProcess(ForwardProcess):
         """Every row with ``s < t`` is active (even an empty ``x_t`` grows)."""
         return StepPlan(t, s, s < t)
 
-    def apply(self, x_t: Batch, output: "InsertionOutput", plan: StepPlan, draw: X0Draw,
+    def apply(self, x_t: Batch, output: InsertionOutput, plan: StepPlan, draw: X0Draw,
               generator: torch.Generator) -> Batch:
         """Counts → EXPAND → thin → fill the kept placeholders → compact (ALGORITHMS.md §4.5).
 

@@ -35,11 +35,13 @@ class Expansion:
 
 def _check_batch(ids: Tensor, attention_mask: Tensor) -> Tensor:
     if ids.dim() != 2 or attention_mask.shape != ids.shape:
-        raise ValueError(f"ids and attention_mask must both be [B, L], got {tuple(ids.shape)} and {tuple(attention_mask.shape)}")
+        raise ValueError(f"ids and attention_mask must both be [B, L], got {tuple(ids.shape)} and "
+                         f"{tuple(attention_mask.shape)}")
     if attention_mask.dtype != torch.bool:
         raise TypeError(f"attention_mask must be a bool tensor, got {attention_mask.dtype}")
     lengths = attention_mask.sum(1)
-    if ids.shape[1] and not bool((attention_mask == (torch.arange(ids.shape[1], device=ids.device) < lengths[:, None])).all()):
+    left_aligned = torch.arange(ids.shape[1], device=ids.device) < lengths[:, None]
+    if ids.shape[1] and not bool((attention_mask == left_aligned).all()):
         raise ValueError("attention_mask must be left-aligned: True on a prefix of each row, padding on the right")
     return lengths
 
@@ -72,7 +74,8 @@ def expand(
     cumulative = counts.cumsum(1)
     new_lengths = lengths + cumulative[:, -1]
     if max_length is not None and bool((new_lengths > max_length).any()):
-        raise ValueError(f"expansion exceeds max_length={max_length}: longest row would have {int(new_lengths.max())} tokens")
+        raise ValueError(f"expansion exceeds max_length={max_length}: longest row would have "
+                         f"{int(new_lengths.max())} tokens")
     new_width = int(new_lengths.max()) if batch else 0
     target = torch.arange(width, device=ids.device) + cumulative[:, :width]
     reindex = Reindex(torch.where(attention_mask, target, new_width), new_width)

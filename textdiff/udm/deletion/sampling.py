@@ -9,7 +9,7 @@ import torch
 from textdiff.udm.deletion.insertion import predictor_for, process_for
 from textdiff.udm.deletion.process import DeletionProcess
 from textdiff.udm.process import Batch, X0Draw
-from textdiff.udm.sampler import LogitsHook, Trajectory, reverse_sample
+from textdiff.udm.sampler import LogitsHook, SampleResult, Trajectory, reverse_sample
 
 
 def sample_delete(
@@ -25,15 +25,14 @@ def sample_delete(
     generator: torch.Generator | None = None,
     trajectory: Trajectory | None = None,
     progress: bool = False,
-    stats: dict | None = None,
     logits_hooks: Sequence[LogitsHook] = (),
     device: str | torch.device = "cpu",
-) -> Batch:
+) -> SampleResult:
     """Variable-length samples from the reverse insertion chain (ALGORITHMS.md §4.5) via the generic loop.
 
     From ``x_1 = []`` (``n`` rows), or from ``start`` at ``t_start`` (protected tokens of ``start`` are kept, in
-    order, by construction: §4.9). ``predictor(x_t, t)`` returns an :class:`InsertionOutput`. ``stats`` receives
-    ``reverse_sample``'s network counts (fill calls included for a :class:`ModelInsertionPredictor`);
+    order, by construction: §4.9). ``predictor(x_t, t)`` returns an :class:`InsertionOutput`. The result's ``stats``
+    count network calls (fill calls included for a :class:`ModelInsertionPredictor`);
     ``logits_hooks`` act on the fill's token logits (:class:`ModelPrediction`).
     """
     if (n is None) == (start is None):
@@ -47,16 +46,18 @@ def sample_delete(
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
         start = Batch(torch.zeros(n, 0, dtype=torch.long, device=device))
     if int(start.lengths.max()) > process.max_length:
-        raise ValueError(f"the start state has {int(start.lengths.max())} tokens, more than max_length={process.max_length}")
+        raise ValueError(f"the start state has {int(start.lengths.max())} tokens, more than "
+                         f"max_length={process.max_length}")
     grid = torch.linspace(t_start, 0.0, steps + 1, dtype=torch.float64, device=start.device)
     return reverse_sample(process, predictor, start, grid=grid, draw=draw, seed=seed, generator=generator,
-                          trajectory=trajectory, x_init=start, progress=progress, stats=stats,
+                          trajectory=trajectory, x_init=start, progress=progress,
                           logits_hooks=logits_hooks)
 
 
 def decode(tokenizer, x: Batch) -> list[str]:
     """The texts of a padded batch."""
-    return [tokenizer.decode(row[: int(n)], skip_special_tokens=True) for row, n in zip(x.ids.tolist(), x.lengths.tolist())]
+    rows = zip(x.ids.tolist(), x.lengths.tolist())
+    return [tokenizer.decode(row[: int(n)], skip_special_tokens=True) for row, n in rows]
 
 
 def sample_sentences(model, tokenizer, n: int, *, steps: int = 16, fill_mode: str = "iterative",
