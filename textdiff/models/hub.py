@@ -69,12 +69,18 @@ def resolve(name_or_path: str | Path | None, kind: str) -> str | Path:
 
 
 def _pretrained(auto_class, name: str | Path, kind: str, **kwargs):
-    """``auto_class.from_pretrained`` on safetensors only, with failures as errors naming ``name``."""
+    """``auto_class.from_pretrained`` on safetensors only, with failures as errors naming ``name``; weights that
+    leave parameters missing or of the wrong shape are an error, never a silently random model."""
     try:
-        return auto_class.from_pretrained(str(name), use_safetensors=True, **kwargs)
+        model, info = auto_class.from_pretrained(str(name), use_safetensors=True, output_loading_info=True, **kwargs)
     except OSError as err:
         where = "local directory" if isinstance(name, Path) else "local directory nor a hub model (offline?)"
         raise FileNotFoundError(f"{kind} {str(name)!r}: not a usable {where}: {str(err).splitlines()[0]}") from None
+    wrong = sorted(info.get("missing_keys") or []) + sorted(str(k) for k in info.get("mismatched_keys") or [])
+    if wrong:
+        raise ValueError(f"{kind} {str(name)!r}: its weights do not match its config.json ({len(wrong)} parameters "
+                         f"missing or of another shape, e.g. {wrong[0]})")
+    return model
 
 
 def _local_weights(name: str | Path) -> str | Path:
