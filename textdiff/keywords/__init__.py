@@ -8,7 +8,7 @@ and the methods registered by name (docs/design.md#applications).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from textdiff import checks
 from textdiff.keywords.diffusion import generate_from_keywords
@@ -16,19 +16,11 @@ from textdiff.keywords.mh import KeywordGenerator, check_settings, default_gener
 from textdiff.keywords.parse import inflections, parse_keywords
 from textdiff.keywords.result import Sentence
 from textdiff.models.hub import load_insertion
+from textdiff.registry import Registry
 
 #: generation methods by name: ``method(keywords, n, **options) -> list[Sentence]``
-METHODS: dict[str, Callable[..., list[Sentence]]] = {}
-
-
-def register_method(name: str):
-    """Decorator registering a keyword-generation method (a CLI ``--method`` choice)."""
-
-    def decorate(function):
-        METHODS[name] = function
-        return function
-
-    return decorate
+METHODS = Registry("method")
+register_method = METHODS.register
 
 
 @register_method("mh")
@@ -54,9 +46,9 @@ def generate(keywords: str | Iterable[str], n: int = 1, *, method: str = "mh", *
     ``seed``, ``inflect``, ``schedule``, ``temperature``, ``final_temperature``, ``output``, ``banned``,
     ``proposal``, ``lm``, ``mlm``, ``device``; for ``diffusion`` ``orders``, ``samples_per_order``, ``steps``,
     ``fill_mode``, ``seed``, ``insertion_model``, ``device``."""
-    checks.one_of("method", method, METHODS)
+    run = METHODS.get_checked(method)
     parse_keywords(keywords)
-    return METHODS[method](keywords, n, **options)
+    return run(keywords, n, **options)
 
 
 __all__ = ["METHODS", "KeywordGenerator", "Sentence", "generate", "generate_from_keywords", "inflections",

@@ -85,14 +85,14 @@ class KeywordGenerator:
     def __init__(self, lm, lm_tokenizer, mlm=None, mlm_tokenizer=None, *, proposal: str = "mlm", gamma: float = 0.8,
                  length_bonus: float = 1.5, max_length: int = 24, end: str = ".", top_k: int | None = 20,
                  epsilon: float = 0.0, lm_top_k: int = 64, prompt: str | None = None):
-        checks.one_of("proposal", proposal, PROPOSALS)
+        proposal_class = PROPOSALS.get_checked(proposal)
         checks.positive_int("max_length", max_length)
         prefix = scoring_prefix(lm_tokenizer, prompt)
         self.scorer = CausalLMScorer(lm, lm_tokenizer, prefix_ids=prefix)
         self.lm_tokenizer = lm_tokenizer
         self.gamma, self.length_bonus, self.max_length, self.end = gamma, length_bonus, max_length, end
         models = ProposalModels(lm, lm_tokenizer, mlm, mlm_tokenizer, prefix)
-        self.proposal = PROPOSALS[proposal].from_models(models, top_k=top_k, lm_top_k=lm_top_k, epsilon=epsilon,
+        self.proposal = proposal_class.from_models(models, top_k=top_k, lm_top_k=lm_top_k, epsilon=epsilon,
                                                         suffix=end)
         self.tokenizer = self.proposal.tokenizer
         self.end_ids = lm_tokenizer.encode(end, add_special_tokens=False)
@@ -193,6 +193,6 @@ def default_generator(lm: str | None = None, mlm: str | None = None, device: str
                       ) -> KeywordGenerator:
     """A ``KeywordGenerator`` on the default (or named) models, loaded once per process."""
     lm_model, lm_tok = load_lm(lm, device=device)
-    checks.one_of("proposal", proposal, PROPOSALS)
-    mlm_model, mlm_tok = load_mlm(mlm, device=device) if PROPOSALS[proposal].needs_mlm else (None, None)
+    needs_mlm = PROPOSALS.get_checked(proposal).needs_mlm
+    mlm_model, mlm_tok = load_mlm(mlm, device=device) if needs_mlm else (None, None)
     return KeywordGenerator(lm_model, lm_tok, mlm_model, mlm_tok, proposal=proposal)

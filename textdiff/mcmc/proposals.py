@@ -15,33 +15,22 @@ can be read off exactly. ``g`` depends on the context only, never on the token b
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from textdiff.padding import pad
+from textdiff.registry import Registry
 from textdiff.support import TokenSupport
 
 Context = tuple[tuple[int, ...], int]
 
-#: proposal classes by name (``textdiff generate --proposal``), filled by :func:`register_proposal`
-PROPOSALS: dict[str, type] = {}
-
-
-def register_proposal(name: str) -> Callable[[type], type]:
-    """Class decorator registering a proposal under ``name``; the class builds itself with
-    ``from_models(models, top_k=..., lm_top_k=..., epsilon=..., suffix=...)`` (docs/extending.md#a-new-proposal)."""
-
-    def decorate(cls: type) -> type:
-        if name in PROPOSALS and PROPOSALS[name] is not cls:
-            raise ValueError(f"a proposal named {name!r} is already registered ({PROPOSALS[name].__name__})")
-        cls.name = name
-        PROPOSALS[name] = cls
-        return cls
-
-    return decorate
+#: proposal classes by name (``textdiff generate --proposal``); each builds itself with
+#: ``from_models(models, top_k=..., lm_top_k=..., epsilon=..., suffix=...)`` (docs/extending.md#a-new-proposal)
+PROPOSALS = Registry("proposal")
+register_proposal = PROPOSALS.register
 
 
 @dataclass(frozen=True)

@@ -6,25 +6,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from textdiff import checks
+from textdiff.registry import Registry
 from textdiff.udm.process import ForwardProcess
 
-PROCESSES: dict[str, type[ForwardProcess]] = {}
-
-
-def register_process(name: str) -> Callable[[type[ForwardProcess]], type[ForwardProcess]]:
-    """Class decorator registering a forward process under ``name`` (also set as its ``name`` attribute)."""
-
-    def decorate(cls: type[ForwardProcess]) -> type[ForwardProcess]:
-        if name in PROCESSES and PROCESSES[name] is not cls:
-            raise ValueError(f"a process named {name!r} is already registered ({PROCESSES[name].__name__})")
-        cls.name = name
-        PROCESSES[name] = cls
-        return cls
-
-    return decorate
+PROCESSES = Registry("process")
+#: class decorator registering a forward process under a name (also set as its ``name`` attribute)
+register_process = PROCESSES.register
 
 
 def process_names() -> tuple[str, ...]:
@@ -35,7 +22,7 @@ def process_names() -> tuple[str, ...]:
 def make_process(name: str, *, mask_id: int | None = None, vocab_size: int | None = None, schedule="linear",
                  corrector: str | None = None, **options) -> ForwardProcess:
     """Build the process ``name`` for a vocabulary (``mask_id``, ``vocab_size``); ``options`` go to the class."""
-    checks.one_of("process", name, PROCESSES)
+    process = PROCESSES.get_checked(name)
     if corrector is not None:
         options["corrector"] = corrector
-    return PROCESSES[name].for_vocabulary(mask_id=mask_id, vocab_size=vocab_size, schedule=schedule, **options)
+    return process.for_vocabulary(mask_id=mask_id, vocab_size=vocab_size, schedule=schedule, **options)
