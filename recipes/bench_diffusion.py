@@ -74,9 +74,9 @@ def likelihood_bench(args, work: Path):
                           log=lambda s: None)
         start = time.time()
         log = trainer.train(progress=True)
-        results[objective] = trainer.evaluate(valid, max_blocks=len(valid), repeats=8)
+        results[objective] = trainer.evaluate(valid, max_blocks=len(valid), repeats=8).as_dict()
         results[objective]["train_s"] = time.time() - start
-        evals = [(r["eval_ppl"], r["step"]) for r in log if "eval_ppl" in r]
+        evals = [(r.evaluation.ppl, r.step) for r in log if r.evaluation]
         results[objective]["best"] = min(evals) if evals else None
         models[objective] = model.eval()
     n_params = sum(p.numel() for p in models["mask"].parameters())

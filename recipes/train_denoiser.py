@@ -123,8 +123,8 @@ def evaluate_card(model_dir: Path, seed: int = 0) -> dict:
     logits[tokenizer.mask_token_id] = -math.inf
     top = torch.softmax(logits.double(), -1).topk(5)
     fills = [(tokenizer.convert_ids_to_tokens(int(i)), round(float(p), 4)) for p, i in zip(top.values, top.indices)]
-    return {"mlm_accuracy_15": correct / total, "masked_tokens": total, "elbo_ppl": elbo["eval_ppl"],
-            "elbo_nll": elbo["eval_nll"], "held_out_tokens": elbo["eval_tokens"] // 2, "capital_of_france": fills}
+    return {"mlm_accuracy_15": correct / total, "masked_tokens": total, "elbo_ppl": elbo.ppl,
+            "elbo_nll": elbo.nll, "held_out_tokens": elbo.tokens // 2, "capital_of_france": fills}
 
 
 def write_card(history: list[dict], metrics: dict) -> None:

@@ -13,7 +13,8 @@ import torch
 from textdiff.cli import main
 from textdiff.models import DenoiserConfig, DenoiserModel
 from textdiff.training.data import PackingSpec, load_packed_dataset
-from textdiff.training.trainer import TrainConfig, Trainer
+from textdiff.training.records import JsonLog
+from textdiff.training.trainer import TrainConfig, Trainer, lr_lambda
 
 SEQ = 16
 
@@ -47,7 +48,7 @@ def test_one_batch_overfit(toy_data, tmp_path, objective, one_thread):
     """The toy sentences are i.i.d. word choices: below the unigram entropy only by memorising the batch."""
     trainer, train = make_trainer(toy_data, tmp_path, objective, max_steps=1000, t_min=0.05, warmup_steps=10)
     trainer.stream.dataset = train.select(range(8))  # one batch, seen over and over
-    losses = [r["loss"] for r in trainer.train(progress=False)]
+    losses = [r.loss for r in trainer.train(progress=False)]
     first, last = sum(losses[:5]) / 5, sum(losses[-20:]) / 20
     assert last < 0.3 * first, (first, last)
 
@@ -62,21 +63,21 @@ def test_elbo_weighting_trains_the_reported_bound(toy_data, tmp_path, one_thread
     udm, _ = make_trainer(toy_data, tmp_path / "udm")
     udm_loss, udm_elbo, udm_n = udm.loss(ids, torch.Generator().manual_seed(3))
     assert not torch.isclose(udm_loss.double(), udm_elbo.sum() / udm_n.sum(), rtol=1e-3)
-    before = trainer.evaluate(train, max_blocks=32)["eval_nll"]
+    before = trainer.evaluate(train, max_blocks=32).nll
     trainer.train(progress=False)
-    assert trainer.evaluate(train, max_blocks=32)["eval_nll"] < before - 0.5
+    assert trainer.evaluate(train, max_blocks=32).nll < before - 0.5
     with pytest.raises(ValueError, match="loss_weighting"):
         TrainConfig(loss_weighting="mdlm")
 
 
 def test_resume_gives_identical_losses(toy_data, tmp_path, one_thread):
     straight, _ = make_trainer(toy_data, tmp_path / "a", max_steps=7, save_every=3)
-    reference = [r["loss"] for r in straight.train(progress=False)]
+    reference = [r.loss for r in straight.train(progress=False)]
     interrupted, _ = make_trainer(toy_data, tmp_path / "b", max_steps=7, save_every=3)
     interrupted.train(max_steps=5, progress=False)  # killed between the checkpoints at 3 and 6
     resumed, _ = make_trainer(toy_data, tmp_path / "b", max_steps=7, save_every=3)
     assert resumed.load_checkpoint() and resumed.step == 3
-    losses = [r["loss"] for r in resumed.train(progress=False)]
+    losses = [r.loss for r in resumed.train(progress=False)]
     assert losses == reference[3:]
     # the checkpoint holds safetensors + JSON + a tensors-only optimizer file, written atomically
     latest = json.loads((tmp_path / "b" / "latest.json").read_text())
@@ -85,13 +86,31 @@ def test_resume_gives_identical_losses(toy_data, tmp_path, one_thread):
     assert not list((tmp_path / "b").glob("*.tmp"))
 
 
+def test_loss_records_match_the_schedule_and_the_log(toy_data, tmp_path, one_thread):
+    """Every step returns a ``Loss``: the lr the step used (warm-up then cosine), the tokens consumed so far, the
+    evaluation on evaluation steps; the ``record`` callback and ``JsonLog`` write exactly those records."""
+    trainer, train = make_trainer(toy_data, tmp_path, max_steps=6, warmup_steps=2, eval_every=3, eval_blocks=8)
+    trainer.eval_dataset = train
+    trainer.record = JsonLog(tmp_path / "log.jsonl", echo=False)
+    records = trainer.train(progress=False)
+    factor = lr_lambda(trainer.config)
+    assert [r.step for r in records] == list(range(1, 7))
+    assert [r.lr for r in records] == pytest.approx([3e-3 * factor(s) for s in range(6)])
+    assert [r.tokens for r in records] == [s * 8 * SEQ for s in range(1, 7)]
+    assert [r.evaluation is not None for r in records] == [False, False, True, False, False, True]
+    assert records[2].evaluation.tokens == 4 * 8 * (SEQ - 2)  # 4 draws x 8 blocks x corruptible tokens
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert logged == [records[2].as_dict(), records[5].as_dict()]
+    assert set(logged[0]) == {"step", "loss", "grad_norm", "lr", "tokens", "eval_nll", "eval_ppl", "eval_tokens"}
+
+
 def test_elbo_evaluation_matches_ar_scale(toy_data, tmp_path):
     """Held-out ELBO perplexity is a per-token bound on the same tokens the AR baseline scores: an untrained model
     is near |V| for both."""
     for objective in ("mask", "ar"):
         trainer, train = make_trainer(toy_data, tmp_path / objective, objective)
         result = trainer.evaluate(train, max_blocks=16)
-        assert 5 < result["eval_ppl"] < 60, (objective, result)
+        assert 5 < result.ppl < 60, (objective, result)
 
 
 def cli_args(toy_data, out, *extra):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import shutil
+import sys
 from pathlib import Path
+
+from textdiff import checks
+from textdiff.cli.common import add_device_option, add_seed_option, add_threads_option, default_device
 
 
 def add_parser(subparsers) -> None:
@@ -50,9 +53,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--streaming", action="store_true", help="stream the training files instead of loading them")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in --out")
     p.add_argument("--export", help="write the final model (fp16 safetensors + tokenizer) to this directory")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    add_seed_option(p, default=0)
+    add_device_option(p)
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 
@@ -66,12 +69,13 @@ def expand_files(patterns: list[str]) -> list[str]:
     return files
 
 
-def load_tokenizer(path: str):
-    """An HF tokenizer from a local directory, or a textdiff UnigramTokenizer saved with ``save_pretrained``."""
+def load_tokenizer(path: str, option: str = "--tokenizer"):
+    """An HF tokenizer from a local directory, or a textdiff UnigramTokenizer saved with ``save_pretrained``;
+    errors name ``option``, the argument that gave ``path``."""
     from transformers import AutoTokenizer
 
     if not Path(path).is_dir():
-        raise FileNotFoundError(f"tokenizer directory not found: {path}")
+        raise FileNotFoundError(f"{option}: no such directory: {path}")
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
@@ -79,23 +83,29 @@ def load_tokenizer(path: str):
             from textdiff.tokenization import UnigramTokenizer
 
             return UnigramTokenizer.from_pretrained(path)
-        except Exception:  # noqa: BLE001 - report the HF error, which names what was looked for
-            raise ValueError(f"cannot load a tokenizer from {path}: {err}") from err
+        except Exception:  # report the HF error, which names the files it looked for
+            raise ValueError(f"{option} {path}: cannot load a tokenizer: {err}") from None
 
 
 def build_model(args, tokenizer):
     """``(model, mask_id)``: the --init masked LM, or a new DenoiserModel sized by the arguments."""
     import torch
 
-    from textdiff.models.denoiser import DenoiserConfig, DenoiserModel, check_safetensors_dir
+    from textdiff.models.denoiser import DenoiserConfig, DenoiserModel
+    from textdiff.models.weights import check_safetensors_dir
 
     if args.init:
         from transformers import AutoModelForMaskedLM
 
-        check_safetensors_dir(args.init)
         if args.objective != "mask":
             raise ValueError("--init starts a masked LM; use --objective mask (the AR baseline is a new model)")
-        model = AutoModelForMaskedLM.from_pretrained(args.init, use_safetensors=True, dtype=torch.float32)
+        if not Path(args.init).is_dir():
+            raise FileNotFoundError(f"--init: no such model directory: {args.init}")
+        check_safetensors_dir(args.init)
+        try:
+            model = AutoModelForMaskedLM.from_pretrained(args.init, use_safetensors=True, dtype=torch.float32)
+        except OSError as err:
+            raise ValueError(f"--init {args.init}: cannot load a masked LM: {err}") from None
         return model, tokenizer.mask_token_id
     vocab = len(tokenizer)
     mask_id = getattr(tokenizer, "mask_token_id", None)
@@ -124,50 +134,72 @@ def export_fp16(model, tokenizer, directory: str | Path) -> None:
     tmp.rmdir()
 
 
+def check_output_dir(option: str, path: str | None) -> None:
+    """``ValueError`` naming ``option`` when ``path`` names something that exists and is not a directory."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"{option} {path} exists and is not a directory")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every numeric and path argument that is not a hyper-parameter of :class:`TrainConfig` (checked there)."""
+    for option in ("hidden_size", "layers", "heads"):
+        checks.positive_int(f"--{option.replace('_', '-')}", getattr(args, option))
+    checks.positive_int("--seq-len", args.seq_len, minimum=3)
+    if args.time_limit is not None:
+        checks.positive_float("--time-limit", args.time_limit)
+    if not (args.tokenizer or args.init):
+        raise ValueError("--tokenizer is required unless --init names a model directory that holds its tokenizer")
+    check_output_dir("--out", args.out)
+    check_output_dir("--export", args.export)
+
+
 def run(args: argparse.Namespace) -> int:
+    """The ``train`` verb: exit 0 when training finished, 1 when it diverged (the last good checkpoint is kept)."""
     import torch
 
     from textdiff.training.data import PackingSpec, load_packed_dataset
+    from textdiff.training.records import JsonLog, TrainingDiverged
     from textdiff.training.trainer import TrainConfig, Trainer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.seq_len < 3:
-        raise ValueError(f"--seq-len must be >= 3, got {args.seq_len}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = load_tokenizer(args.tokenizer or args.init or "")
+    check_arguments(args)
+    config = TrainConfig(objective=args.objective, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                         max_steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay,
+                         warmup_steps=args.warmup_steps, t_min=args.t_min, antithetic=not args.no_antithetic,
+                         loss_weighting=args.loss_weighting, eval_every=args.eval_every, eval_blocks=args.eval_blocks,
+                         save_every=args.save_every, seed=args.seed)
+    device = args.device or default_device()
+    tokenizer = load_tokenizer(args.tokenizer, "--tokenizer") if args.tokenizer else load_tokenizer(args.init, "--init")
     torch.manual_seed(args.seed)
     model, mask_id = build_model(args, tokenizer)
     spec = PackingSpec.for_tokenizer(tokenizer, args.seq_len)
     train = load_packed_dataset(expand_files(args.train_files), tokenizer, spec, streaming=args.streaming)
     valid = load_packed_dataset(expand_files(args.valid_files), tokenizer, spec) if args.valid_files else None
-    config = TrainConfig(objective=args.objective, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                         max_steps=args.max_steps, lr=args.lr, weight_decay=args.weight_decay,
-                         warmup_steps=args.warmup_steps, t_min=args.t_min, antithetic=not args.no_antithetic,
-                         loss_weighting=args.loss_weighting, eval_every=args.eval_every, eval_blocks=args.eval_blocks, save_every=args.save_every,
-                         seed=args.seed)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log_file = out / "log.jsonl"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {args.out}: cannot create the directory ({err.strerror})") from None
+    log = JsonLog(out / "log.jsonl")
 
-    def log(line: str) -> None:
-        print(line, flush=True)
-        with log_file.open("a") as f:
-            f.write(line + "\n")
+    def notice(message: str) -> None:
+        print(f"textdiff train: {message}", file=sys.stderr, flush=True)
 
-    trainer = Trainer(model, config, train, spec, mask_id, out, valid, device, tokenizer, log)
-    if not args.no_resume and trainer.load_checkpoint():
-        log(json.dumps({"resumed_from_step": trainer.step}))
-    trainer.train(time_limit=args.time_limit)
-    if trainer.is_main:
-        if not config.save_every or trainer.step % config.save_every:
-            trainer.save_checkpoint()
-        final = {"final_step": trainer.step, "tokens_seen": trainer.step * config.batch_size * config.grad_accum
-                 * trainer.world_size * args.seq_len}
-        final.update(trainer.evaluate())
-        log(json.dumps(final))
-        if args.export:
-            export_fp16(trainer.core, tokenizer, args.export)
+    trainer = Trainer(model, config, train, spec, mask_id, out, valid, device, tokenizer, notice, log)
+    if not args.no_resume and trainer.load_checkpoint() and trainer.is_main:
+        log({"resumed_from_step": trainer.step, "checkpoint": trainer.last_checkpoint.name})
+    try:
+        trainer.train(time_limit=args.time_limit)
+        if trainer.is_main:
+            if not config.save_every or trainer.step % config.save_every:
+                trainer.save_checkpoint()
+            evaluation = trainer.evaluate()
+            log({"final_step": trainer.step, "tokens_seen": trainer.tokens_seen}
+                | (evaluation.as_dict() if evaluation else {}))
+            if args.export:
+                export_fp16(trainer.core, tokenizer, args.export)
+    except TrainingDiverged as err:
+        print(f"textdiff train: error: {err}", file=sys.stderr)
+        return 1
     if trainer.world_size > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -1,20 +1,21 @@
 """Text files -> tokenized, packed fixed-length blocks (HF ``datasets`` pipeline) and a resumable batch iterator.
 
-Decisions (ALGORITHMS.md §10, D2): blocks are packed to a fixed length, so no padding occurs in training; documents
-are joined with ``doc_sep_id`` (``[SEP]`` for BERT, EOS for causal tokenizers); the block specials (``[CLS]`` ...
-``[SEP]``) wrap every block and are marked ``protected`` (never corrupted, never scored).
+Blocks are packed to a fixed length, so training never pads; documents (lines) are joined with ``doc_sep_id``
+(``[SEP]`` for BERT, EOS for causal tokenizers); the block specials (``[CLS]`` ... ``[SEP]``) wrap every block and are
+``protected`` (never corrupted, never scored). See docs/training.md, "Data".
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import torch
 
-from textdiff.rng import make_generator
+from textdiff.checks import positive_int
+from textdiff.rng import SEED_LIMIT, make_generator
 
 
 def encode_function(tokenizer) -> Callable[[list[str]], list[list[int]]]:
@@ -36,15 +37,17 @@ class PackingSpec:
     doc_sep_id: int | None = None
 
     def __post_init__(self):
+        positive_int("seq_len", self.seq_len)
         if self.body_len < 1:
-            raise ValueError(f"seq_len must exceed the {len(self.prefix) + len(self.suffix)} special tokens, got {self.seq_len}")
+            raise ValueError(f"seq_len must exceed the {len(self.prefix) + len(self.suffix)} special tokens, "
+                             f"got {self.seq_len}")
 
     @property
     def body_len(self) -> int:
         return self.seq_len - len(self.prefix) - len(self.suffix)
 
     @classmethod
-    def for_tokenizer(cls, tokenizer, seq_len: int) -> "PackingSpec":
+    def for_tokenizer(cls, tokenizer, seq_len: int) -> PackingSpec:
         """BERT-style ``[CLS] ... [SEP]`` blocks when the tokenizer has CLS/SEP, else bare blocks split by EOS."""
         cls_id, sep_id = getattr(tokenizer, "cls_token_id", None), getattr(tokenizer, "sep_token_id", None)
         if cls_id is not None and sep_id is not None:
@@ -52,7 +55,8 @@ class PackingSpec:
         return cls(seq_len, (), (), getattr(tokenizer, "eos_token_id", None))
 
     def pack(self, docs: Sequence[Sequence[int]]) -> list[list[int]]:
-        """Concatenate ``docs`` (separated by ``doc_sep_id``) and cut into full blocks; the incomplete tail is dropped."""
+        """Concatenate ``docs`` (separated by ``doc_sep_id``) and cut into full blocks; the incomplete tail is
+        dropped."""
         stream: list[int] = []
         for doc in docs:
             if not doc:
@@ -72,15 +76,35 @@ class PackingSpec:
         return mask
 
 
+def check_text_file(path: str | Path) -> Path:
+    """``path`` if it is a UTF-8 text file with at least one non-blank line; otherwise ``FileNotFoundError`` or
+    ``ValueError`` naming the file (and the first line that is not UTF-8). Reads the file once, line by line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file not found: {path}")
+    has_text = False
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not UTF-8 text (byte {line[err.start]:#04x} at column "
+                                 f"{err.start + 1}); convert the file to UTF-8") from None
+            has_text = has_text or bool(text.strip())
+    if not has_text:
+        raise ValueError(f"{path} holds no text (it is empty or blank)")
+    return path
+
+
 def load_packed_dataset(files: Sequence[str | Path], tokenizer, spec: PackingSpec, streaming: bool = False,
                         num_proc: int | None = None):
-    """``datasets`` pipeline: ``load_dataset("text")`` -> tokenize -> pack; one column ``input_ids``."""
+    """``datasets`` pipeline: ``load_dataset("text")`` -> tokenize -> pack; one column ``input_ids``. Every file is
+    checked first with :func:`check_text_file`."""
     import datasets
 
-    files = [str(f) for f in files]
-    for f in files:
-        if not Path(f).is_file():
-            raise FileNotFoundError(f"training text file not found: {f}")
+    if not files:
+        raise ValueError("files must name at least one text file")
+    files = [str(check_text_file(f)) for f in files]
     ds = datasets.load_dataset("text", data_files={"train": files}, split="train", streaming=streaming)
     encode = encode_function(tokenizer)
     ds = ds.map(lambda b: {"ids": encode(b["text"])}, batched=True, remove_columns=["text"],
@@ -107,14 +131,21 @@ class BatchStream:
 
     def __init__(self, dataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                  position: DataPosition | None = None):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.rank, self.world_size = rank, world_size
+        self.dataset, self.batch_size, self.seed = dataset, positive_int("batch_size", batch_size), seed
+        self.world_size = positive_int("world_size", world_size)
+        self.rank = positive_int("rank", rank, minimum=0)
+        if rank >= world_size:
+            raise ValueError(f"rank must be in [0, world_size - 1] = [0, {world_size - 1}], got {rank}")
         self.position = position or DataPosition()
+        if hasattr(dataset, "__len__") and len(dataset) < batch_size * world_size:
+            raise ValueError(self._too_little_data(len(dataset)))
+
+    def _too_little_data(self, blocks: int) -> str:
+        return (f"the training data gives {blocks} packed block(s), fewer than one batch of {self.batch_size} x "
+                f"{self.world_size} process(es); add text, or lower the batch size or the sequence length")
 
     def _order(self, epoch: int) -> torch.Tensor:
-        gen = make_generator(seed=self.seed + 1000003 * epoch)
+        gen = make_generator(seed=(self.seed + 1000003 * epoch) % SEED_LIMIT)
         return torch.randperm(len(self.dataset), generator=gen)
 
     def _epoch_batches(self) -> Iterator[torch.Tensor]:
@@ -129,15 +160,22 @@ class BatchStream:
             return
         order = self._order(self.position.epoch)
         usable = len(order) - len(order) % global_batch
-        if usable == 0:
-            raise ValueError(f"dataset has {len(order)} blocks, fewer than one global batch")
         for start in range(self.position.offset, usable, global_batch):
             yield torch.as_tensor(self.dataset[order[start : start + global_batch].tolist()]["input_ids"])
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        """Endless batches for this rank; ``ValueError`` (instead of looping forever) when a whole epoch of a
+        streaming dataset holds less than one global batch."""
         global_batch = self.batch_size * self.world_size
         while True:
+            from_start, yielded = self.position.offset == 0, False
             for batch in self._epoch_batches():
+                yielded = True
                 self.position = DataPosition(self.position.epoch, self.position.offset + global_batch)
                 yield batch[self.rank :: self.world_size]
+            if from_start and not yielded:
+                raise ValueError(self._too_little_data(self._count_blocks()))
             self.position = DataPosition(self.position.epoch + 1, 0)
+
+    def _count_blocks(self) -> int:
+        return len(self.dataset) if hasattr(self.dataset, "__len__") else sum(1 for _ in self.dataset)

@@ -1,36 +1,39 @@
-"""Training loop for x0 predictors (masking diffusion) and the autoregressive baseline (ALGORITHMS.md §1.4, §2.4).
+"""Training loop for x0 predictors of the masking process and the autoregressive baseline (docs/training.md).
 
-Objectives: ``mask`` — corrupt with the masking process at ``t ~ U[t_min, 1]`` per example (antithetic option),
-cross-entropy on the masked positions (D2; see :mod:`textdiff.udm.loss`), either unweighted (``loss_weighting="udm"``,
-the UDM loss: every masked token counts once, so high mask rates dominate) or with the ELBO weights
-(``"elbo"``: the per-token continuous-time bound itself, ``η(t) Σ_{i∈M} −log P_i(x0_i) / n``, MDLM's objective —
-use it when the model is judged by its ELBO perplexity); ``ar`` — next-token
-cross-entropy of a causal model of the same size on the same blocks. Evaluation: the masking ELBO per token
-(continuous-time weights ``η(t)``) and the AR NLL per token on held-out blocks, over the same scored tokens.
-
-Engineering: AdamW, linear warm-up + cosine decay, gradient clipping, gradient accumulation, bf16 autocast on CUDA,
-tqdm progress, periodic evaluation, atomic checkpoints (model as safetensors via ``save_pretrained``, optimizer and
-scheduler via ``torch.save`` of tensors-only state loaded back with ``weights_only=True``, the global RNG state and the
-data position in JSON; the corruption RNG is a function of (seed, step, rank)) and exact resume; runs unchanged
-under ``torchrun`` (DDP; gloo on CPU, nccl on CUDA).
+Objectives: ``mask`` (cross-entropy on the masked positions at a mask rate ``t ~ U[t_min, 1]``, weighted as the UDM
+loss or as the ELBO, see docs/training.md, "Loss") and ``ar`` (next-token cross-entropy of a causal model). Evaluation
+reports the held-out bound per token over the same scored tokens for both. Every step yields a :class:`Loss` record;
+a non-finite loss, gradient or weight stops training with :class:`TrainingDiverged` before anything non-finite is
+saved. Checkpoints are atomic and resume is exact (:mod:`textdiff.training.checkpoint`); runs unchanged under
+``torchrun`` (DDP; gloo on CPU, nccl on CUDA).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
-from textdiff.rng import make_generator, worker_seed
+from textdiff import checks
+from textdiff.rng import SEED_LIMIT, make_generator, worker_seed
+from textdiff.training.checkpoint import (
+    CheckpointState,
+    CorruptCheckpoint,
+    atomic_json,
+    checkpoints,
+    read_checkpoint,
+    resume_candidates,
+    write_checkpoint,
+)
 from textdiff.training.data import BatchStream, DataPosition, PackingSpec
+from textdiff.training.records import Evaluation, Loss, TrainingDiverged
 from textdiff.udm.loss import masked_token_nll, masking_elbo, sample_times, udm_loss
 from textdiff.udm.masking import MaskingProcess
 from textdiff.udm.process import Batch
@@ -41,7 +44,8 @@ LOSS_WEIGHTINGS = ("udm", "elbo")
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of :class:`Trainer` (saved with every checkpoint)."""
+    """Hyper-parameters of :class:`Trainer` (saved with every checkpoint); every field is checked on creation and a
+    bad one raises ``ValueError``/``TypeError`` naming it and its allowed range."""
 
     objective: str = "mask"
     batch_size: int = 16
@@ -63,15 +67,22 @@ class TrainConfig:
     bf16: bool = True
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
-        for name in ("batch_size", "grad_accum", "max_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        checks.one_of("objective", self.objective, OBJECTIVES)
+        checks.one_of("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_blocks", "keep_checkpoints"):
+            checks.positive_int(name, getattr(self, name))
+        for name in ("warmup_steps", "eval_every", "save_every", "seed"):
+            checks.positive_int(name, getattr(self, name), minimum=0)
+        if self.seed >= SEED_LIMIT:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {self.seed}")
+        self.lr = checks.positive_float("lr", self.lr)
+        self.clip_norm = checks.positive_float("clip_norm", self.clip_norm)
+        self.weight_decay = checks.finite_float("weight_decay", self.weight_decay, low=0.0)
+        self.min_lr_ratio = checks.finite_float("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
+        self.t_min = checks.finite_float("t_min", self.t_min, low=0.0, high=1.0, high_open=True)
+        for name in ("antithetic", "bf16"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
 
 def lr_lambda(config: TrainConfig) -> Callable[[int], float]:
@@ -99,22 +110,28 @@ def logits_at(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor,
     return model(input_ids=ids, attention_mask=attention_mask.long()).logits[where]
 
 
-def _atomic_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
 class Trainer:
-    """Trains ``model`` on packed blocks (``dataset`` rows ``input_ids [seq_len]``); see the module docstring."""
+    """Trains ``model`` on packed blocks (``dataset`` rows ``input_ids [seq_len]``); see the module docstring.
+
+    ``log`` receives human-readable notices (e.g. a checkpoint skipped on resume); ``record`` receives the
+    :class:`Loss` of every evaluation step. ``device`` is checked with :func:`textdiff.checks.device`.
+    """
 
     def __init__(self, model: nn.Module, config: TrainConfig, train_dataset, packing: PackingSpec, mask_id: int | None,
                  out_dir: str | Path, eval_dataset=None, device: str | torch.device = "cpu", tokenizer=None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, record: Callable[[Loss], None] | None = None):
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         if config.objective == "mask" and mask_id is None:
             raise ValueError("objective 'mask' needs mask_id (the tokenizer's [MASK] id)")
-        self.config, self.packing, self.mask_id, self.tokenizer, self.log = config, packing, mask_id, tokenizer, log
-        self.out_dir, self.device = Path(out_dir), torch.device(device)
+        if eval_dataset is not None and len(eval_dataset) == 0:
+            raise ValueError(f"eval_dataset holds no complete block of {packing.seq_len} tokens; give more held-out "
+                             "text or a shorter sequence length")
+        if Path(out_dir).exists() and not Path(out_dir).is_dir():
+            raise ValueError(f"out_dir {out_dir} exists and is not a directory")
+        self.config, self.packing, self.mask_id, self.tokenizer = config, packing, mask_id, tokenizer
+        self.log, self.record = log, record
+        self.out_dir, self.device = Path(out_dir), checks.device(device)
         self.rank, self.world_size = self._init_distributed()
         self.model = model.to(self.device)
         self.core = model
@@ -129,7 +146,8 @@ class Trainer:
         self.process = MaskingProcess(mask_id if mask_id is not None else 0, "linear")
         self.step = 0
         self.stream = BatchStream(train_dataset, config.batch_size, config.seed, self.rank, self.world_size)
-        self.history: list[dict] = []
+        self.history: list[Loss] = []
+        self.last_checkpoint: Path | None = None
 
     # -- distributed -------------------------------------------------------------------------------------------
     def _init_distributed(self) -> tuple[int, int]:
@@ -147,6 +165,12 @@ class Trainer:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def tokens_seen(self) -> int:
+        """Training tokens consumed by all processes up to the current step."""
+        c = self.config
+        return self.step * c.batch_size * c.grad_accum * self.world_size * self.packing.seq_len
 
     # -- losses ------------------------------------------------------------------------------------------------
     def _batch(self, ids: torch.Tensor) -> Batch:
@@ -173,14 +197,19 @@ class Trainer:
         return loss, elbo, n
 
     @torch.no_grad()
-    def evaluate(self, dataset=None, max_blocks: int | None = None, repeats: int = 4) -> dict:
-        """Held-out bound per token: masking ELBO (``repeats`` antithetic time draws per block) or AR NLL."""
+    def evaluate(self, dataset=None, max_blocks: int | None = None, repeats: int = 4) -> Evaluation | None:
+        """Held-out bound per token over the first ``max_blocks`` (default ``config.eval_blocks``) blocks: masking
+        ELBO (``repeats`` antithetic time draws per block) or AR NLL; ``None`` when there is no evaluation data."""
         dataset = self.eval_dataset if dataset is None else dataset
         if dataset is None:
-            return {}
+            return None
+        limit = self.config.eval_blocks if max_blocks is None else checks.positive_int("max_blocks", max_blocks)
+        checks.positive_int("repeats", repeats)
+        n = min(len(dataset), limit)
+        if n == 0:
+            raise ValueError("the evaluation dataset is empty")
         self.model.eval()
         gen = make_generator(1234, device=self.device)
-        n = min(len(dataset), max_blocks or self.config.eval_blocks)
         total, tokens = 0.0, 0
         for start in range(0, n, self.config.batch_size):
             ids = dataset[start : min(n, start + self.config.batch_size)]["input_ids"]
@@ -190,8 +219,13 @@ class Trainer:
                 total += float(bound.sum())
                 tokens += int(count.sum())
         self.model.train()
-        nll = total / max(tokens, 1)
-        return {"eval_nll": nll, "eval_ppl": math.exp(nll), "eval_tokens": tokens}
+        if tokens == 0:
+            raise ValueError(f"the evaluation blocks hold no scored token (only block specials); use a longer "
+                             f"sequence length than {self.packing.seq_len}")
+        if not math.isfinite(total):
+            raise TrainingDiverged(f"training diverged at step {self.step}: the held-out bound is {total}; "
+                                   f"{self._last_good()}")
+        return Evaluation(total / tokens, tokens)
 
     def _autocast(self):
         enabled = self.config.bf16 and self.device.type == "cuda"
@@ -203,9 +237,13 @@ class Trainer:
         return make_generator(worker_seed(self.config.seed * 1_000_003 + self.step, self.rank), device=self.device)
 
     # -- loop --------------------------------------------------------------------------------------------------
-    def train(self, max_steps: int | None = None, progress: bool = True, time_limit: float | None = None) -> list[dict]:
-        """Train until ``max_steps`` (default ``config.max_steps``) or ``time_limit`` seconds; returns the log."""
-        stop = self.config.max_steps if max_steps is None else max_steps
+    def train(self, max_steps: int | None = None, progress: bool = True, time_limit: float | None = None) -> list[Loss]:
+        """Train until ``max_steps`` (default ``config.max_steps``) or ``time_limit`` seconds; returns the records of
+        all steps taken by this trainer. Raises :class:`TrainingDiverged` (weights not updated) at a non-finite loss
+        or gradient norm."""
+        stop = self.config.max_steps if max_steps is None else checks.positive_int("max_steps", max_steps)
+        if time_limit is not None:
+            checks.positive_float("time_limit", time_limit)
         self.model.train()
         batches = iter(self.stream)
         bar = None
@@ -214,86 +252,120 @@ class Trainer:
 
             bar = tqdm(total=stop, initial=self.step, desc=f"train {self.config.objective}", unit="step")
         start = time.time()
-        while self.step < stop and (time_limit is None or time.time() - start < time_limit):
-            self.optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            generator = self.step_generator()
-            for _ in range(self.config.grad_accum):
-                with self._autocast():
-                    loss, _, _ = self.loss(next(batches), generator)
-                (loss / self.config.grad_accum).backward()
-                step_loss += float(loss.detach()) / self.config.grad_accum
-            grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm))
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
-            record = {"step": self.step, "loss": step_loss, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0]}
-            if self.config.eval_every and self.step % self.config.eval_every == 0 and self.is_main:
-                record.update(self.evaluate())
-                self.log(json.dumps(record))
-            self.history.append(record)
+        try:
+            while self.step < stop and (time_limit is None or time.time() - start < time_limit):
+                record = self._train_step(batches)
+                self.history.append(record)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{record.loss:.3f}")
+                if self.config.save_every and self.step % self.config.save_every == 0:
+                    self.save_checkpoint()
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.3f}")
-            if self.config.save_every and self.step % self.config.save_every == 0:
-                self.save_checkpoint()
-        if bar is not None:
-            bar.close()
+                bar.close()
         return self.history
+
+    def _train_step(self, batches) -> Loss:
+        self.optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        generator = self.step_generator()
+        for _ in range(self.config.grad_accum):
+            with self._autocast():
+                loss, _, _ = self.loss(next(batches), generator)
+            (loss / self.config.grad_accum).backward()
+            step_loss += float(loss.detach()) / self.config.grad_accum
+        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm))
+        self._stop_if_non_finite(step_loss, grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        due = self.is_main and bool(self.config.eval_every) and self.step % self.config.eval_every == 0
+        record = Loss(self.step, step_loss, grad_norm, lr, self.tokens_seen, self.evaluate() if due else None)
+        if due and self.record is not None:
+            self.record(record)
+        return record
+
+    def _stop_if_non_finite(self, loss: float, grad_norm: float) -> None:
+        """:class:`TrainingDiverged` unless the loss and the gradient norm are finite on every process."""
+        bad = torch.tensor(float(not (math.isfinite(loss) and math.isfinite(grad_norm))), device=self.device)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bad.item():
+            raise TrainingDiverged(f"training diverged at step {self.step + 1}: the loss is {loss}, the gradient "
+                                   f"norm {grad_norm}; stopped before updating the weights; {self._last_good()}")
+
+    def _last_good(self) -> str:
+        hint = "lower the learning rate, or check the data and the initial weights"
+        if self.last_checkpoint is None:
+            return f"no checkpoint was saved ({hint})"
+        return f"the last good checkpoint is {self.last_checkpoint} ({hint})"
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def checkpoint_dir(self, step: int) -> Path:
         return self.out_dir / f"checkpoint-{step:08d}"
 
     def save_checkpoint(self) -> Path | None:
-        """Atomic: everything is written to a temporary directory renamed into place, then ``latest`` is updated."""
+        """Write the checkpoint of the current step atomically, then point ``latest.json`` at it and prune old ones.
+        Non-finite weights are never saved (:class:`TrainingDiverged`)."""
         if not self.is_main:
             return None
-        final = self.checkpoint_dir(self.step)
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.core.save_pretrained(tmp, safe_serialization=True)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(tmp)
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                   tmp / "optimizer.pt")
-        rng = {"torch": torch.get_rng_state().tolist()}  # dropout; corruption RNG is per step (step_generator)
+        bad = [name for name, p in self.core.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise TrainingDiverged(f"training diverged at step {self.step}: non-finite weights "
+                                   f"({', '.join(bad[:3])}) were not saved; {self._last_good()}")
         pos = self.stream.position
-        _atomic_json(tmp / "trainer_state.json", {"step": self.step, "data_epoch": pos.epoch, "data_offset": pos.offset,
-                                                 "config": asdict(self.config), "rng": rng, "world_size": self.world_size})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        _atomic_json(self.out_dir / "latest.json", {"checkpoint": final.name, "step": self.step})
-        for old in sorted(self.out_dir.glob("checkpoint-*"))[: -self.config.keep_checkpoints]:
-            if not old.name.endswith(".tmp"):
-                shutil.rmtree(old, ignore_errors=True)
+        meta = {"step": self.step, "data_epoch": pos.epoch, "data_offset": pos.offset, "config": asdict(self.config),
+                "rng": {"torch": torch.get_rng_state().tolist()},  # dropout; corruption RNG is per step
+                "world_size": self.world_size}
+        final = write_checkpoint(self.checkpoint_dir(self.step), self.core, self.tokenizer, self.optimizer,
+                                 self.scheduler, meta)
+        atomic_json(self.out_dir / "latest.json", {"checkpoint": final.name, "step": self.step})
+        self.last_checkpoint = final
+        for old in checkpoints(self.out_dir)[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
         return final
 
     def load_checkpoint(self, path: str | Path | None = None) -> bool:
-        """Resume from ``path`` or from ``out_dir/latest.json``; returns False when there is nothing to resume."""
-        from safetensors.torch import load_file
+        """Resume from checkpoint ``path``, or else from the newest intact checkpoint of ``out_dir`` (the one
+        ``latest.json`` names first; an unreadable one is skipped with a notice to ``log``). Returns False when
+        ``out_dir`` holds no checkpoint; ``ValueError`` when none is intact or one does not fit the model."""
+        if path is not None:
+            self._apply(read_checkpoint(path, self.device))
+            return True
+        skipped: list[str] = []
+        for candidate in resume_candidates(self.out_dir):
+            try:
+                state = read_checkpoint(candidate, self.device)
+            except CorruptCheckpoint as err:
+                skipped.append(str(err))
+                continue
+            if skipped:
+                self.log(f"resuming from the older {candidate}; skipped: {'; '.join(skipped)}")
+            self._apply(state)
+            return True
+        if skipped:
+            raise CorruptCheckpoint(f"no intact checkpoint to resume from in {self.out_dir} ({'; '.join(skipped)}); "
+                                    "start afresh in another directory (CLI: --no-resume or another --out)")
+        return False
 
-        if path is None:
-            latest = self.out_dir / "latest.json"
-            if not latest.exists():
-                return False
-            path = self.out_dir / json.loads(latest.read_text())["checkpoint"]
-        path = Path(path)
-        from textdiff.models.denoiser import check_safetensors_dir
-
-        check_safetensors_dir(path)
-        state = {}
-        for f in sorted(path.glob("*.safetensors")):
-            state.update(load_file(f, device=str(self.device)))
-        missing, unexpected = self.core.load_state_dict(state, strict=False)
-        tied = {k for k in missing if "decoder" in k or "lm_head" in k}
-        if unexpected or set(missing) - tied:
-            raise ValueError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")
-        opt = torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True)
-        self.optimizer.load_state_dict(opt["optimizer"])
-        self.scheduler.load_state_dict(opt["scheduler"])
-        meta = json.loads((path / "trainer_state.json").read_text())
-        self.step = meta["step"]
-        self.stream.position = DataPosition(meta["data_epoch"], meta["data_offset"])
-        torch.set_rng_state(torch.tensor(meta["rng"]["torch"], dtype=torch.uint8))
-        return True
+    def _apply(self, state: CheckpointState) -> None:
+        """Load ``state`` into the model, optimizer, scheduler, data stream and RNG, after checking that it fits."""
+        own = self.core.state_dict()
+        tied = ("decoder", "lm_head")  # tied output weights are not stored separately
+        problems = [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} here"
+                    for k, v in state.model.items() if k in own and v.shape != own[k].shape]
+        problems += [f"unexpected {k}" for k in sorted(set(state.model) - set(own))]
+        problems += [f"missing {k}" for k in sorted(set(own) - set(state.model)) if not any(t in k for t in tied)]
+        if problems:
+            raise ValueError(f"checkpoint {state.path} was saved from a different model ({'; '.join(problems[:3])}"
+                             f"{' ...' if len(problems) > 3 else ''}); resume with the model options it was trained "
+                             "with (its config.json), or start a new run directory")
+        self.core.load_state_dict(state.model, strict=False)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.step = state.meta["step"]
+        self.stream.position = DataPosition(state.meta["data_epoch"], state.meta["data_offset"])
+        torch.set_rng_state(state.rng)
+        self.last_checkpoint = state.path
