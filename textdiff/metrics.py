@@ -1,4 +1,4 @@
-"""Sample-quality numbers that are reported together (ALGORITHMS.md §9, "Reporting sample quality")."""
+"""Sample-quality numbers that are reported together (docs/numerics.md#reporting-sample-quality)."""
 
 from __future__ import annotations
 

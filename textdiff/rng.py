@@ -1,4 +1,4 @@
-"""Randomness shared by every sampler (ALGORITHMS.md §9, "Numerical hygiene").
+"""Randomness shared by every sampler (docs/numerics.md).
 
 One place for the three rules every textdiff sampler follows:
 

@@ -73,7 +73,7 @@ class TokenSupport:
     @classmethod
     def from_tokenizer(cls, tokenizer, vocab_size: int | None = None) -> TokenSupport:
         """The rules of an HF tokenizer; ``vocab_size`` (the model's, which may exceed the tokenizer's) bounds ids."""
-        size = max(len(tokenizer), vocab_size or 0)
+        size = max(len(tokenizer.get_vocab()), vocab_size or 0)
         return cls(size, tuple(tokenizer.all_special_ids), tuple(excluded_ids(tokenizer)),
                    tuple(continuation_pieces(tokenizer)), tokenizer.mask_token_id, tokenizer.pad_token_id)
 

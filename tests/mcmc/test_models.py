@@ -25,9 +25,12 @@ def tiny_lm():
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
 
-    class Tok:  # the three ids the scorer and proposal read
-        bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+    class Tok:  # the ids the scorer and proposal read, and the vocabulary TokenSupport reads
+        bos_token_id, eos_token_id, pad_token_id, mask_token_id = 1, 2, 0, None
         all_special_ids = [0, 1, 2]
+
+        def get_vocab(self):
+            return {f"<{i}>": i for i in range(64)}
 
     return model, Tok()
 

@@ -45,7 +45,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--reveal", default="random", choices=["random", "confidence"],
                    help="mask: which positions to reveal; confidence = LLaDA heuristic, NOT exact (default random)")
     p.add_argument("--kernel", default="one_token", choices=["one_token", "conditional_bernoulli"],
-                   help="replace_diff, count schedule: reverse kernel (D1). one_token (default): exact one token per "
+                   help="replace_diff, count schedule: reverse kernel (docs/udm.md#count-form-reverse-kernels). "
+                   "one_token (default): exact one token per "
                    "step with exact marginals; conditional_bernoulli: draws the edited set conditioned on the Hamming "
                    "distance, for several tokens per step (exact only for factorised posteriors)")
     p.add_argument("--allow-special", action="store_true",

@@ -1,9 +1,10 @@
 """MCMC text sampling: exact Metropolis-Hastings constrained generation and batched MLM Gibbs sampling.
 
-* ``MetropolisHastings``, ``State``, ``MoveProbs``, ``temperature_schedule`` — the exact MH sampler (ALGORITHMS.md §7).
+* ``MetropolisHastings``, ``State``, ``MoveProbs``, ``temperature_schedule`` — the exact MH sampler
+  (docs/mcmc.md#metropolis-hastings-constrained-generation).
 * ``MLMProposal``, ``CausalLMProposal`` — token proposals; ``CausalLMScorer``, ``ConstrainedLMTarget``,
   ``KeywordMeasure`` — targets.
-* ``gibbs_sample`` — batched MLM Gibbs chains (ALGORITHMS.md §6; ``textdiff gibbs``).
+* ``gibbs_sample`` — batched MLM Gibbs chains (docs/mcmc.md#mlm-gibbs-sampling; ``textdiff gibbs``).
 """
 
 from textdiff.compat import moved

@@ -1,4 +1,4 @@
-"""Batched MLM Gibbs sampling ("BERT has a Mouth", A8119; ALGORITHMS.md §6).
+"""Batched MLM Gibbs sampling ("BERT has a Mouth", as in Su's blog post; docs/mcmc.md#mlm-gibbs-sampling).
 
 Each step, every chain picks one resamplable position (uniformly at random, or the next one of a sweep), masks
 it, and redraws it from the model's conditional at that position; all chains share one forward pass. Chains may
@@ -6,10 +6,11 @@ have different lengths (right padding + attention mask). The model is any HF mas
 ``(input_ids=..., attention_mask=...) -> obj with .logits [B, L, V]``; an exact conditional oracle plugs in the same
 way in tests.
 
-Decisions (D7): special tokens (and any ``excluded`` ids) are never proposed; temperature and top-k exist but are off
-by default (they change the law); a chain started from ``[MASK]``s first fills its masks, in random order, one per
-step, and states still holding a ``[MASK]`` are never returned as samples. Plain MLM-Gibbs has no known stationary
-law for real MLMs (§6.3); with exact conditionals it samples the joint. The MH-corrected variant (``energy=``, e.g.
+Design decisions (docs/numerics.md#d7): special tokens (and any ``excluded`` ids) are never proposed; temperature and
+top-k exist but are off by default (they change the law); a chain started from ``[MASK]``s first fills its masks, in
+random order, one per step, and states still holding a ``[MASK]`` are never returned as samples. Plain MLM-Gibbs has
+no known stationary law for real MLMs (docs/mcmc.md#exactness-caveat-and-the-mh-corrected-variant); with exact
+conditionals it samples the joint. The MH-corrected variant (``energy=``, e.g.
 ``pseudo_log_likelihood_energy``; Goyal et al. 2022) targets ``exp(−E)/Z`` with the masked conditional as proposal.
 """
 
@@ -47,7 +48,7 @@ class GibbsResult:
 
 
 def masked_init(tokenizer, lengths: Sequence[int]) -> list[list[int]]:
-    """``[CLS] + [MASK]^l + [SEP]`` for each length (bert-gen / A8119 initialisation)."""
+    """``[CLS] + [MASK]^l + [SEP]`` for each length (the bert-gen initialisation, also Su's)."""
     return [[tokenizer.cls_token_id, *([tokenizer.mask_token_id] * n), tokenizer.sep_token_id] for n in lengths]
 
 
@@ -82,17 +83,18 @@ def gibbs_sample(
     progress: bool = False,
     energy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> GibbsResult:
-    """Run batched Gibbs chains from ``init_ids`` (ALGORITHMS.md §6.1, §6.4).
+    """Run batched Gibbs chains from ``init_ids`` (docs/mcmc.md#gibbs-procedure, docs/mcmc.md#gibbs-batching).
 
     Resamplable positions: not a special token of the initial sequence (except ``[MASK]``) and not ``protected``.
     After ``burn_in`` steps every ``thin``-th state without ``[MASK]`` is a sample. With ``energy`` (``(ids,
     attention_mask) -> E [B]``) each redraw of a complete state is an MH proposal accepted with
-    ``min(1, exp(E(x) − E(y)) q(x_i | x_−i) / q(y_i | x_−i))`` (§6.3), so the chains target ``exp(−E)/Z``.
-    ``support`` says which tokens are special (kept where they stand), never drawn (``excluded_ids``), and never
-    drawn at a chain's first non-special position (``continuation_ids``: e.g. WordPiece ``##`` pieces, which cannot
-    open a sentence); its ``mask_id`` and ``pad_id`` are used. The restrictions are support restrictions: every
-    conditional is renormalised over the allowed tokens, so the chains target the law restricted to sequences
-    without them (exactly, from a start inside that support).
+    ``min(1, exp(E(x) − E(y)) q(x_i | x_−i) / q(y_i | x_−i))`` (Goyal et al.'s MH correction, see the module docs),
+    so the chains target ``exp(−E)/Z``.
+    ``support`` says which tokens are special (kept where they stand), never drawn (``excluded_ids``), and never drawn
+    at a chain's first non-special position (``continuation_ids``: e.g. WordPiece ``##`` pieces, which cannot open a
+    sentence); its ``mask_id`` and ``pad_id`` are used. The restrictions are support restrictions: every conditional is
+    renormalised over the allowed tokens, so the chains target the law restricted to sequences without them (exactly,
+    from a start inside that support).
     """
     checks.positive_int("steps", steps)
     checks.positive_int("burn_in", burn_in, minimum=0)
@@ -157,7 +159,8 @@ def gibbs_sample(
 
 def _mh_correct(energy, ids, attention, positions, previous, draws, current_energy, proposal_logits, mask_id,
                 generator) -> torch.Tensor:
-    """Goyal et al.'s MH test of the redraws (ALGORITHMS.md §6.3); a mask being filled is always accepted."""
+    """Goyal et al.'s MH test of the redraws (docs/mcmc.md#exactness-caveat-and-the-mh-corrected-variant); a mask being
+    filled is always accepted."""
     rows = torch.arange(ids.shape[0], device=ids.device)
     complete = (previous != mask_id) & ~((ids == mask_id).sum(-1) > 1)
     if not complete.any():
@@ -185,8 +188,9 @@ def _mh_correct(energy, ids, attention, positions, previous, draws, current_ener
 
 
 def pseudo_log_likelihood_energy(model, support: TokenSupport, raw: bool = False):
-    """``E(x)`` of Goyal et al. (§6.3): minus the sum over body positions of the masked log-prob of ``x_j``
-    (``raw=True``: of the unnormalised logit), special tokens excluded. One batched forward of ``B × l`` copies."""
+    """``E(x)`` of Goyal et al. (the MH-corrected variant): minus the sum over body positions of the masked log-prob of
+    ``x_j`` (``raw=True``: of the unnormalised logit), special tokens excluded. One batched forward of ``B × l``
+    copies."""
     special, mask_id = torch.tensor(support.special_ids, dtype=torch.long), support.mask_id
 
     @torch.no_grad()

@@ -1,17 +1,21 @@
-"""Metropolis-Hastings over token sequences with protected keyword blocks (ALGORITHMS.md §7.2-§7.6).
+"""Metropolis-Hastings over token sequences with protected keyword blocks
+(docs/mcmc.md#metropolis-hastings-constrained-generation).
 
 State ``(tokens, blocks)``: ``blocks[i]`` is the keyword index of position ``i`` (-1 for a free token); keyword
-blocks are never replaced, deleted or split (§7.5). Moves replace / insert / delete with constant probabilities; a
-drawn move that is unavailable is a self-loop (§7.3). Acceptance uses the exact ratios of §7.4: position-set sizes
-``|D(x)|``, ``|S(x)|`` and the multiplicities of runs of equal free tokens; ``faithful="su"`` uses Su's simplified
-ratios instead (not reversible; a negative control). Rejection is a self-loop; ``log u < min(0, log ratio)``.
+blocks are never replaced, deleted or split (docs/mcmc.md#keyword-and-protected-token-rules). Moves replace / insert /
+delete with constant probabilities; a drawn move that is unavailable is a self-loop
+(docs/mcmc.md#state-moves-and-position-sets). Acceptance uses the exact ratios of
+docs/mcmc.md#exact-acceptance-ratios: position-set sizes ``|D(x)|``, ``|S(x)|`` and the multiplicities of runs of
+equal free tokens; ``faithful="su"`` uses Su's simplified ratios instead (not reversible; a negative control,
+docs/mcmc.md#faithful-reference-modes). Rejection is a self-loop; ``log u < min(0, log ratio)``.
 
 One step for ``B`` chains: draw moves and positions, one batched proposal call for all contexts, token draws in
 float64, a second proposal call only for the rare extra run contexts, one batched target call for the proposed
 states. ``transitions`` enumerates the same moves with the same ratio functions (used to build exact kernels).
 
-Decisions (§10): D8 move probabilities 1/3 each, ``max_length`` bounds insertions; D9 annealing schedule
-``temperature_schedule`` (geometric ``τ0 = 1 → 0.05`` at 80 % of the steps) scales only the target term.
+Design decisions: move probabilities 1/3 each, ``max_length`` bounds insertions (docs/numerics.md#d8); the annealing
+schedule ``temperature_schedule`` (geometric ``τ0 = 1 → 0.05`` at 80 % of the steps) scales only the target term
+(docs/numerics.md#d9).
 """
 
 from __future__ import annotations
@@ -39,17 +43,17 @@ class State:
 
     @classmethod
     def from_keywords(cls, spans: Sequence[Sequence[int]]) -> State:
-        """Keyword blocks concatenated in the given order (§7.5 initial state)."""
+        """Keyword blocks concatenated in the given order (the initial state of the keyword rules)."""
         tokens = tuple(t for span in spans for t in span)
         blocks = tuple(k for k, span in enumerate(spans) for _ in span)
         return cls(tokens, blocks)
 
     def free_positions(self) -> list[int]:
-        """``D(x)``: deletable = replaceable positions (§7.3)."""
+        """``D(x)``: deletable = replaceable positions (the free tokens)."""
         return [i for i, b in enumerate(self.blocks) if b < 0]
 
     def insertion_slots(self) -> list[int]:
-        """``S(x)``: slots ``0..l`` except those strictly inside a keyword block (§7.3)."""
+        """``S(x)``: slots ``0..l`` except those strictly inside a keyword block."""
         b, n = self.blocks, len(self.blocks)
         return [j for j in range(n + 1) if not (0 < j < n and b[j - 1] >= 0 and b[j - 1] == b[j])]
 
@@ -64,7 +68,7 @@ class Move:
 
 
 def apply_move(x: State, move: Move) -> State:
-    """The state a move leads to; inserted and replacing tokens are free (§7.3)."""
+    """The state a move leads to; inserted and replacing tokens are free."""
     t, b, i = x.tokens, x.blocks, move.position
     if move.kind == "replace":
         return State(t[:i] + (move.token,) + t[i + 1:], b)
@@ -86,7 +90,8 @@ def proposal_context(x: State, kind: str, position: int, placeholder: int) -> Co
 
 
 def free_run(x: State, position: int) -> range:
-    """Positions of the maximal run of equal free tokens containing ``position`` (§7.4 multiplicities)."""
+    """Positions of the maximal run of equal free tokens containing ``position``
+    (docs/mcmc.md#multiplicities-and-zero-reverse-probabilities)."""
     token, lo, hi = x.tokens[position], position, position
     while lo > 0 and x.blocks[lo - 1] < 0 and x.tokens[lo - 1] == token:
         lo -= 1
@@ -96,7 +101,8 @@ def free_run(x: State, position: int) -> range:
 
 
 def insertion_contexts(long: State, short: State, position: int, placeholder: int) -> list[Context]:
-    """Contexts of every slot of ``short`` whose insertion of ``long.tokens[position]`` yields ``long`` (§7.4).
+    """Contexts of every slot of ``short`` whose insertion of ``long.tokens[position]`` yields ``long`` (the
+    multiplicity of an insertion).
 
     Inserting into slot ``k`` of ``short`` gives ``long`` exactly when ``k`` lies in the free run around
     ``position`` of ``long``; the context of that slot is ``long`` with position ``k`` masked.
@@ -107,7 +113,7 @@ def insertion_contexts(long: State, short: State, position: int, placeholder: in
 
 @dataclass(frozen=True)
 class MoveProbs:
-    """Constant move probabilities ``p_rep, p_ins, p_del`` (§7.3); they must sum to 1."""
+    """Constant move probabilities ``p_rep, p_ins, p_del``; they must sum to 1."""
 
     replace: float = 1 / 3
     insert: float = 1 / 3
@@ -124,7 +130,7 @@ class MoveProbs:
 
 
 def ratio_contexts(x: State, move: Move, placeholder: int, faithful: str | None = None) -> list[Context]:
-    """Every context whose ``g`` the acceptance ratio of ``move`` from ``x`` needs (§7.4)."""
+    """Every context whose ``g`` the acceptance ratio of ``move`` from ``x`` needs."""
     primary = proposal_context(x, move.kind, move.position, placeholder)
     if faithful == "su" or move.kind == "replace":
         return [primary]
@@ -135,9 +141,11 @@ def ratio_contexts(x: State, move: Move, placeholder: int, faithful: str | None 
 
 def log_proposal_pair(x: State, move: Move, log_g: Callable[[Context], torch.Tensor], probs: MoveProbs,
                       placeholder: int, faithful: str | None = None) -> tuple[float, float]:
-    """``(log q(y←x), log q(x←y))`` of the aggregated kernels of ALGORITHMS.md §7.4 for ``y = apply_move(x, move)``.
+    """``(log q(y←x), log q(x←y))`` of the aggregated kernels (docs/mcmc.md#exact-acceptance-ratios) for
+    ``y = apply_move(x, move)``.
 
-    ``faithful="su"`` returns Su's token-proposal-only terms (A8194): no position-set sizes, no multiplicities.
+    ``faithful="su"`` returns Su's token-proposal-only terms (docs/mcmc.md#faithful-reference-modes): no position-set
+    sizes, no multiplicities.
     """
     y = apply_move(x, move)
     i = move.position
@@ -161,7 +169,8 @@ def log_proposal_pair(x: State, move: Move, log_g: Callable[[Context], torch.Ten
 
 
 def log_acceptance(log_pi_x: float, log_pi_y: float, log_q_fwd: float, log_q_bwd: float, tau: float = 1.0) -> float:
-    """``min(0, (log π(y) − log π(x))/τ + log q(x←y) − log q(y←x))`` with explicit ``-inf`` guards (§7.4, §7.6)."""
+    """``min(0, (log π(y) − log π(x))/τ + log q(x←y) − log q(y←x))`` with explicit ``-inf`` guards
+    (docs/numerics.md#log-space-arithmetic)."""
     if log_pi_y == -math.inf or log_q_bwd == -math.inf:
         return -math.inf
     if log_pi_x == -math.inf:
@@ -170,7 +179,7 @@ def log_acceptance(log_pi_x: float, log_pi_y: float, log_q_fwd: float, log_q_bwd
 
 
 def available_positions(x: State, kind: str, max_length: int) -> list[int]:
-    """Positions a move of ``kind`` may use; empty means the move is a self-loop (§7.3)."""
+    """Positions a move of ``kind`` may use; empty means the move is a self-loop."""
     if kind == "insert":
         return x.insertion_slots() if len(x.tokens) < max_length else []
     return x.free_positions()
@@ -205,7 +214,8 @@ def transitions(x: State, log_g: Callable[[Context], torch.Tensor], log_pi: Call
 
 def temperature_schedule(steps: int, kind: str = "geometric", tau0: float = 1.0, tau_min: float = 0.05,
                          reach: float = 0.8) -> list[float]:
-    """Annealing temperatures ``τ_n`` (ALGORITHMS.md §7.6, D9): constant, linear or geometric to ``tau_min``."""
+    """Annealing temperatures ``τ_n`` (docs/mcmc.md#simulated-annealing, docs/numerics.md#d9): constant, linear or
+    geometric to ``tau_min``."""
     if not (tau0 > 0 and tau_min > 0):
         raise ValueError(f"temperatures must be > 0, got tau0={tau0}, tau_min={tau_min}")
     if not 0 < reach <= 1:
@@ -235,7 +245,8 @@ class MHResult:
 
 
 class MetropolisHastings:
-    """Batched MH chains with exact acceptance (ALGORITHMS.md §7.4) over a proposal model and a target.
+    """Batched MH chains with exact acceptance (docs/mcmc.md#exact-acceptance-ratios) over a proposal model and a
+    target.
 
     ``proposal.log_probs(contexts) -> [N, V]`` float64 log ``g`` and ``proposal.placeholder``;
     ``target.log_prob(states) -> [B]`` float64 log π.

@@ -1,9 +1,11 @@
-"""Token proposals ``g(w | context)`` for Metropolis-Hastings edits (ALGORITHMS.md §7.3, D8).
+"""Token proposals ``g(w | context)`` for Metropolis-Hastings edits (docs/mcmc.md#token-proposals; defaults:
+docs/numerics.md#d8).
 
 A *context* is ``(tokens, slot)``: the sequence with a placeholder at ``slot`` (the replaced position, or a new
 position for an insertion). A proposal model maps a list of contexts to float64 log-probabilities ``[N, V]`` over
 its whole vocabulary (``-inf`` outside the support), so both the forward and the reverse probability of any move
-can be read off exactly. ``g`` depends on the context only, never on the token being replaced (exactness, §7.3).
+can be read off exactly. ``g`` depends on the context only, never on the token being replaced (needed for
+exactness).
 
 * ``MLMProposal``: the masked LM's conditional at the slot (one batched forward for all contexts), special tokens
   excluded, optionally restricted to the top-K (renormalised) and mixed with ``ε`` · uniform for full support.
@@ -45,7 +47,7 @@ class ProposalModels:
 
 
 def restrict(log_g: torch.Tensor, allowed: torch.Tensor, top_k: int | None, epsilon: float) -> torch.Tensor:
-    """Renormalised ``log g`` on ``allowed`` ids, optionally top-K, mixed with ``ε`` · uniform(allowed) (§7.3)."""
+    """Renormalised ``log g`` on ``allowed`` ids, optionally top-K, mixed with ``ε`` · uniform(allowed)."""
     if not 0.0 <= epsilon < 1.0:
         raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
     log_g = log_g.double().masked_fill(~allowed, -math.inf)
@@ -63,7 +65,8 @@ def restrict(log_g: torch.Tensor, allowed: torch.Tensor, top_k: int | None, epsi
 
 @register_proposal("mlm")
 class MLMProposal:
-    """``g(· | context)`` = masked-LM conditional at the slot (ALGORITHMS.md §7.3, option "full MLM conditional").
+    """``g(· | context)`` = masked-LM conditional at the slot (the "full MLM conditional" option of
+    docs/mcmc.md#token-proposals).
 
     The MLM sees ``[CLS] context suffix_ids [SEP]`` (``suffix_ids``: fixed text after the state, e.g. the final ".").
     """
@@ -112,7 +115,8 @@ class MLMProposal:
 
 @register_proposal("lm")
 class CausalLMProposal:
-    """Su's / CGMH's proposal: prefix top-K, whole-sentence re-scoring (ALGORITHMS.md §7.7), with prefix KV reuse.
+    """Su's / CGMH's proposal: prefix top-K, whole-sentence re-scoring (docs/mcmc.md#faithful-reference-modes), with
+    prefix KV reuse.
 
     Contexts are in the causal LM's own token space. ``g(w | context) ∝ p_LM(prefix + w + suffix + EOS)`` for ``w``
     in the top-K next tokens after the prefix (``-inf`` elsewhere), mixed with ``ε`` · uniform when ``epsilon > 0``;

@@ -1,19 +1,20 @@
-"""Targets ``log π(x)`` for Metropolis-Hastings constrained generation (ALGORITHMS.md §7.1, §7.4).
+"""Targets ``log π(x)`` for Metropolis-Hastings constrained generation (docs/mcmc.md#objective-and-target).
 
 A target is any object with ``log_prob(states) -> Tensor[B]`` (float64; ``-inf`` for forbidden states) where each
 state has ``.tokens`` (ids in the proposal's token space) and ``.blocks`` (keyword index per position, -1 if free).
 
-Design decisions (ALGORITHMS.md §10, D8):
+Design decisions (docs/numerics.md#d8):
 
 * The fluency term is ``γ · log p_LM(text + EOS | BOS)``, a sum of float64 log-softmax values; ``γ = 0.8`` (Su);
   an optional length bonus ``λ`` per scored token (a soft term) counters the LM's preference for short texts.
   The state lives in the proposal model's token space; ``to_lm_ids`` maps it to the scorer's ids (re-tokenising the
   decoded text when the spaces differ, the identity when the proposal is the causal LM itself).
-* Hard constraints (length bounds, banned words) give ``-inf``; keywords are guaranteed by protection (§7.5) and
-  kept whole words by ``KeywordMeasure(continuation=...)`` (no word-continuing token right after a keyword block).
+* Hard constraints (length bounds, banned words) give ``-inf``; keywords are guaranteed by protection
+  (docs/mcmc.md#keyword-and-protected-token-rules) and kept whole words by ``KeywordMeasure(continuation=...)`` (no
+  word-continuing token right after a keyword block).
 * Soft terms: any callables ``texts -> sequence of floats`` added to ``log π``.
 * ``KeywordMeasure``: the chain lives on (sequence, protection mask) pairs, so its sequence marginal is
-  ``π(x) N_K(x)``; dividing by ``N_K`` makes the sequence marginal ``π`` (§7.4 "target on pairs").
+  ``π(x) N_K(x)``; dividing by ``N_K`` makes the sequence marginal ``π`` (docs/mcmc.md#target-on-pairs).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from textdiff.padding import pad
 
 
 class CausalLMScorer:
-    """Sentence log-probabilities under an HF causal LM (ALGORITHMS.md §7.1, §9: sums of log-softmax).
+    """Sentence log-probabilities under an HF causal LM (sums of float64 log-softmax values,
+    docs/numerics.md#log-space-arithmetic).
 
     ``log_prob_ids(seqs)`` returns ``Σ_j log p(x_j | prefix, x_{<j})`` over the tokens of each sequence followed by
     EOS, conditioned on ``prefix_ids`` (default: the BOS token). The prefix runs once; its KV cache is re-used for
@@ -98,8 +100,9 @@ class CausalLMScorer:
 
 def keyword_placements(tokens: Sequence[int], spans: Sequence[Sequence[int]],
                        continuation: frozenset[int] = frozenset()) -> int:
-    """``N_K(x)``: ways to place ``spans`` as ordered, contiguous, non-overlapping blocks in ``tokens`` (§7.4), each
-    a whole word: not followed by a ``continuation`` token (a ``##`` piece would glue onto the keyword)."""
+    """``N_K(x)``: ways to place ``spans`` as ordered, contiguous, non-overlapping blocks in ``tokens``
+    (docs/mcmc.md#target-on-pairs), each a whole word: not followed by a ``continuation`` token (a ``##`` piece would
+    glue onto the keyword)."""
     n = len(tokens)
     ways = [1] * (n + 1)  # ways[p]: placements of the spans processed so far that end at or before position p
     for span in spans:
@@ -131,7 +134,8 @@ def keyword_spans(state) -> list[tuple[int, ...]]:
 
 
 class KeywordMeasure:
-    """``log π'(x, m) = log π(x) − log N_K(x)``: makes the sequence marginal of the pair chain ``π`` (§7.4).
+    """``log π'(x, m) = log π(x) − log N_K(x)``: makes the sequence marginal of the pair chain ``π`` (the target on
+    pairs; see the module docs).
 
     With ``continuation`` ids (word-continuing tokens, :func:`textdiff.support.continuation_pieces`) keywords
     must stay whole words: ``π'(x, m) = 0`` when a block of ``m`` is followed by one, and ``N_K`` counts only whole
@@ -152,7 +156,7 @@ class KeywordMeasure:
 
 class ConstrainedLMTarget:
     """``log π(x) = γ · log p_LM(x) + λ · (LM tokens + 1) + Σ soft terms``, ``-inf`` outside the hard constraints
-    (ALGORITHMS.md §7.1; ``λ = length_bonus`` nats per scored token, default 0).
+    (docs/mcmc.md#objective-and-target; ``λ = length_bonus`` nats per scored token, default 0).
 
     ``decode`` maps state tokens to text (for banned words and soft terms); ``to_lm_ids`` maps state tokens to the
     scorer's ids. Hard constraints: ``min_length <= len(tokens) <= max_length`` and no banned word (whole words,

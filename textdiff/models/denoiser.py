@@ -1,13 +1,13 @@
 """x0 predictors: a bidirectional transformer denoiser (HF ``PreTrainedModel``) and a wrapper that makes any
-``AutoModelForMaskedLM`` a masking-process predictor (ALGORITHMS.md §1.3, §2.2).
+``AutoModelForMaskedLM`` a masking-process predictor (docs/udm.md#the-x0-predictor).
 
 Decisions: pre-LayerNorm transformer (nanoGPT-style blocks, ``scaled_dot_product_attention``) with rotary position
 embeddings (RoPE, as MDLM/SEDD's DiT; no learned absolute positions, so attention to neighbours is easy to learn —
 an absorbing-diffusion model has no residual path from the token it predicts, unlike an AR model, and learned
 absolute positions made it plateau near the unigram loss at small budgets) and tied input/output embeddings; optional
 time conditioning (a sinusoidal embedding of ``t`` added to every position; off by default because the masking
-posterior is time-agnostic, §2.2); ``causal=True`` gives the autoregressive baseline of the same size
-(``--objective ar``).
+posterior is time-agnostic, docs/udm.md#subs-parameterisation-and-time-agnostic-posterior); ``causal=True`` gives the
+autoregressive baseline of the same size (``--objective ar``).
 Checkpoints are safetensors only: directories holding pickle weights are refused.
 """
 
@@ -186,7 +186,8 @@ class DenoiserPredictor:
 
 class MaskedLMPredictor:
     """Wraps any HF masked LM (``AutoModelForMaskedLM``) as a masking-process x0 predictor, SUBS-parameterised
-    (§2.2): ``[MASK]`` logit −inf, unmasked positions carried over (a point mass on the visible token).
+    (docs/udm.md#subs-parameterisation-and-time-agnostic-posterior): ``[MASK]`` logit −inf, unmasked positions
+    carried over (a point mass on the visible token).
     ``subs=False`` returns the network's logits at every position (for the replacement processes)."""
 
     time_conditioned = False

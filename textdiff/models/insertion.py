@@ -1,12 +1,13 @@
-"""Insertion model: the x0 predictor of the deletion process (ALGORITHMS.md §4.3, Levenshtein-Transformer style).
+"""Insertion model: the x0 predictor of the deletion process (docs/deletion.md#insertion-model,
+Levenshtein-Transformer style).
 
 One BERT encoder, two heads:
 
 * **count head** on ``(x_t, t)``: for every slot ``j = 0..m`` a categorical over ``0..K`` inserted tokens, from the
   concatenated hidden states of the two tokens around the slot (``[CLS]`` and ``[SEP]`` close the ends); the time
-  enters as a sinusoidal embedding added to every input embedding (the count posterior depends on ``t``, §4.3);
+  enters as a sinusoidal embedding added to every input embedding (the count posterior depends on ``t``);
 * **token head** on the expanded sequence (placeholders = ``[MASK]``): an MLM head tied to the word embeddings; no
-  time input (the fill posterior is time-agnostic, §4.3).
+  time input (the fill posterior is time-agnostic).
 
 Inputs are bare token ids ``[B, L]`` (no specials) with a left-aligned bool ``attention_mask``; the model adds
 ``[CLS]``/``[SEP]`` itself. A network only: sampling lives in ``textdiff.udm.deletion``.
@@ -74,7 +75,7 @@ class InsertionConfig(PretrainedConfig):
 
 
 class InsertionModel(PreTrainedModel):
-    """Shared encoder + slot-count head + token head (ALGORITHMS.md §4.3)."""
+    """Shared encoder + slot-count head + token head (see the module docs)."""
 
     config_class = InsertionConfig
     base_model_prefix = "insertion"
@@ -134,7 +135,8 @@ class InsertionModel(PreTrainedModel):
 
     def forward(self, ids_t, mask_t, t, ids_expanded, mask_expanded, target_counts=None, fill_positions=None,
                 target_ids=None):
-        """Training pass (ALGORITHMS.md §4.6): count logits on ``x_t``, token logits at ``fill_positions`` of ``y``.
+        """Training pass (docs/deletion.md#training): count logits on ``x_t``, token logits at ``fill_positions`` of
+        ``y``.
 
         With targets, returns ``(count_nll [B], fill_nll [B])`` summed per row; otherwise the two logits tensors.
         """

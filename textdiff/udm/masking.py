@@ -1,11 +1,12 @@
-"""The masking (absorbing) process (ALGORITHMS.md §2; A9271 §掩码模型).
+"""The masking (absorbing) process (docs/udm.md#masking-process; Su's "mask model", docs/index.md#sources).
 
-Design decisions (ALGORITHMS.md §10):
+Design decisions (docs/numerics.md#explicit-decisions):
 
-* SUBS parameterisation (§2.2): the sampler sets the ``[MASK]`` logit to ``−inf`` and copies unmasked tokens
-  (carry-over); the predictor needs no time input (the posterior is time-agnostic), so the sampler may cache it.
-* D4 — baseline corrector: visible positions of ``x̂0`` are copied; the baseline then re-masks uniformly among all
-  corruptible positions (``x_s = F_s(x̂0, fresh ε)``).
+* SUBS parameterisation (docs/udm.md#subs-parameterisation-and-time-agnostic-posterior): the sampler sets the
+  ``[MASK]`` logit to ``−inf`` and copies unmasked tokens (carry-over); the predictor needs no time input (the
+  posterior is time-agnostic), so the sampler may cache it.
+* Baseline corrector (docs/numerics.md#d4): visible positions of ``x̂0`` are copied; the baseline then re-masks
+  uniformly among all corruptible positions (``x_s = F_s(x̂0, fresh ε)``).
 * Reverse step (noise-posterior corrector): the revealed set ``R`` is drawn *before* the predictor is called
   (continuous time: each masked position with probability ``β(s, t)``; count form: ``k − j`` masked positions chosen
   uniformly); steps with ``R = ∅`` need no network call (first-hitting skip), and categoricals are drawn only on ``R``.
@@ -57,7 +58,7 @@ class MaskingProcess(ForwardProcess):
         return x.corruptible & (x.ids == self.mask_id)
 
     def corrupt(self, x0: Batch, t, noise: Noise) -> Batch:
-        """``x_t``: positions with ``τ_i ≤ t`` set to ``[MASK]`` (§2.1)."""
+        """``x_t``: positions with ``τ_i ≤ t`` set to ``[MASK]`` (docs/udm.md#masking-forward-process)."""
         return x0.with_ids(x0.ids.masked_fill(self.corrupted_set(x0, t, noise), self.mask_id))
 
     def posterior_corrupted(self, x0, x_t, t, generator):
@@ -78,7 +79,8 @@ class MaskingProcess(ForwardProcess):
 
     # -- reverse step ------------------------------------------------------------------------------------------
     def plan(self, x_t, t, s, generator) -> StepPlan:
-        """Draw the revealed set ``R`` (the noise posterior of §1.2 restricted to what changes)."""
+        """Draw the revealed set ``R`` (the noise posterior of the noise-posterior corrector restricted to what
+        changes)."""
         masked = self.masked(x_t)
         u = self.schedule.posterior_noise(masked, x_t.corruptible, t, generator)
         reveal = masked & ~self.schedule.corrupted(u, s, x_t.corruptible)
@@ -86,11 +88,11 @@ class MaskingProcess(ForwardProcess):
         return RevealPlan(t, s, active, reveal)
 
     def subs(self, logits: torch.Tensor) -> torch.Tensor:
-        """SUBS (§2.2): the ``[MASK]`` logit is ``−inf``."""
+        """SUBS (see the module docs): the ``[MASK]`` logit is ``−inf``."""
         return subs(logits, self.mask_id)
 
     def draw_x0(self, x_t, logits, draw, generator):
-        """``x̂0``: masked positions drawn from the SUBS logits, visible positions copied (D4)."""
+        """``x̂0``: masked positions drawn from the SUBS logits, visible positions copied (docs/numerics.md#d4)."""
         return x_t.with_ids(draw.at(self.subs(logits), self.masked(x_t), x_t.ids, generator))
 
     def apply(self, x_t: Batch, logits, plan: StepPlan, draw: X0Draw, generator) -> Batch:

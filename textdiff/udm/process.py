@@ -1,24 +1,27 @@
-"""The UDM forward-process protocol, token batches and time schedules (ALGORITHMS.md §1.1, §1.2, §0.3).
+"""The UDM forward-process protocol, token batches and time schedules (docs/udm.md#forward-processes).
 
 A forward process is ``x_t = F_t(x0, ε)``. Every textdiff process draws, per token, a uniform *order noise* ``u``
 (the token is corrupted at time ``t`` iff its corruption time ``τ ≤ t``) plus process-specific noise (replacement
-tokens). The generic noise-posterior corrector of §1.2 is then one line, shared by all processes::
+tokens). The generic noise-posterior corrector (docs/udm.md#noise-posterior-corrector) is then one line, shared by
+all processes::
 
     correct(x_t, x̂0, t, s) = corrupt(x̂0, s, invert(x̂0, x_t, t))
 
 and the baseline corrector is ``corrupt(x̂0, s, fresh noise)``. Processes override :meth:`ForwardProcess.plan` /
-:meth:`ForwardProcess.apply` only to draw fewer categoricals (sample only where tokens change, §9) or to fuse
-predict-and-correct (the ``replace_diff`` one-token kernel, §3.3; the deletion insertion model, §4).
+:meth:`ForwardProcess.apply` only to draw fewer categoricals (sample only where tokens change,
+docs/numerics.md#float64-categorical-draws) or to fuse predict-and-correct (the ``replace_diff`` one-token kernel,
+docs/udm.md#kernel-a-one-token; the deletion insertion model, docs/deletion.md#insertion-model).
 
-Design decisions (ALGORITHMS.md §10):
+Design decisions (docs/numerics.md#explicit-decisions):
 
-* D6 — schedules: ``α(t) = 1 − t`` by default; ``cosine`` ``α = cos(πt/2)``; ``loglinear`` is MDLM's
+* Schedules (docs/numerics.md#d6): ``α(t) = 1 − t`` by default; ``cosine`` ``α = cos(πt/2)``; ``loglinear`` is MDLM's
   ``α = 1 − (1 − ε) t`` (``ε = 1e-3``; ``α(1) = ε``, so starting the reverse chain from the all-corrupted prior is a
   ``l·ε`` approximation). Grids are uniform in ``t``.
 * Time conventions: continuous ``t ∈ [0, 1]`` (each token corrupted independently with probability ``1 − α(t)``)
   and the count form (:class:`CountSchedule`): exactly ``k = round(t · n)`` of the ``n`` corruptible tokens of a row
   are corrupted, ``T = n``, one token per step on the grid ``t_k = k / n``.
-* Protected tokens (prompt, infilling, keywords; §5.5) and padding have ``τ = ∞``: never corrupted.
+* Protected tokens (prompt, infilling, keywords; docs/udm.md#protected-tokens-and-logits-hooks) and padding have
+  ``τ = ∞``: never corrupted.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ def as_time(t: float | torch.Tensor, batch_size: int, device) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Schedules (ALGORITHMS.md §0.3)
+# Schedules (docs/udm.md#notation-and-schedules)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -116,29 +119,31 @@ class Schedule(ABC):
         """``α'(t)``."""
 
     def beta(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Reveal probability ``β(s, t) = (α(s) − α(t)) / (1 − α(t))`` (ALGORITHMS.md §0.3); ``β(0, t) = 1``."""
+        """Reveal probability ``β(s, t) = (α(s) − α(t)) / (1 − α(t))``; ``β(0, t) = 1``."""
         a_t = self.alpha(t)
         return torch.where(s <= 0, torch.ones_like(a_t), (self.alpha(s) - a_t) / (1 - a_t))
 
     def eta(self, t: torch.Tensor) -> torch.Tensor:
-        """Reverse hazard ``η(t) = −α'(t) / (1 − α(t))`` (ALGORITHMS.md §0.3); ``1/t`` for the linear schedule."""
+        """Reverse hazard ``η(t) = −α'(t) / (1 − α(t))``; ``1/t`` for the linear schedule."""
         return -self.alpha_derivative(t) / (1 - self.alpha(t))
 
     # The corrupted set as a function of the order noise u (continuous time: τ_i ≤ t  ⟺  u_i ≤ 1 − α(t)).
     def corrupted(self, u: torch.Tensor, t: torch.Tensor, corruptible: torch.Tensor) -> torch.Tensor:
-        """``[B, L]`` bool: the positions corrupted at time ``t`` given order noise ``u`` (ALGORITHMS.md §1.1)."""
+        """``[B, L]`` bool: the positions corrupted at time ``t`` given order noise ``u``."""
         return corruptible & (u <= (1 - self.alpha(t))[:, None])
 
     def posterior_noise(self, corrupted: torch.Tensor, corruptible: torch.Tensor, t: torch.Tensor,
                         generator: torch.Generator) -> torch.Tensor:
-        """Draw ``u ~ q(u | corrupted set at t)`` (the noise-posterior of §1.2): uniform below / above ``1 − α(t)``."""
+        """Draw ``u ~ q(u | corrupted set at t)`` (the noise posterior of the noise-posterior corrector): uniform
+        below / above ``1 − α(t)``."""
         c = (1 - self.alpha(t))[:, None]
         v = uniform(corrupted.shape, generator, corrupted.device)
         return torch.where(corrupted, v * c, c + v * (1 - c))
 
     def log_prob_corrupted(self, n_corrupted: torch.Tensor, n_corruptible: torch.Tensor,
                            t: torch.Tensor) -> torch.Tensor:
-        """``log P(this particular corrupted set)``: ``k log(1 − α) + (n − k) log α`` (§2.1)."""
+        """``log P(this particular corrupted set)``: ``k log(1 − α) + (n − k) log α``
+        (docs/udm.md#masking-forward-process)."""
         a = self.alpha(t)
         return torch.xlogy(n_corrupted.double(), 1 - a) + torch.xlogy((n_corruptible - n_corrupted).double(), a)
 
@@ -147,7 +152,7 @@ class Schedule(ABC):
 
 
 class LinearSchedule(Schedule):
-    """``α(t) = 1 − t``; ``β(s, t) = (t − s)/t``; ``η(t) = 1/t`` (default, D6)."""
+    """``α(t) = 1 − t``; ``β(s, t) = (t − s)/t``; ``η(t) = 1/t`` (the default schedule, docs/numerics.md#d6)."""
 
     name = "linear"
 
@@ -188,8 +193,9 @@ class LogLinearSchedule(Schedule):
 
 
 class CountSchedule(Schedule):
-    """Su's count form (A9271): exactly ``k = round(t · n)`` of the ``n`` corruptible tokens are corrupted; the
-    corrupted set is uniform given ``k`` (it is the continuous process conditioned on the count, §1.1)."""
+    """Su's count form (docs/index.md#sources): exactly ``k = round(t · n)`` of the ``n`` corruptible tokens are
+    corrupted; the corrupted set is uniform given ``k`` (it is the continuous process conditioned on the count,
+    docs/udm.md#continuous-time-and-the-count-form)."""
 
     name = "count"
     is_count = True
@@ -239,7 +245,7 @@ def get_schedule(schedule: str | Schedule) -> Schedule:
 
 
 def time_grid(steps: int, device="cpu") -> torch.Tensor:
-    """Uniform grid ``1 = t_K > … > t_0 = 0`` with ``K = steps`` (D6)."""
+    """Uniform grid ``1 = t_K > … > t_0 = 0`` with ``K = steps`` (docs/numerics.md#d6)."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=device)
@@ -274,7 +280,7 @@ class StepPlan:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# x̂0 draws (ALGORITHMS.md §1.3, D12)
+# x̂0 draws (docs/udm.md#the-x0-predictor; default ``sample``: docs/numerics.md#d12)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -312,7 +318,8 @@ class X0Draw:
 
     def at(self, logits: torch.Tensor, where: torch.Tensor, fallback: torch.Tensor,
            generator: torch.Generator) -> torch.Tensor:
-        """Draw only at ``where [B, L]`` (fewer categoricals, §9); elsewhere return ``fallback``."""
+        """Draw only at ``where [B, L]`` (fewer categoricals, docs/numerics.md#float64-categorical-draws); elsewhere
+        return ``fallback``."""
         out = fallback.clone()
         if bool(where.any()):
             out[where] = self(logits[where], generator)
@@ -328,7 +335,7 @@ CORRECTORS = ("posterior", "baseline")
 
 
 class ForwardProcess(ABC):
-    """A UDM forward process on token batches (ALGORITHMS.md §1.1–§1.2).
+    """A UDM forward process on token batches (docs/udm.md#forward-processes).
 
     Subclasses define the corruption (:meth:`corrupt`), which positions ``(x0, x_t)`` identify as corrupted
     (:meth:`posterior_corrupted`), the replacement-noise posterior (:meth:`posterior_tokens`) and the prior.
@@ -387,19 +394,21 @@ class ForwardProcess(ABC):
         return None
 
     def invert(self, x0: Batch, x_t: Batch, t: torch.Tensor, generator: torch.Generator) -> Noise:
-        """``ε' ~ q(ε | x0, x_t)`` (§1.2 item 2): the identified part of ε is kept, the rest resampled."""
+        """``ε' ~ q(ε | x0, x_t)`` (docs/udm.md#noise-posterior-corrector): the identified part of ε is kept, the rest
+        resampled."""
         t = as_time(t, x0.ids.shape[0], x0.device)
         corrupted = self.posterior_corrupted(x0, x_t, t, generator)
         u = self.schedule.posterior_noise(corrupted, x0.corruptible, t, generator)
         return Noise(u, self.posterior_tokens(x0, x_t, corrupted, generator))
 
-    # -- correctors (§1.2) --------------------------------------------------------------------------------------
+    # -- correctors (docs/udm.md#predict-then-correct-reverse-step) ---------------------------------------------
     def correct(self, x_t: Batch, x0_hat: Batch, t, s, generator: torch.Generator) -> Batch:
-        """Noise-posterior corrector ``x_s = F_s(x̂0, ε')``, ``ε' ~ q(ε | x̂0, x_t)`` (ALGORITHMS.md §1.2 table)."""
+        """Noise-posterior corrector ``x_s = F_s(x̂0, ε')``, ``ε' ~ q(ε | x̂0, x_t)``
+        (docs/udm.md#correctors-of-the-token-processes)."""
         return self.corrupt(x0_hat, s, self.invert(x0_hat, x_t, t, generator))
 
     def baseline_correct(self, x0_hat: Batch, s, generator: torch.Generator) -> Batch:
-        """Baseline corrector ``x_s = F_s(x̂0, fresh ε)`` (ALGORITHMS.md §1.2 item 1)."""
+        """Baseline corrector ``x_s = F_s(x̂0, fresh ε)`` (docs/udm.md#baseline-corrector)."""
         return self.corrupt(x0_hat, s, self.sample_noise(x0_hat, generator))
 
     # -- prior and likelihood ------------------------------------------------------------------------------------
@@ -412,13 +421,14 @@ class ForwardProcess(ABC):
         """``log p(x_t | x0)`` per row (exact; used by oracle posteriors in tests and by ELBO checks)."""
         raise NotImplementedError(f"{type(self).__name__} does not define log p(x_t | x0)")
 
-    # -- the reverse step used by the generic loop (§1.6) -------------------------------------------------------
+    # -- the reverse step used by the generic loop (docs/udm.md#generic-reverse-loop) ---------------------------
     def plan(self, x_t: Batch, t: torch.Tensor, s: torch.Tensor, generator: torch.Generator) -> StepPlan:
         """Randomness drawn before the predictor is called; default: every row with ``s < t`` is active."""
         return StepPlan(t, s, (s < t) & x_t.corruptible.any(-1))
 
     def apply(self, x_t: Batch, output: Any, plan: StepPlan, draw: X0Draw, generator: torch.Generator) -> Batch:
-        """Draw ``x̂0`` from the predictor ``output`` (logits ``[B, L, V]``) and correct ``t → s`` (§1.2)."""
+        """Draw ``x̂0`` from the predictor ``output`` (logits ``[B, L, V]``) and correct ``t → s``
+        (predict-then-correct)."""
         x0_hat = self.draw_x0(x_t, output, draw, generator)
         if self.corrector == "baseline":
             return self.baseline_correct(x0_hat, plan.s, generator)

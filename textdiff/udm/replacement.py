@@ -1,15 +1,18 @@
-"""Replacement ("edit") processes ``replace_any`` and ``replace_diff`` (ALGORITHMS.md §3; A9271 §编辑模型).
+"""Replacement ("edit") processes ``replace_any`` and ``replace_diff`` (docs/udm.md#replacement-processes).
 
-Both corrupt a token by overwriting it with a replacement token: ``replace_any`` (A9271 version 1) draws it from
-``U(V)`` (it may equal the original), ``replace_diff`` (version 2) from ``U(V \\ {x0_i})``.
+Both corrupt a token by overwriting it with a replacement token (Su's "edit model", docs/index.md#sources):
+``replace_any`` (Su's version 1) draws it from ``U(V)`` (it may equal the original), ``replace_diff`` (version 2)
+from ``U(V \\ {x0_i})``.
 
-Design decisions (ALGORITHMS.md §10):
+Design decisions (docs/numerics.md#explicit-decisions):
 
-* D1 — the count-form reverse step of ``replace_diff`` with a per-position predictor (§3.3), ``kernel=``:
+* The count-form reverse step of ``replace_diff`` with a per-position predictor (docs/numerics.md#d1,
+  docs/udm.md#count-form-reverse-kernels), ``kernel=``:
 
   - ``"one_token"`` (default, (a)): position ``i ∝ d_i = 1 − P_i(x_i)``, token ``w ∝ P_i(w)`` over ``w ≠ x_i``.
-    Exact with the exact posterior *marginals* for one token per step (P4). Steps that revert ``m > 1`` tokens draw
-    ``m`` distinct positions ``∝ d_i`` without replacement (Gumbel-top-m) — an approximation, exact only for ``m = 1``.
+    Exact with the exact posterior *marginals* for one token per step
+    (docs/udm.md#p4-one-token-steps-need-only-marginals). Steps that revert ``m > 1`` tokens draw ``m`` distinct
+    positions ``∝ d_i`` without replacement (Gumbel-top-m) — an approximation, exact only for ``m = 1``.
   - ``"conditional_bernoulli"`` ((b)): the factorised predictor is conditioned on the Hamming distance ``k``:
     positions differ independently with probability ``d_i``, and ``D̂`` is drawn given ``|D̂| = k`` exactly
     (:func:`conditional_bernoulli_sample`, a log-space Poisson-binomial DP, ``O(l·k)``, batched); the reverted
@@ -24,17 +27,19 @@ Design decisions (ALGORITHMS.md §10):
     with such a predictor prefer (a) (on the enumerable toys of tests/udm/test_replace_kernels.py, (b) is not closer
     to ``p_data`` than (a) for several tokens per step either).
     Degenerate rows (``|D̂| = k`` impossible under the predictor: more than ``k`` positions with ``P_i(x_i) = 0`` or
-    fewer than ``k`` with ``P_i(x_i) < 1``) are conditioned on the nearest feasible Hamming distance (§9: explicit
-    rule, no epsilons); this never happens with an exact predictor.
+    fewer than ``k`` with ``P_i(x_i) < 1``) are conditioned on the nearest feasible Hamming distance (an explicit
+    rule, no epsilons: docs/numerics.md#degenerate-normalisers); this never happens with an exact predictor.
 * Continuous time (both processes, noise-posterior corrector): each position gets a revert coin with probability
   ``β(s, t)`` before the predictor is called; ``x_s = x̂0`` at coin positions, ``x_t`` elsewhere (reverting a
   position where ``x̂0`` agrees with ``x_t`` is a no-op). ``x̂0`` is drawn only at coin positions.
-* ``replace_any``: default ``corrector="baseline"`` (A9271's version 1 sampler); ``corrector="posterior"`` is the §3.1
-  corrector. Its count-form reverse step fuses predict and correct like (a): the reverse event changes a token with
-  probability ``min(1, Σ_j d_j / k)`` (with exact marginals, ``Σ d = E|D̂| ≤ k``: exactly "revert one position of
-  ``D̂`` with probability ``|D̂|/k``"), then position ``∝ d_i`` and token as in (a). ``correct()`` itself is the
-  generic noise-posterior corrector (used by the marginal-identity tests).
-* D3 — prior: ``l`` uniform tokens (production, as Su); exactness tests pass the exact forward marginal as ``x_init``.
+* ``replace_any``: default ``corrector="baseline"`` (Su's version 1 sampler); ``corrector="posterior"`` is the
+  noise-posterior corrector of docs/udm.md#the-replace_any-process. Its count-form reverse step fuses predict and
+  correct like (a): the reverse event changes a token with probability ``min(1, Σ_j d_j / k)`` (with exact
+  marginals, ``Σ d = E|D̂| ≤ k``: exactly "revert one position of ``D̂`` with probability ``|D̂|/k``"), then position
+  ``∝ d_i`` and token as in (a). ``correct()`` itself is the generic noise-posterior corrector (used by the
+  marginal-identity tests).
+* Prior (docs/numerics.md#d3): ``l`` uniform tokens (production, as Su); exactness tests pass the exact forward
+  marginal as ``x_init``.
 * Replacement tokens are drawn from ``range(vocab_size)``; protected tokens and padding are never replaced.
 """
 
@@ -49,12 +54,13 @@ from textdiff.rng import gumbel, uniform
 from textdiff.udm.process import Batch, CountSchedule, ForwardProcess, Noise, StepPlan, X0Draw, as_time
 from textdiff.udm.registry import register_process
 
-#: ``replace_diff`` count-form reverse kernels (D1, §3.3)
+#: ``replace_diff`` count-form reverse kernels (docs/udm.md#count-form-reverse-kernels)
 KERNELS = ("one_token", "conditional_bernoulli")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Conditional Bernoulli: independent Bernoulli(d_i) conditioned on their sum (ALGORITHMS.md §3.3 (b))
+# Conditional Bernoulli: independent Bernoulli(d_i) conditioned on their sum
+# (docs/udm.md#kernel-b-conditional-bernoulli)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -95,7 +101,7 @@ def _log_include(R: torch.Tensor, log_odds: torch.Tensor, i: int, r: torch.Tenso
 
 
 def conditional_bernoulli_inclusion(log_odds: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """``κ_i = P(i ∈ D | |D| = k)`` for independent ``i ∈ D`` with probability ``d_i`` (§3.3 (b); equals
+    """``κ_i = P(i ∈ D | |D| = k)`` for independent ``i ∈ D`` with probability ``d_i`` (kernel (b); equals
     ``d_i · P(Σ_{j≠i} = k−1) / P(Σ = k)``). ``log_odds [B, L] = log d_i − log(1 − d_i)`` in float64 (``±inf`` for
     ``d_i ∈ {1, 0}``), ``k [B]``. ``O(L·k)``: the sequential sampler's include probabilities pushed forward over the
     remaining count."""
@@ -115,7 +121,7 @@ def conditional_bernoulli_inclusion(log_odds: torch.Tensor, k: torch.Tensor) -> 
 
 def conditional_bernoulli_sample(log_odds: torch.Tensor, k: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Draw ``D [B, L]`` (bool) with ``|D| = k`` exactly from independent Bernoulli(``d_i``) conditioned on their sum
-    (§3.3 (b)): sequentially, position ``i`` joins with ``P(i ∈ D | r still to place)`` from the same DP as
+    (kernel (b)): sequentially, position ``i`` joins with ``P(i ∈ D | r still to place)`` from the same DP as
     :func:`conditional_bernoulli_inclusion`; log-space, float64 uniforms."""
     sure, free, target = _free_target(log_odds, k)
     R = _suffix_log_esp(free, target)
@@ -171,7 +177,7 @@ class ReplacementProcess(ForwardProcess):
         return Noise(uniform(x0.ids.shape, generator, x0.device), self.replacement_tokens(x0, generator))
 
     def corrupt(self, x0: Batch, t, noise: Noise) -> Batch:
-        """``x_t``: positions with ``τ_i ≤ t`` take their replacement token (§3.1, §3.2)."""
+        """``x_t``: positions with ``τ_i ≤ t`` take their replacement token."""
         return x0.with_ids(torch.where(self.corrupted_set(x0, t, noise), noise.tokens, x0.ids))
 
     def posterior_tokens(self, x0, x_t, corrupted, generator):
@@ -179,7 +185,7 @@ class ReplacementProcess(ForwardProcess):
         return torch.where(corrupted, x_t.ids, self.replacement_tokens(x0, generator))
 
     def prior_sample(self, template: Batch, generator: torch.Generator) -> Batch:
-        """D3: uniform tokens at every corruptible position."""
+        """The production prior (docs/numerics.md#d3): uniform tokens at every corruptible position."""
         r = (uniform(template.ids.shape, generator, template.device) * self.vocab_size).long()
         return template.with_ids(torch.where(template.corruptible, r.clamp_(max=self.vocab_size - 1), template.ids))
 
@@ -211,8 +217,8 @@ class ReplacementProcess(ForwardProcess):
 
     def revert_kernel(self, x_t: Batch, logits: torch.Tensor, plan: StepPlan, draw: X0Draw,
                       generator: torch.Generator) -> Batch:
-        """Count-form reverse step (ALGORITHMS.md §3.3): the positions to revert (:meth:`revert_positions`), then
-        their tokens ``∝ P_i(w)`` over ``w ≠ x_t,i``."""
+        """Count-form reverse step (docs/udm.md#count-form-reverse-kernels): the positions to revert
+        (:meth:`revert_positions`), then their tokens ``∝ P_i(w)`` over ``w ≠ x_t,i``."""
         log_stay = torch.log_softmax(logits.double(), -1).gather(-1, x_t.ids[..., None]).squeeze(-1)
         chosen = self.revert_positions(x_t, log_stay.masked_fill(~x_t.corruptible, 0.0), plan, generator)
         other = logits.scatter(-1, x_t.ids[..., None], -math.inf)
@@ -220,9 +226,9 @@ class ReplacementProcess(ForwardProcess):
 
     def revert_positions(self, x_t: Batch, log_stay: torch.Tensor, plan: StepPlan,
                          generator: torch.Generator) -> torch.Tensor:
-        """Kernel (a), §3.3: positions ``∝ d_i = 1 − P_i(x_t,i)`` (``log_stay = log P_i(x_t,i)``, 0 where not
-        corruptible), without replacement when several change. Rows with ``Σ d = 0`` are left unchanged
-        (self-loop)."""
+        """Kernel (a) (docs/udm.md#kernel-a-one-token): positions ``∝ d_i = 1 − P_i(x_t,i)``
+        (``log_stay = log P_i(x_t,i)``, 0 where not corruptible), without replacement when several change. Rows with
+        ``Σ d = 0`` are left unchanged (self-loop)."""
         d = (-torch.expm1(log_stay)).clamp(min=0.0)
         n_change = self.n_changes(plan.n_revert, plan.k, d.sum(-1), generator)
         keys = torch.log(d) + gumbel(d.shape, generator, d.device)
@@ -232,7 +238,7 @@ class ReplacementProcess(ForwardProcess):
 
 @register_process("replace_any")
 class ReplaceAnyProcess(ReplacementProcess):
-    """``replace_any`` (A9271 version 1): a corrupted token is redrawn from ``U(V)``; not invertible."""
+    """``replace_any`` (Su's version 1): a corrupted token is redrawn from ``U(V)``; not invertible."""
 
 
     def __init__(self, vocab_size: int, schedule="linear", corrector: str = "baseline"):
@@ -240,13 +246,15 @@ class ReplaceAnyProcess(ReplacementProcess):
 
     def n_changes(self, n_revert, k, sum_d, generator):
         """Each reverse event changes a token with probability ``min(1, Σ d / k)`` (a reverted position may have
-        been replaced by itself); exact for one event per step with exact marginals (P4)."""
+        been replaced by itself); exact for one event per step with exact marginals
+        (docs/udm.md#p4-one-token-steps-need-only-marginals)."""
         p = (sum_d / k.clamp(min=1)).clamp(max=1.0)[:, None]
         events = torch.arange(int(n_revert.max()), device=p.device)[None] < n_revert[:, None]
         return (events & (uniform(events.shape, generator, p.device) < p)).sum(-1)
 
     def posterior_corrupted(self, x0, x_t, t, generator):
-        """``D = {x_t ≠ x0}`` plus self-replaced agreeing positions drawn from their posterior (§3.1)."""
+        """``D = {x_t ≠ x0}`` plus self-replaced agreeing positions drawn from their posterior
+        (docs/udm.md#the-replace_any-process)."""
         t = as_time(t, x0.ids.shape[0], x0.device)
         differ = x0.corruptible & (x_t.ids != x0.ids)
         agree = x0.corruptible & ~differ
@@ -282,9 +290,10 @@ class ReplaceAnyProcess(ReplacementProcess):
 
 @register_process("replace_diff")
 class ReplaceDiffProcess(ReplacementProcess):
-    """``replace_diff`` (A9271 version 2): a corrupted token is redrawn from ``U(V \\ {x0_i})``; the edited set is
+    """``replace_diff`` (Su's version 2): a corrupted token is redrawn from ``U(V \\ {x0_i})``; the edited set is
     identified by ``(x0, x_t)`` (invertible up to the order inside it). ``kernel`` selects the count-form reverse step
-    (D1, §3.3): ``"one_token"`` (a, default) or ``"conditional_bernoulli"`` (b; count form, posterior corrector)."""
+    (docs/numerics.md#d1): ``"one_token"`` (a, default) or ``"conditional_bernoulli"`` (b; count form, posterior
+    corrector)."""
 
     differs = True
 
@@ -298,7 +307,7 @@ class ReplaceDiffProcess(ReplacementProcess):
         self.kernel = kernel
 
     def revert_positions(self, x_t, log_stay, plan, generator):
-        """Kernel (b), §3.3: ``D̂`` from the predictor conditioned on ``|D̂| = k`` (:meth:`edited_set`; ``k`` clamped
+        """Kernel (b): ``D̂`` from the predictor conditioned on ``|D̂| = k`` (:meth:`edited_set`; ``k`` clamped
         to the feasible range, see the module docstring), then the noise-posterior corrector's reverted positions
         (``k − j`` uniformly chosen positions of ``D̂``). Kernel (a) otherwise."""
         if self.kernel == "one_token":
@@ -312,7 +321,7 @@ class ReplaceDiffProcess(ReplacementProcess):
         return reverted & (plan.n_revert > 0)[:, None]
 
     def edited_set(self, log_odds: torch.Tensor, k: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """``D̂ [B, L]`` with ``|D̂| = k``: the conditional-Bernoulli draw (§3.3 (b))."""
+        """``D̂ [B, L]`` with ``|D̂| = k``: the conditional-Bernoulli draw of kernel (b)."""
         return conditional_bernoulli_sample(log_odds, k, generator)
 
     def posterior_corrupted(self, x0, x_t, t, generator):

@@ -1,22 +1,23 @@
-"""The generic UDM reverse loop (ALGORITHMS.md §1.6): any process, any x0 predictor.
+"""The generic UDM reverse loop (docs/udm.md#generic-reverse-loop): any process, any x0 predictor.
 
-The loop owns the time grid, predictor calls (with caching), the per-step logits hooks (§5, :class:`StepHooks`),
-progress and the trajectory record; the process owns how ``x̂0`` is drawn from the predictor output and how the state
-is corrected (:meth:`ForwardProcess.plan` before the predictor call, :meth:`ForwardProcess.apply` after it).
+The loop owns the time grid, predictor calls (with caching), the per-step logits hooks (docs/guidance.md#logits-hooks,
+:class:`StepHooks`), progress and the trajectory record; the process owns how ``x̂0`` is drawn from the predictor output
+and how the state is corrected (:meth:`ForwardProcess.plan` before the predictor call, :meth:`ForwardProcess.apply`
+after it).
 
 A predictor is any callable ``predictor(x_t: Batch, t: Tensor[B]) -> output`` (logits ``[B, L, V]`` for
 ``mask``/``replace_*``; whatever the process's ``apply`` expects otherwise). Set ``predictor.time_conditioned = True``
 on predictors that read ``t``; others are treated as time-agnostic.
 
-Caching (MDLM's ``ddpm_cache``; ALGORITHMS.md §2.3): with ``cache=True`` a step whose plan changes no row makes no
-network call (first-hitting skip), and when the predictor ignores ``t`` only the rows whose ``x_t`` changed since
-their last call are recomputed. ``cache=False`` calls the predictor on the whole batch at every step (the naive
-ancestral sampler, kept for benchmarks). ``cache="auto"`` (default) = ``True``.
+Caching (MDLM's ``ddpm_cache``; docs/udm.md#caching-and-first-hitting-skips): with ``cache=True`` a step whose plan
+changes no row makes no network call (first-hitting skip), and when the predictor ignores ``t`` only the rows whose
+``x_t`` changed since their last call are recomputed. ``cache=False`` calls the predictor on the whole batch at every
+step (the naive ancestral sampler, kept for benchmarks). ``cache="auto"`` (default) = ``True``.
 
-Cost accounting: the result's ``stats.network_calls`` / ``stats.network_rows`` count the batched forward passes and
-the rows sent through them. A predictor whose output makes more network calls after it returns (the deletion process's
-insertion fill, §4.3) meters every call it makes in its own ``usage`` (:class:`NetworkUsage`); the loop then
-reports that meter's increase over the run instead of counting predictor calls.
+Cost accounting: the result's ``stats.network_calls`` / ``stats.network_rows`` count the batched forward passes and the
+rows sent through them. A predictor whose output makes more network calls after it returns (the deletion process's
+insertion fill, docs/deletion.md#insertion-model) meters every call it makes in its own ``usage``
+(:class:`NetworkUsage`); the loop then reports that meter's increase over the run instead of counting predictor calls.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ from textdiff.udm.process import Batch, ForwardProcess, X0Draw, as_batch, time_g
 
 #: ``hook(logits, x, t, s) -> logits``: ``logits [B', L, V]`` are the token logits a reverse step draws from at the
 #: positions of ``x`` (the batch the network saw), ``t``, ``s [B']`` the step's times of those rows; e.g.
-#: classifier-free mixing or candidate reweighting (ALGORITHMS.md §5.2, §5.4). Hooks must not modify in place.
+#: classifier-free mixing or candidate reweighting (docs/guidance.md#classifier-free-guidance,
+#: docs/guidance.md#exact-candidate-reweighting). Hooks must not modify in place.
 LogitsHook = Callable[[torch.Tensor, Batch, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def forbid_tokens(token_ids: Sequence[int]) -> LogitsHook:
     """A logits hook giving ``token_ids`` probability 0 wherever x̂0 is drawn (e.g. special tokens), the deletion
-    process's inserted tokens included (its fill draws, §4.3). Visible, protected and surviving tokens are carried
-    over by the process, not drawn, so they are unaffected."""
+    process's inserted tokens included (its fill draws, docs/deletion.md#insertion-model). Visible, protected and
+    surviving tokens are carried over by the process, not drawn, so they are unaffected."""
     banned = torch.as_tensor(sorted(set(token_ids)), dtype=torch.long)
 
     def hook(logits, x_t, t, s):
@@ -52,12 +54,14 @@ def forbid_tokens(token_ids: Sequence[int]) -> LogitsHook:
 
 @dataclass(frozen=True)
 class StepHooks:
-    """The logits hooks of one reverse step ``t → s`` (``t``, ``s``: ``[B]``): the one place hooks are run (§5.2).
+    """The logits hooks of one reverse step ``t → s`` (``t``, ``s``: ``[B]``): the one place hooks are run
+    (docs/guidance.md#logits-hooks).
 
     :meth:`bind` applies them to a predictor output: logits ``[B, L, V]`` directly; a structured output whose
-    tokens are drawn from logits computed later (the deletion process's ``ModelPrediction``, §4.3) must define
-    ``with_logits_hooks(step_hooks)``, returning a copy that calls ``step_hooks(logits, x, rows)`` on every logits
-    tensor it draws tokens from (``x``: the batch the network saw; ``rows``: the step-batch indices of its rows).
+    tokens are drawn from logits computed later (the deletion process's ``ModelPrediction``, the insertion model's
+    fill) must define ``with_logits_hooks(step_hooks)``, returning a copy that calls ``step_hooks(logits, x, rows)``
+    on every logits tensor it draws tokens from (``x``: the batch the network saw; ``rows``: the step-batch indices of
+    its rows).
     """
 
     hooks: tuple[LogitsHook, ...]
@@ -228,15 +232,15 @@ def reverse_sample(
     x_init: Batch | None = None,
     progress: bool = False,
 ) -> SampleResult:
-    """Run the reverse chain ``x_1 → x_0`` (ALGORITHMS.md §1.6) and return ``x_0``.
+    """Run the reverse chain ``x_1 → x_0`` and return ``x_0``.
 
-    ``template`` fixes shape, padding and protected tokens (see :func:`make_template`); a process that grows its
-    states (``process.variable_length``: deletion, §4.5) also accepts a template of width 0 (every row empty).
-    ``steps`` (default ``T``: the number of corruptible tokens of the longest row) defines the uniform grid; the count
-    form needs ``1 <= steps <= T``. ``grid`` overrides it (decreasing, from ``t_start`` to 0). ``x_init`` starts the
-    chain from a given state at ``grid[0]`` instead of the prior draw. ``logits_hooks`` (:data:`LogitsHook`) run, in
-    order, on the token logits of every step (:class:`StepHooks`). The result is ``x_0`` with its
-    :class:`SampleStats` (steps, network calls and rows; see the module docstring).
+    ``template`` fixes shape, padding and protected tokens (see :func:`make_template`); a process that grows its states
+    (``process.variable_length``: deletion, docs/deletion.md#reverse-loop) also accepts a template of width 0 (every row
+    empty). ``steps`` (default ``T``: the number of corruptible tokens of the longest row) defines the uniform grid; the
+    count form needs ``1 <= steps <= T``. ``grid`` overrides it (decreasing, from ``t_start`` to 0). ``x_init`` starts
+    the chain from a given state at ``grid[0]`` instead of the prior draw. ``logits_hooks`` (:data:`LogitsHook`) run, in
+    order, on the token logits of every step (:class:`StepHooks`). The result is ``x_0`` with its :class:`SampleStats`
+    (steps, network calls and rows; see the module docstring).
     """
     template = as_batch(template)
     if not isinstance(process, ForwardProcess):

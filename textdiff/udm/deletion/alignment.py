@@ -24,14 +24,15 @@ def _embedding_table(x0: Tensor, mask0: Tensor, x: Tensor, mask: Tensor) -> Tens
 
 
 def count_embeddings(x0: Tensor, mask0: Tensor, x: Tensor, mask: Tensor) -> Tensor:
-    """``N(x0, x)``: number of strictly increasing index maps ``K`` with ``x0[K] = x`` (ALGORITHMS.md §4.1), float64."""
+    """``N(x0, x)``: number of strictly increasing index maps ``K`` with ``x0[K] = x``, float64
+    (docs/deletion.md#forward-process)."""
     table = _embedding_table(x0, mask0, x, mask)
     rows = torch.arange(x0.shape[0], device=x0.device)
     return table[rows, mask0.sum(1), mask.sum(1)]
 
 
 def sample_embedding(x0: Tensor, mask0: Tensor, x: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
-    """A uniformly random embedding of ``x`` in ``x0`` as a survivor mask over ``x0`` (ALGORITHMS.md §4.2).
+    """A uniformly random embedding of ``x`` in ``x0`` as a survivor mask over ``x0``.
 
     Backward sampling through the embedding-count table; raises ``ValueError`` if ``x`` is not a subsequence of ``x0``.
     """

@@ -19,7 +19,7 @@ from textdiff.udm.sampler import NetworkUsage, StepHooks
 
 
 class InsertionOutput(Protocol):
-    """What an insertion predictor returns for ``x_t`` (ALGORITHMS.md §4.3): a pattern drawn in two stages.
+    """What an insertion predictor returns for ``x_t``: a pattern drawn in two stages.
 
     A trained network (:class:`ModelInsertionPredictor`) and an exact enumerated posterior in a test both return
     one; :meth:`DeletionProcess.apply` cannot tell them apart. Outputs that draw the fill from token logits may also
@@ -37,7 +37,7 @@ class InsertionOutput(Protocol):
 
 def sample_slot_counts(count_logits: Tensor, lengths: Tensor, closed: Tensor, budget: Tensor,
                        generator: torch.Generator, max_tries: int = 64) -> Tensor:
-    """Slot counts from per-slot logits ``[B, L+1, K+1]`` (ALGORITHMS.md §4.3, D5).
+    """Slot counts from per-slot logits ``[B, L+1, K+1]`` (docs/deletion.md#slot-counts, docs/numerics.md#d5).
 
     Counts above the row's ``budget``, on ``closed`` slots and on slots beyond the row's length are impossible.
     Independent per-slot draws; rows whose total exceeds the budget are redrawn up to ``max_tries`` times, then
@@ -98,9 +98,10 @@ class ModelPrediction:
     ``hooks`` (set by :meth:`with_logits_hooks`, i.e. by ``reverse_sample``'s ``logits_hooks``) run on the fill's token
     logits ``[B', L', V]`` after the support restrictions, with ``x`` = the rows of the expanded sequence sent to the
     network (placeholders = ``[MASK]``, tokens revealed so far) and those rows' ``t``, ``s``; the draw uses their
-    result. Each hooked fill categorical is conditioned / reweighted exactly (§5.2); with several kept placeholders
-    per row the per-draw reweighting approximates reweighting the joint fill (§5.3). Hooks cannot apply to the count
-    head (its logits are over counts ``0..K``, not tokens), so slot counts are drawn from the unhooked model: e.g.
+    result. Each hooked fill categorical is conditioned / reweighted exactly
+    (docs/guidance.md#exact-candidate-reweighting); with several kept placeholders per row the per-draw reweighting
+    approximates reweighting the joint fill (docs/guidance.md#multi-token-steps). Hooks cannot apply to the count head
+    (its logits are over counts ``0..K``, not tokens), so slot counts are drawn from the unhooked model: e.g.
     ``forbid_tokens`` conditions every fill categorical, not ``p_θ(x0 | no forbidden token inserted)``.
     """
 
@@ -147,23 +148,24 @@ class ModelInsertionPredictor:
     """An insertion network (``count_logits(ids, mask, t)``, ``token_logits(ids, mask)``; see
     ``textdiff.models.insertion``) as the deletion process's predictor for :func:`textdiff.udm.sampler.reverse_sample`.
 
-    ``fill_mode`` (D5): ``oneshot`` (factorised) or ``iterative`` (``tokens_per_step`` kept placeholders revealed at a
-    time in random order, each draw conditioned on the tokens already revealed). Every network call (count head and
-    fill) is metered in ``usage``, so ``reverse_sample``'s ``stats`` count the fill calls too.
+    ``fill_mode`` (docs/numerics.md#d5): ``oneshot`` (factorised) or ``iterative`` (``tokens_per_step`` kept
+    placeholders revealed at a time in random order, each draw conditioned on the tokens already revealed). Every
+    network call (count head and fill) is metered in ``usage``, so ``reverse_sample``'s ``stats`` count the fill calls
+    too.
 
-    Support restrictions of the fill (ALGORITHMS.md §5.2; :func:`textdiff.udm.sampler.forbid`): ``forbidden_ids``
-    (special tokens, ``[unused*]``) get logit −inf at every fill draw; with ``continuation_ids`` (WordPiece ``##``
-    pieces), so do continuations at the first text piece (a kept placeholder with nothing kept before it, i.e. right
-    after ``[CLS]``) and right after a protected token (keywords stay whole words). Logits at −inf followed by the
-    softmax's renormalisation is exactly conditioning that categorical on the allowed set, so the oneshot fill (a
-    product law) is exactly conditioned on all restrictions. The iterative fill reveals the continuation-restricted
-    positions first; with one such position (a sentence grown from ``[]`` has at most one per step) the fill given
-    the expansion is then exactly the model's fill law conditioned on the event "the first piece is not a
-    continuation" (that token comes from its conditioned marginal, every later draw conditions on it). With several
-    (keywords), and for ``forbidden_ids`` at every draw, sequential restriction approximates the joint conditioning.
-    Slot counts are not reweighted by the event's probability: the chain samples the model with every fill so
-    conditioned, not ``p_θ(x0 | first piece is not a continuation)``. The first piece of every state is kept from the
-    previous state or is a restricted fill, so no sample starts with a continuation. ``reverse_sample``'s
+    Support restrictions of the fill (docs/guidance.md#support-restrictions-as-conditioning;
+    :func:`textdiff.udm.sampler.forbid`): ``forbidden_ids`` (special tokens, ``[unused*]``) get logit −inf at every fill
+    draw; with ``continuation_ids`` (WordPiece ``##`` pieces), so do continuations at the first text piece (a kept
+    placeholder with nothing kept before it, i.e. right after ``[CLS]``) and right after a protected token (keywords
+    stay whole words). Logits at −inf followed by the softmax's renormalisation is exactly conditioning that categorical
+    on the allowed set, so the oneshot fill (a product law) is exactly conditioned on all restrictions. The iterative
+    fill reveals the continuation-restricted positions first; with one such position (a sentence grown from ``[]`` has
+    at most one per step) the fill given the expansion is then exactly the model's fill law conditioned on the event
+    "the first piece is not a continuation" (that token comes from its conditioned marginal, every later draw conditions
+    on it). With several (keywords), and for ``forbidden_ids`` at every draw, sequential restriction approximates the
+    joint conditioning. Slot counts are not reweighted by the event's probability: the chain samples the model with
+    every fill so conditioned, not ``p_θ(x0 | first piece is not a continuation)``. The first piece of every state is
+    kept from the previous state or is a restricted fill, so no sample starts with a continuation. ``reverse_sample``'s
     ``logits_hooks`` run on the fill logits after these restrictions (:class:`ModelPrediction`).
     """
 

@@ -34,7 +34,8 @@ def pseudo_log_likelihood(model, x: Batch, chunk: int = 256) -> Tensor:
 @torch.no_grad()
 def elbo_upper_bound(model, process: DeletionProcess, x0: Batch, generator: torch.Generator,
                      chunk: int = 16) -> Tensor:
-    """One-sample Monte Carlo estimate, per row, of the continuous-time bound on ``−log p_θ(x0)`` (nats, §4.7).
+    """One-sample Monte Carlo estimate, per row, of the continuous-time bound on ``−log p_θ(x0)`` (nats,
+    docs/deletion.md#elbo).
 
     ``t ~ U(0, 1)`` stratified over the batch, ``x_t`` and its survivor set from the forward process; then
     ``η(t) [Σ_j E_θ n_j − Σ_{(j,w)} c log μ̂_θ(j, w) + Σ_{(j,w)} (c log c − c)]`` with the sampled survivor set's

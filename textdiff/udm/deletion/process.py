@@ -26,12 +26,12 @@ def _match_keys(x: Batch) -> Tensor:
 
 @register_process("delete")
 class DeletionProcess(ForwardProcess):
-    """``delete`` (ALGORITHMS.md §4): each corruptible token is deleted independently w.p. ``1 − α(t)``; ``x_1 = []``.
+    """``delete``: each corruptible token is deleted independently w.p. ``1 − α(t)``; ``x_1 = []``.
 
-    ``placeholder_id`` is the ``[MASK]`` id EXPAND writes; ``max_length`` caps every state. ``continuation_ids``
-    (e.g. WordPiece ``##`` pieces): a protected continuation piece right after a protected token closes the slot
-    between them, so multi-piece keywords stay contiguous (§4.9). Continuous time only. States grow from ``x_1 = []``
-    (``variable_length``), so the reverse loop accepts a template of width 0.
+    ``placeholder_id`` is the ``[MASK]`` id EXPAND writes; ``max_length`` caps every state. ``continuation_ids`` (e.g.
+    WordPiece ``##`` pieces): a protected continuation piece right after a protected token closes the slot between them,
+    so multi-piece keywords stay contiguous (docs/deletion.md#conditioning-on-keywords). Continuous time only. States
+    grow from ``x_1 = []`` (``variable_length``), so the reverse loop accepts a template of width 0.
     """
 
     time_agnostic_posterior = False
@@ -63,16 +63,16 @@ class DeletionProcess(ForwardProcess):
         return Batch(ids, mask, reindex.apply(x.protected, False))
 
     def corrupt(self, x0: Batch, t, noise: Noise) -> Batch:
-        """``x_t = x0[K_t]`` (ALGORITHMS.md §4.1)."""
+        """``x_t = x0[K_t]``: the survivors of ``x0``, in order."""
         return self.keep_tokens(x0, x0.attention_mask & ~self.corrupted_set(x0, t, noise))
 
     def posterior_corrupted(self, x0: Batch, x_t: Batch, t, generator: torch.Generator) -> Tensor:
-        """Deleted set of a uniformly random embedding of ``x_t`` in ``x0`` (ALGORITHMS.md §4.2)."""
+        """Deleted set of a uniformly random embedding of ``x_t`` in ``x0`` (docs/deletion.md#alignment-ambiguity)."""
         survive = sample_embedding(_match_keys(x0), x0.attention_mask, _match_keys(x_t), x_t.attention_mask, generator)
         return x0.corruptible & ~survive
 
     def log_prob(self, x0: Batch, x_t: Batch, t) -> Tensor:
-        """``log p(x_t | x0) = log N(x0, x_t) + m log α + (l − m) log(1 − α)`` over corruptible tokens (§4.1)."""
+        """``log p(x_t | x0) = log N(x0, x_t) + m log α + (l − m) log(1 − α)`` over corruptible tokens."""
         alpha = self.schedule.alpha(as_time(t, x0.ids.shape[0], x0.device))
         embeddings = count_embeddings(_match_keys(x0), x0.attention_mask, _match_keys(x_t), x_t.attention_mask)
         n0, m = x0.corruptible.sum(1).double(), x_t.corruptible.sum(1).double()
@@ -90,7 +90,7 @@ class DeletionProcess(ForwardProcess):
 
     # -- corrector ---------------------------------------------------------------------------------------------
     def thin(self, is_new: Tensor, attention_mask: Tensor, t, s, generator: torch.Generator) -> Tensor:
-        """Corrector (ALGORITHMS.md §4.4): keep every survivor, keep each inserted token w.p. ``β(s, t)``."""
+        """Corrector (docs/deletion.md#corrector): keep every survivor, keep each inserted token w.p. ``β(s, t)``."""
         batch = is_new.shape[0]
         beta = self.schedule.beta(as_time(s, batch, is_new.device), as_time(t, batch, is_new.device))
         reinsert = uniform(is_new.shape, generator, is_new.device) < beta[:, None]
@@ -104,14 +104,14 @@ class DeletionProcess(ForwardProcess):
         glued &= x.protected.roll(1, dims=1)
         return torch.cat([glued, glued.new_zeros(glued.shape[0], 1)], dim=1)
 
-    # -- reverse step (§1.6, §4.5) ------------------------------------------------------------------------------
+    # -- reverse step (docs/deletion.md#reverse-loop) -----------------------------------------------------------
     def plan(self, x_t: Batch, t: Tensor, s: Tensor, generator: torch.Generator) -> StepPlan:
         """Every row with ``s < t`` is active (even an empty ``x_t`` grows)."""
         return StepPlan(t, s, s < t)
 
     def apply(self, x_t: Batch, output: InsertionOutput, plan: StepPlan, draw: X0Draw,
               generator: torch.Generator) -> Batch:
-        """Counts → EXPAND → thin → fill the kept placeholders → compact (ALGORITHMS.md §4.5).
+        """Counts → EXPAND → thin → fill the kept placeholders → compact (docs/deletion.md#reverse-loop).
 
         With ``corrector="baseline"`` every placeholder is filled and ``x_s = F_s(x̂0, fresh noise)``.
         """
@@ -126,13 +126,14 @@ class DeletionProcess(ForwardProcess):
         return self.keep_tokens(output.sample_fill(expanded, grown.is_new & keep, draw, generator), keep)
 
     def prior_sample(self, template: Batch, generator: torch.Generator) -> Batch:
-        """``x_1``: the empty sequence, or the template's protected tokens (never deleted, §4.9)."""
+        """``x_1``: the empty sequence, or the template's protected tokens (never deleted,
+        docs/deletion.md#conditioning-on-keywords)."""
         return self.keep_tokens(template, template.attention_mask & template.protected)
 
 
 @dataclass(frozen=True)
 class TrainingTargets:
-    """One forward draw for training (ALGORITHMS.md §4.6): ``x_t``, its slot counts, the expanded sequence ``y``
+    """One forward draw for training (docs/deletion.md#training): ``x_t``, its slot counts, the expanded sequence ``y``
     (deleted tokens replaced by ``[MASK]``) and the deleted positions (``fill``), with ``x0`` for the token targets."""
 
     x_t: Batch
@@ -142,7 +143,7 @@ class TrainingTargets:
 
 
 def training_targets(process: DeletionProcess, x0: Batch, t, generator: torch.Generator) -> TrainingTargets:
-    """Targets from the forward process itself (ALGORITHMS.md §4.6): the survivor alignment is known."""
+    """Targets from the forward process itself (docs/deletion.md#training): the survivor alignment is known."""
     deleted = process.corrupted_set(x0, t, process.sample_noise(x0, generator))
     x_t = process.keep_tokens(x0, x0.attention_mask & ~deleted)
     counts = slot_counts(x0.attention_mask & ~deleted, x0.attention_mask)

@@ -54,7 +54,7 @@ def expand(
     pad_id: int = 0,
     max_length: int | None = None,
 ) -> Expansion:
-    """EXPAND (ALGORITHMS.md §4.5): insert ``counts[b, j]`` placeholders into slot ``j`` of row ``b``.
+    """EXPAND (docs/deletion.md#reverse-loop): insert ``counts[b, j]`` placeholders into slot ``j`` of row ``b``.
 
     Slot ``j`` lies before token ``j`` (slot ``m_b`` after the last). Survivor ``i`` moves to ``i + Σ_{j≤i} n_j``.
     ``counts`` is ``[B, L+1]`` with non-negative integers and zeros beyond each row's last slot.
@@ -86,7 +86,8 @@ def expand(
 
 
 def compact(ids: Tensor, attention_mask: Tensor, keep: Tensor, pad_id: int = 0) -> tuple[Tensor, Tensor, Reindex]:
-    """Stable partition by ``keep`` (ALGORITHMS.md §4.5): kept tokens move to ``cumsum(keep) − 1``."""
+    """COMPACT, a stable partition by ``keep`` (docs/deletion.md#reverse-loop): kept tokens move to
+    ``cumsum(keep) − 1``."""
     _check_batch(ids, attention_mask)
     if keep.shape != ids.shape or keep.dtype != torch.bool:
         raise ValueError(f"keep must be a bool tensor of shape {tuple(ids.shape)}")
@@ -99,7 +100,8 @@ def compact(ids: Tensor, attention_mask: Tensor, keep: Tensor, pad_id: int = 0) 
 
 
 def slot_counts(survive: Tensor, attention_mask: Tensor) -> Tensor:
-    """Deleted tokens per slot of ``x_t`` (ALGORITHMS.md §4.6): ``c_j`` = deletions between survivors ``j−1`` and ``j``.
+    """Deleted tokens per slot of ``x_t`` (docs/deletion.md#training): ``c_j`` = deletions between survivors ``j−1``
+    and ``j``.
 
     Returns ``[B, m_max + 1]`` (zeros beyond each row's last slot).
     """

@@ -28,11 +28,12 @@ def sample_delete(
     logits_hooks: Sequence[LogitsHook] = (),
     device: str | torch.device = "cpu",
 ) -> SampleResult:
-    """Variable-length samples from the reverse insertion chain (ALGORITHMS.md §4.5) via the generic loop.
+    """Variable-length samples from the reverse insertion chain via the generic loop.
 
-    From ``x_1 = []`` (``n`` rows), or from ``start`` at ``t_start`` (protected tokens of ``start`` are kept, in
-    order, by construction: §4.9). ``predictor(x_t, t)`` returns an :class:`InsertionOutput`. The result's ``stats``
-    count network calls (fill calls included for a :class:`ModelInsertionPredictor`);
+    From ``x_1 = []`` (``n`` rows), or from ``start`` at ``t_start`` (protected tokens of ``start`` are kept, in order,
+    by construction: docs/deletion.md#conditioning-on-keywords). ``predictor(x_t, t)`` returns an
+    :class:`InsertionOutput`. The result's ``stats`` count network calls (fill calls included for a
+    :class:`ModelInsertionPredictor`);
     ``logits_hooks`` act on the fill's token logits (:class:`ModelPrediction`).
     """
     if (n is None) == (start is None):
