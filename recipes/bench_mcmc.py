@@ -53,8 +53,8 @@ class ForwardTimer:
 def run_textdiff(gen: KeywordGenerator, chains: int, steps: int, seed: int) -> tuple[int, float]:
     """Accepted edits and wall time of ``gen.generate`` (constant temperature 1: plain sampling)."""
     start = time.perf_counter()
-    gen.generate(KEYWORDS, chains=chains, steps=steps, seed=seed, schedule="constant")
-    return sum(gen.last_result.accepted), time.perf_counter() - start
+    result = gen.run(KEYWORDS, chains=chains, steps=steps, seed=seed, schedule="constant")
+    return sum(result.accepted), time.perf_counter() - start
 
 
 @torch.no_grad()
@@ -65,7 +65,7 @@ def sentence_log_prob(model, ids: list[int]) -> float:
 
 @torch.no_grad()
 def run_cgmh(lm, tok, prefix: list[int], steps: int, top_k: int, gamma: float, seed: int) -> tuple[int, float]:
-    """Su's loop: one chain, one forward per candidate sentence, Su's ratios (A8194, ALGORITHMS.md §7.7)."""
+    """Su's loop: one chain, one forward per candidate sentence, Su's ratios (docs/mcmc.md#faithful-reference-modes)."""
     gen = rng.make_generator(seed)
     spans = [tuple(tok.encode(" " + w, add_special_tokens=False)) for w in KEYWORDS.split()]
     x = State.from_keywords(spans)

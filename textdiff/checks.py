@@ -9,10 +9,15 @@ from collections.abc import Iterable
 import torch
 
 
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type: a ``TypeError`` that is also a ``ValueError``, so ``except ValueError``
+    catches every bad argument."""
+
+
 def positive_int(name: str, value, *, minimum: int = 1) -> int:
     """``value`` as an int ``>= minimum`` (bools and floats are refused)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ArgumentTypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
@@ -22,7 +27,7 @@ def finite_float(name: str, value, *, low: float | None = None, high: float | No
                  low_open: bool = False, high_open: bool = False) -> float:
     """``value`` as a finite float within ``[low, high]`` (``(low, …`` / ``…, high)`` when open)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
+        raise ArgumentTypeError(f"{name} must be a number, got {value!r}")
     value = float(value)
     below = low is not None and (value <= low if low_open else value < low)
     above = high is not None and (value >= high if high_open else value > high)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from textdiff import checks
+
 
 def forbid(logits: torch.Tensor, token_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
     """``logits [..., V]`` with ``token_ids`` at ``−inf`` (a new tensor): the categorical conditioned on "not one of
@@ -61,8 +63,7 @@ class TokenSupport:
     _tensors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        if isinstance(self.vocab_size, bool) or not isinstance(self.vocab_size, int) or self.vocab_size < 1:
-            raise ValueError(f"vocab_size must be an integer >= 1, got {self.vocab_size!r}")
+        checks.positive_int("vocab_size", self.vocab_size)
         for name in ("special_ids", "excluded_ids", "continuation_ids"):
             ids = _ids(getattr(self, name))
             if ids and (ids[0] < 0 or ids[-1] >= self.vocab_size):

@@ -7,7 +7,6 @@ import argparse
 from textdiff import rng
 from textdiff.cli.common import add_device_option, add_seed_option, add_threads_option
 from textdiff.mcmc.gibbs import ORDERS, gibbs_sample, masked_init, random_lengths, text_init
-from textdiff.models.hub import load_mlm
 from textdiff.support import TokenSupport
 
 
@@ -40,6 +39,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from textdiff.models.hub import load_mlm  # transformers loads with the verb, not with --help
+
     model, tokenizer = load_mlm(args.model, device=args.device)
     generator = rng.make_generator(args.seed, device=args.device)
     if args.text:

@@ -7,7 +7,6 @@ import inspect
 from pathlib import Path
 
 from textdiff.cli.common import add_device_option, add_seed_option, add_threads_option, default_device
-from textdiff.models.hub import load_denoiser, load_insertion
 from textdiff.udm import PROCESSES, Trajectory, X0Draw, forbid_tokens, make_process, process_names, reverse_sample
 from textdiff.udm.deletion import decode, predictor_for, process_for, sample_delete
 from textdiff.udm.sampler import make_template
@@ -98,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or default_device()
     draw = X0Draw(args.x0_mode, args.temperature, args.top_k, args.top_p)
     trajectory = Trajectory() if args.trajectory else None
+    from textdiff.models.hub import load_denoiser, load_insertion  # transformers loads with the verb, not --help
+
     process_class = PROCESSES[args.process]
     schedule = args.schedule or process_class.default_schedule
     if process_class.variable_length:

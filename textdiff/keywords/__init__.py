@@ -15,7 +15,6 @@ from textdiff.keywords.diffusion import generate_from_keywords
 from textdiff.keywords.mh import KeywordGenerator, check_settings, default_generator
 from textdiff.keywords.parse import inflections, parse_keywords
 from textdiff.keywords.result import Sentence
-from textdiff.models.hub import load_insertion
 from textdiff.registry import Registry
 
 #: generation methods by name: ``method(keywords, n, **options) -> list[Sentence]``
@@ -31,6 +30,8 @@ def _generate_mh(keywords, n: int = 1, *, lm=None, mlm=None, device="cpu", propo
 
 @functools.lru_cache(maxsize=2)
 def _insertion_model(name, device: str):
+    from textdiff.models.hub import load_insertion  # on first use: transformers is not imported with the CLI
+
     return load_insertion(name, device)
 
 

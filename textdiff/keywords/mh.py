@@ -19,10 +19,9 @@ import torch
 from textdiff import checks, rng
 from textdiff.keywords.parse import capitalize, detokenize, inflections, parse_keywords
 from textdiff.keywords.result import Sentence
-from textdiff.mcmc.mh import MetropolisHastings, State, temperature_schedule
+from textdiff.mcmc.mh import MetropolisHastings, MHResult, State, temperature_schedule
 from textdiff.mcmc.proposals import PROPOSALS, ProposalModels
 from textdiff.mcmc.targets import CausalLMScorer, ConstrainedLMTarget, KeywordMeasure, keyword_spans
-from textdiff.models.hub import load_lm, load_mlm
 
 MAX_STARTS = 64
 CHAT_PROMPT = "<|im_start|>assistant\n"
@@ -139,20 +138,18 @@ class KeywordGenerator:
             min_length=min_length, max_length=self.max_length, banned=banned, soft=soft),
             continuation=self.proposal.support.continuation_ids)
 
-    def generate(self, keywords: str | Iterable[str], n: int = 1, *, steps: int = 200, chains: int | None = None,
-                 seed: int | None = None, inflect: bool = False, schedule: str = "geometric",
-                 temperature: float = 1.0, final_temperature: float = 0.05, output: str = "best",
-                 min_length: int = 1, banned: str | Sequence[str] = (), soft: Sequence[Callable] = (),
-                 progress: bool = False) -> list[Sentence]:
-        """``n`` sentences containing every keyword, best first (see the module docstring for the method)."""
+    def run(self, keywords: str | Iterable[str], *, steps: int = 200, chains: int = 4, seed: int | None = None,
+            inflect: bool = False, schedule: str = "geometric", temperature: float = 1.0,
+            final_temperature: float = 0.05, min_length: int = 1, banned: str | Sequence[str] = (),
+            soft: Sequence[Callable] = (), progress: bool = False) -> MHResult:
+        """The annealed MH chains for one keyword set, started from its best keyword orders (and forms): every
+        chain's final and best states with their ``log π`` and acceptance counts."""
         words = parse_keywords(keywords)
-        check_settings(n=n, steps=steps, chains=chains, temperature=temperature,
-                       final_temperature=final_temperature, output=output)
+        check_settings(steps=steps, chains=chains, temperature=temperature, final_temperature=final_temperature)
         banned = [banned] if isinstance(banned, str) else list(banned)
         clash = sorted({b for b in banned for w in words if b.lower() == w.lower()})
         if clash:
             raise ValueError(f"banned words {clash} are also keywords; a sentence cannot both hold and avoid them")
-        chains = max(n, 4) if chains is None else chains
         forms = [self.keyword_forms(w, inflect) for w in words]
         needed = sum(len(f[0]) for f in forms)
         if needed > self.max_length:
@@ -167,12 +164,20 @@ class KeywordGenerator:
         initial = [starts[ranked[c % len(ranked)]] for c in range(chains)]
         sampler = MetropolisHastings(self.proposal, target, max_length=self.max_length)
         temperatures = temperature_schedule(steps, schedule, temperature, final_temperature)
-        result = sampler.run(initial, steps, temperatures=temperatures, generator=generator, progress=progress)
+        return sampler.run(initial, steps, temperatures=temperatures, generator=generator, progress=progress)
+
+    def generate(self, keywords: str | Iterable[str], n: int = 1, *, chains: int | None = None,
+                 output: str = "best", **options) -> list[Sentence]:
+        """``n`` distinct sentences containing every keyword, best first: :meth:`run` with ``max(n, 4)`` chains
+        unless ``chains`` is given, each chain's ``best`` (or ``final``) state; ``options`` go to :meth:`run`."""
+        check_settings(n=n, chains=chains, output=output)
+        chains = max(n, 4) if chains is None else chains
+        result = self.run(keywords, chains=chains, **options)
         states, scores = (result.best, result.best_log_pi) if output == "best" else (result.final, result.final_log_pi)
         order = [c for c in sorted(range(chains), key=lambda c: -scores[c]) if scores[c] > float("-inf")]
         if not order:
-            raise ValueError(f"no chain reached a sentence that satisfies the constraints (keywords {words}, banned "
-                             f"{banned}, min_length {min_length}); try more --steps or fewer constraints")
+            raise ValueError(f"no chain reached a sentence that satisfies the constraints (keywords "
+                             f"{parse_keywords(keywords)}, {options}); try more steps or fewer constraints")
         lm_scores = self.scorer.log_prob_ids([self.to_lm_ids(states[c].tokens) for c in order])
         sentences, seen = [], set()
         for rank, c in enumerate(order):
@@ -191,7 +196,10 @@ class KeywordGenerator:
 @functools.lru_cache(maxsize=4)
 def default_generator(lm: str | None = None, mlm: str | None = None, device: str = "cpu", proposal: str = "mlm"
                       ) -> KeywordGenerator:
-    """A ``KeywordGenerator`` on the default (or named) models, loaded once per process."""
+    """A ``KeywordGenerator`` on the default (or named) models, loaded once per process (the loaders, and
+    transformers with them, are imported on first use, so the CLI starts fast)."""
+    from textdiff.models.hub import load_lm, load_mlm
+
     lm_model, lm_tok = load_lm(lm, device=device)
     needs_mlm = PROPOSALS.get_checked(proposal).needs_mlm
     mlm_model, mlm_tok = load_mlm(mlm, device=device) if needs_mlm else (None, None)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from textdiff import rng
+from textdiff import checks, rng
 from textdiff.mcmc.proposals import Context
 
 MOVES = ("replace", "insert", "delete")
@@ -303,8 +303,7 @@ class MetropolisHastings:
             seed: int | None = None, generator: torch.Generator | None = None, progress: bool = False,
             callback: Callable[[int, list[State]], None] | None = None, trace: bool = False) -> MHResult:
         """Run ``steps`` MH steps from ``states`` (τ = 1 unless ``temperatures`` gives one per step)."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        checks.positive_int("steps", steps)
         if temperatures is not None and (len(temperatures) != steps or min(temperatures) <= 0):
             raise ValueError("temperatures must hold one value > 0 per step")
         states = list(states)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from textdiff import checks
 from textdiff.support import subs
 from textdiff.udm.process import Batch, ForwardProcess, Noise, StepPlan, X0Draw, as_time
 from textdiff.udm.registry import register_process
@@ -48,8 +49,7 @@ class MaskingProcess(ForwardProcess):
 
     def __init__(self, mask_id: int, schedule="linear", corrector: str = "posterior", reveal: str = "random"):
         super().__init__(schedule, corrector)
-        if isinstance(mask_id, bool) or not isinstance(mask_id, int) or mask_id < 0:
-            raise ValueError(f"mask_id must be a non-negative int, got {mask_id!r}")
+        checks.positive_int("mask_id", mask_id, minimum=0)
         if reveal not in REVEAL_STRATEGIES:
             raise ValueError(f"reveal must be one of {REVEAL_STRATEGIES}, got {reveal!r}")
         self.mask_id, self.reveal = mask_id, reveal

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from textdiff import checks
 from textdiff.rng import uniform
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -246,8 +247,7 @@ def get_schedule(schedule: str | Schedule) -> Schedule:
 
 def time_grid(steps: int, device="cpu") -> torch.Tensor:
     """Uniform grid ``1 = t_K > … > t_0 = 0`` with ``K = steps`` (docs/numerics.md#d6)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    checks.positive_int("steps", steps)
     return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=device)
 
 

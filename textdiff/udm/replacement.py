@@ -50,6 +50,7 @@ from dataclasses import dataclass
 
 import torch
 
+from textdiff import checks
 from textdiff.rng import gumbel, uniform
 from textdiff.udm.process import Batch, CountSchedule, ForwardProcess, Noise, StepPlan, X0Draw, as_time
 from textdiff.udm.registry import register_process
@@ -162,8 +163,7 @@ class ReplacementProcess(ForwardProcess):
 
     def __init__(self, vocab_size: int, schedule="linear", corrector: str = "posterior"):
         super().__init__(schedule, corrector)
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
-            raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}")
+        checks.positive_int("vocab_size", vocab_size, minimum=2)
         self.vocab_size = vocab_size
 
     # -- forward ------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import torch
 
+from textdiff import checks
 from textdiff.rng import make_generator
 from textdiff.support import forbid
 from textdiff.udm.process import Batch, ForwardProcess, X0Draw, as_batch, time_grid
@@ -187,9 +188,8 @@ class Trajectory:
 def make_template(batch_size: int | None = None, length: int | None = None, prefix: Sequence[int] | None = None,
                   device="cpu") -> Batch:
     """A ``[batch_size, length]`` batch to generate into; ``prefix`` ids are placed first and protected."""
-    for name, value in (("batch_size", batch_size), ("length", length)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    checks.positive_int("batch_size", batch_size)
+    checks.positive_int("length", length)
     ids = torch.zeros(batch_size, length, dtype=torch.long, device=device)
     protected = torch.zeros_like(ids, dtype=torch.bool)
     if prefix:

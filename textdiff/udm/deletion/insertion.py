@@ -11,6 +11,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from textdiff import checks
 from textdiff.rng import sample_categorical, uniform
 from textdiff.support import TokenSupport, forbid
 from textdiff.udm.deletion.process import DeletionProcess
@@ -176,10 +177,8 @@ class ModelInsertionPredictor:
                  forbidden_ids: Sequence[int] | Tensor | None = None):
         if fill_mode not in FILL_MODES:
             raise ValueError(f"fill_mode must be one of {FILL_MODES}, got {fill_mode!r}")
-        if isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, int) or tokens_per_step < 1:
-            raise ValueError(f"tokens_per_step must be an integer >= 1, got {tokens_per_step!r}")
-        if max_tries < 1:
-            raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+        checks.positive_int("tokens_per_step", tokens_per_step)
+        checks.positive_int("max_tries", max_tries)
         self.model, self.fill_mode, self.tokens_per_step, self.max_tries = model, fill_mode, tokens_per_step, max_tries
         self.continuation_ids = _id_tensor("continuation_ids", continuation_ids, model.config.vocab_size)
         self.forbidden_ids = _id_tensor("forbidden_ids", forbidden_ids, model.config.vocab_size)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from textdiff import checks
 from textdiff.rng import uniform
 from textdiff.udm.deletion.alignment import count_embeddings, sample_embedding
 from textdiff.udm.deletion.ragged import compact, expand, slot_counts
@@ -48,11 +49,9 @@ class DeletionProcess(ForwardProcess):
         if self.schedule.is_count:
             raise ValueError("the deletion process is continuous-time only; use the linear, cosine or loglinear "
                              "schedule")
-        for name, value in (("placeholder_id", placeholder_id), ("pad_id", pad_id)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-            raise ValueError(f"max_length must be an integer >= 1, got {max_length!r}")
+        checks.positive_int("placeholder_id", placeholder_id, minimum=0)
+        checks.positive_int("pad_id", pad_id, minimum=0)
+        checks.positive_int("max_length", max_length)
         self.placeholder_id, self.pad_id, self.max_length = placeholder_id, pad_id, max_length
         self.continuation_ids = torch.as_tensor([] if continuation_ids is None else continuation_ids, dtype=torch.long)
 

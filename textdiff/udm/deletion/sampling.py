@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from textdiff import checks
 from textdiff.udm.deletion.insertion import predictor_for, process_for
 from textdiff.udm.deletion.process import DeletionProcess
 from textdiff.udm.process import Batch, X0Draw
@@ -38,13 +39,11 @@ def sample_delete(
     """
     if (n is None) == (start is None):
         raise ValueError("give exactly one of n (start from the empty sequence) or start (a Batch at t_start)")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    checks.positive_int("steps", steps)
     if not 0.0 < t_start <= 1.0:
         raise ValueError(f"t_start must be in (0, 1], got {t_start}")
     if start is None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        checks.positive_int("n", n)
         start = Batch(torch.zeros(n, 0, dtype=torch.long, device=device))
     if int(start.lengths.max()) > process.max_length:
         raise ValueError(f"the start state has {int(start.lengths.max())} tokens, more than "
