@@ -19,3 +19,28 @@ def pad(rows: Sequence[Sequence[int]], pad_id: int, *, left: bool = False, width
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     ids[mask] = flat
     return ids.to(device), mask.to(device)
+
+
+def bucket(length: int, multiple: int = 8) -> int:
+    """``length`` rounded up to a multiple of ``multiple`` (at least ``multiple``)."""
+    return max(multiple, -(-length // multiple) * multiple)
+
+
+def by_width(lengths: Sequence[int], multiple: int = 8, max_tokens: int | None = None
+             ) -> list[tuple[int, list[int]]]:
+    """Row indices grouped by their padded width (their own length rounded up to a multiple of ``multiple``), each
+    group cut into chunks of at most ``max_tokens`` padded tokens (at least one row).
+
+    A row's padded width then depends on its own length only, never on what shares its batch, so a forward pass
+    gives it the same numbers whatever the batch composition (on CPU, where a row's result does not depend on the
+    number of rows); the fixed widths are also the static shapes that graph capture wants.
+    """
+    groups: dict[int, list[int]] = {}
+    for index, length in enumerate(lengths):
+        groups.setdefault(bucket(length, multiple), []).append(index)
+    chunks = []
+    for width in sorted(groups):
+        rows = groups[width]
+        step = len(rows) if max_tokens is None else max(1, max_tokens // width)
+        chunks += [(width, rows[i: i + step]) for i in range(0, len(rows), step)]
+    return chunks

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from textdiff.cli.common import add_device_option, add_seed_option
-from textdiff.keywords import METHODS, generate
+from textdiff import checks
+from textdiff.cli.common import add_device_option, add_seed_option, add_threads_option
+from textdiff.keywords import METHODS, generate_many, parse_keywords
 from textdiff.mcmc.proposals import PROPOSALS
 
 
@@ -19,12 +21,21 @@ def add_parser(subparsers) -> None:
         "protected blocks, and simulated annealing keeps the best sentence each chain visits.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--keywords", "-k", required=True, help='keywords, e.g. "dog frisbee catch" (any order)')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--keywords", "-k", help='keywords, e.g. "dog frisbee catch" (any order)')
+    source.add_argument("--input", metavar="FILE",
+                        help="many keyword sets, one per line ('-': standard input); prints one JSON object per "
+                        'input line, in order: {"keywords": [...], "sentences": [...]} or {"line": N, "input": ..., '
+                        '"error": ...}; exits 1 if any line failed')
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="--method mh: chains in flight at once; the chains of several keyword sets share every "
+                        "forward pass (a set's seeded output does not depend on the batch)")
     parser.add_argument("-n", type=int, default=1, help="number of distinct sentences to print")
     parser.add_argument("--steps", type=int, default=200, help="MH steps per chain")
     parser.add_argument("--chains", type=int, default=None, help="parallel chains (default: max(n, 4))")
     add_seed_option(parser)
     add_device_option(parser, default="cpu")
+    add_threads_option(parser)
     parser.add_argument("--inflect", action="store_true", help="allow inflected keyword forms (dogs, caught, ...)")
     parser.add_argument("--proposal", choices=list(PROPOSALS), default="mlm",
                         help="edit proposal: masked-LM conditional, or causal-LM top-K re-scored (Su's CGMH)")
@@ -63,6 +74,27 @@ def orders_option(text: str) -> str | int:
     raise argparse.ArgumentTypeError(f"must be 'all', 'given' or an integer >= 1, got {text!r}")
 
 
+def read_sets(path: str) -> list[tuple[list[str] | ValueError, str]]:
+    """``(keywords, line text)`` per line of ``path`` (``-``: stdin); the keywords are the ``ValueError`` naming the
+    line where it cannot be a keyword set."""
+    stream = sys.stdin.buffer if path == "-" else open(path, "rb")
+    try:
+        lines = stream.read().splitlines()
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    sets = []
+    for number, raw in enumerate(lines, 1):
+        text = raw.decode("utf-8", "replace")
+        try:
+            sets.append((parse_keywords(raw.decode("utf-8")), text))
+        except UnicodeDecodeError as err:
+            sets.append((ValueError(f"line {number} is not valid UTF-8 (byte {err.start})"), text))
+        except (ValueError, TypeError) as err:
+            sets.append((ValueError(f"line {number}: {err}" if text.strip() else f"line {number} is empty"), text))
+    return sets
+
+
 def run(args) -> int:
     if args.method == "diffusion":
         options = dict(insertion_model=args.insertion_model, orders=args.orders,
@@ -70,9 +102,29 @@ def run(args) -> int:
     else:
         options = dict(lm=args.lm, mlm=args.mlm, proposal=args.proposal, steps=args.steps, chains=args.chains,
                        inflect=args.inflect, schedule=args.schedule, temperature=args.temperature,
-                       final_temperature=args.final_temperature, output=args.output, banned=args.ban)
-    sentences = generate(args.keywords, args.n, method=args.method, device=args.device, seed=args.seed,
-                         progress=True, **options)
-    for sentence in sentences:
-        print(json.dumps(sentence.to_dict(), allow_nan=False, ensure_ascii=False) if args.json else sentence.text)
-    return 0
+                       final_temperature=args.final_temperature, output=args.output, banned=args.ban,
+                       batch_size=checks.positive_int("--batch-size", args.batch_size))
+    inputs = [(parse_keywords(args.keywords), args.keywords)] if args.keywords is not None else read_sets(args.input)
+    runnable = [keywords for keywords, _ in inputs if not isinstance(keywords, ValueError)]
+    results = iter(generate_many(runnable, args.n, method=args.method, device=args.device, seed=args.seed,
+                                 progress=True, **options) if runnable else [])
+    failed = 0
+    for number, (keywords, raw) in enumerate(inputs, 1):
+        result = keywords if isinstance(keywords, ValueError) else next(results)
+        if args.keywords is not None:  # one set: plain sentences, or the error
+            if isinstance(result, ValueError):
+                raise result
+            for sentence in result:
+                print(json.dumps(sentence.to_dict(), allow_nan=False, ensure_ascii=False) if args.json
+                      else sentence.text)
+            continue
+        if isinstance(result, ValueError):
+            failed += 1
+            record = {"line": number, "input": raw, "error": str(result)}
+        else:
+            record = {"keywords": keywords, "sentences": [s.to_dict() for s in result]}
+        print(json.dumps(record, allow_nan=False, ensure_ascii=False), flush=True)
+    if failed:
+        print(f"textdiff generate: error: {failed} of {len(inputs)} input lines failed (see their \"error\")",
+              file=sys.stderr)
+    return 1 if failed else 0

@@ -8,7 +8,7 @@ and the methods registered by name (docs/design.md#applications).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from textdiff import checks
 from textdiff.keywords.diffusion import generate_from_keywords
@@ -17,15 +17,17 @@ from textdiff.keywords.parse import inflections, parse_keywords
 from textdiff.keywords.result import Sentence
 from textdiff.registry import Registry
 
-#: generation methods by name: ``method(keywords, n, **options) -> list[Sentence]``
+#: generation methods by name: ``method(keyword_sets, n, **options)`` returns, per set, its sentences or the
+#: ``ValueError`` that stopped it
 METHODS = Registry("method")
 register_method = METHODS.register
 
 
 @register_method("mh")
-def _generate_mh(keywords, n: int = 1, *, lm=None, mlm=None, device="cpu", proposal: str = "mlm", **options):
+def _generate_mh(keyword_sets, n: int = 1, *, lm=None, mlm=None, device="cpu", proposal: str = "mlm", **options):
     check_settings(n, **options)
-    return default_generator(lm, mlm, str(checks.device(device)), proposal).generate(keywords, n, **options)
+    generator = default_generator(lm, mlm, str(checks.device(device)), proposal)
+    return generator.generate_many(keyword_sets, n, **options)
 
 
 @functools.lru_cache(maxsize=2)
@@ -36,9 +38,27 @@ def _insertion_model(name, device: str):
 
 
 @register_method("diffusion")
-def _generate_diffusion(keywords, n: int = 1, *, insertion_model=None, device="cpu", **options):
+def _generate_diffusion(keyword_sets, n: int = 1, *, insertion_model=None, device="cpu", **options):
     model, tokenizer = _insertion_model(insertion_model, str(checks.device(device)))
-    return generate_from_keywords(model, tokenizer, keywords, n, **options)
+    out = []
+    for keywords in keyword_sets:
+        try:
+            out.append(generate_from_keywords(model, tokenizer, keywords, n, **options))
+        except ValueError as err:
+            out.append(err)
+    return out
+
+
+def generate_many(keyword_sets: Sequence[str | Iterable[str]], n: int = 1, *, method: str = "mh",
+                  **options) -> list[list[Sentence] | ValueError]:
+    """Per keyword set, its ``n`` best distinct sentences, or the ``ValueError`` that stopped that set (the
+    others still run). With ``method="mh"`` the chains of several sets share every forward pass, at most
+    ``batch_size`` chains (default 64) at a time, and each set's seeded output is what :func:`generate` gives for
+    it alone."""
+    run = METHODS.get_checked(method)
+    if isinstance(keyword_sets, str) or not isinstance(keyword_sets, Sequence):
+        raise TypeError("keyword_sets must be a list of keyword sets (strings or lists of strings)")
+    return run(list(keyword_sets), n, **options)
 
 
 def generate(keywords: str | Iterable[str], n: int = 1, *, method: str = "mh", **options) -> list[Sentence]:
@@ -49,8 +69,11 @@ def generate(keywords: str | Iterable[str], n: int = 1, *, method: str = "mh", *
     ``fill_mode``, ``seed``, ``insertion_model``, ``device``."""
     run = METHODS.get_checked(method)
     parse_keywords(keywords)
-    return run(keywords, n, **options)
+    result = run([keywords], n, **options)[0]
+    if isinstance(result, ValueError):
+        raise result
+    return result
 
 
-__all__ = ["METHODS", "KeywordGenerator", "Sentence", "generate", "generate_from_keywords", "inflections",
-           "parse_keywords", "register_method"]
+__all__ = ["METHODS", "KeywordGenerator", "Sentence", "generate", "generate_from_keywords", "generate_many",
+           "inflections", "parse_keywords", "register_method"]

@@ -19,7 +19,7 @@ import torch
 from textdiff import checks, rng
 from textdiff.keywords.parse import capitalize, detokenize, inflections, parse_keywords
 from textdiff.keywords.result import Sentence
-from textdiff.mcmc.mh import MetropolisHastings, MHResult, State, temperature_schedule
+from textdiff.mcmc.mh import ChainStreams, MetropolisHastings, MHResult, State, temperature_schedule
 from textdiff.mcmc.proposals import PROPOSALS, ProposalModels
 from textdiff.mcmc.targets import CausalLMScorer, ConstrainedLMTarget, KeywordMeasure, keyword_spans
 
@@ -138,15 +138,11 @@ class KeywordGenerator:
             min_length=min_length, max_length=self.max_length, banned=banned, soft=soft),
             continuation=self.proposal.support.continuation_ids)
 
-    def run(self, keywords: str | Iterable[str], *, steps: int = 200, chains: int = 4, seed: int | None = None,
-            inflect: bool = False, schedule: str = "geometric", temperature: float = 1.0,
-            final_temperature: float = 0.05, min_length: int = 1, banned: str | Sequence[str] = (),
-            soft: Sequence[Callable] = (), progress: bool = False) -> MHResult:
-        """The annealed MH chains for one keyword set, started from its best keyword orders (and forms): every
-        chain's final and best states with their ``log π`` and acceptance counts."""
+    def start_states(self, keywords: str | Iterable[str], chains: int, generator: torch.Generator, inflect: bool,
+                     banned: Sequence[str], target: KeywordMeasure) -> list[State]:
+        """``chains`` start states of one keyword set: its best-scoring keyword orders (and, with ``inflect``,
+        forms), drawn from ``generator``; ``ValueError`` naming what makes the set impossible."""
         words = parse_keywords(keywords)
-        check_settings(steps=steps, chains=chains, temperature=temperature, final_temperature=final_temperature)
-        banned = [banned] if isinstance(banned, str) else list(banned)
         clash = sorted({b for b in banned for w in words if b.lower() == w.lower()})
         if clash:
             raise ValueError(f"banned words {clash} are also keywords; a sentence cannot both hold and avoid them")
@@ -155,29 +151,63 @@ class KeywordGenerator:
         if needed > self.max_length:
             raise ValueError(f"max_length={self.max_length} is smaller than the {needed} keyword tokens; raise "
                              "max_length or use fewer keywords")
-        generator = rng.make_generator(seed)
-        target = self.make_target(min_length, banned, soft)
         starts = [State.from_keywords(spans) for spans in candidate_starts(forms, MAX_STARTS, generator)]
         starts = [s for s in starts if len(s.tokens) <= self.max_length]
-        start_scores = target.log_prob(starts)
-        ranked = torch.argsort(start_scores, descending=True, stable=True).tolist()
-        initial = [starts[ranked[c % len(ranked)]] for c in range(chains)]
+        ranked = torch.argsort(target.log_prob(starts), descending=True, stable=True).tolist()
+        return [starts[ranked[c % len(ranked)]] for c in range(chains)]
+
+    def run_many(self, keyword_sets: Sequence[str | Iterable[str]], *, steps: int = 200, chains: int = 4,
+                 seed: int | None = None, inflect: bool = False, schedule: str = "geometric",
+                 temperature: float = 1.0, final_temperature: float = 0.05, min_length: int = 1,
+                 banned: str | Sequence[str] = (), soft: Sequence[Callable] = (), batch_size: int = 64,
+                 progress: bool = False) -> list[MHResult | ValueError]:
+        """The annealed MH chains of many keyword sets, ``chains`` per set; the chains of several sets share one
+        population (every proposal and scoring forward pass), at most ``batch_size`` chains at a time.
+
+        Each set draws from its own generator seeded with ``seed``, so a set's chains are those of
+        :meth:`run` on that set alone, whatever other sets share its batch. A set that cannot run (a keyword the
+        models cannot write, a banned keyword…) gets its ``ValueError`` in place of a result.
+        """
+        check_settings(steps=steps, chains=chains, temperature=temperature, final_temperature=final_temperature)
+        checks.positive_int("batch_size", batch_size)
+        banned = [banned] if isinstance(banned, str) else list(banned)
+        target = self.make_target(min_length, banned, soft)
+        results: list[MHResult | ValueError | None] = [None] * len(keyword_sets)
+        ready: list[tuple[int, list[State], torch.Generator]] = []
+        for index, keywords in enumerate(keyword_sets):
+            generator = rng.make_generator(seed)
+            try:
+                ready.append((index, self.start_states(keywords, chains, generator, inflect, banned, target),
+                              generator))
+            except (ValueError, TypeError) as err:
+                results[index] = err if isinstance(err, ValueError) else ValueError(str(err))
         sampler = MetropolisHastings(self.proposal, target, max_length=self.max_length)
         temperatures = temperature_schedule(steps, schedule, temperature, final_temperature)
-        return sampler.run(initial, steps, temperatures=temperatures, generator=generator, progress=progress)
+        per_batch = max(1, batch_size // chains)
+        for start in range(0, len(ready), per_batch):
+            batch = ready[start: start + per_batch]
+            streams = ChainStreams([(chains, generator) for _, _, generator in batch])
+            initial = [state for _, states, _ in batch for state in states]
+            outcome = sampler.run(initial, steps, temperatures=temperatures, generator=streams, progress=progress)
+            for (index, _, _), part in zip(batch, outcome.split([chains] * len(batch))):
+                results[index] = part
+        return results
 
-    def generate(self, keywords: str | Iterable[str], n: int = 1, *, chains: int | None = None,
-                 output: str = "best", **options) -> list[Sentence]:
-        """``n`` distinct sentences containing every keyword, best first: :meth:`run` with ``max(n, 4)`` chains
-        unless ``chains`` is given, each chain's ``best`` (or ``final``) state; ``options`` go to :meth:`run`."""
-        check_settings(n=n, chains=chains, output=output)
-        chains = max(n, 4) if chains is None else chains
-        result = self.run(keywords, chains=chains, **options)
+    def run(self, keywords: str | Iterable[str], **options) -> MHResult:
+        """The annealed MH chains for one keyword set (:meth:`run_many` on that set alone)."""
+        result = self.run_many([keywords], **options)[0]
+        if isinstance(result, ValueError):
+            raise result
+        return result
+
+    def sentences(self, result: MHResult, n: int, output: str = "best") -> list[Sentence]:
+        """The ``n`` best distinct sentences of a set's chains (their ``best`` or ``final`` states)."""
+        chains = len(result.final)
         states, scores = (result.best, result.best_log_pi) if output == "best" else (result.final, result.final_log_pi)
         order = [c for c in sorted(range(chains), key=lambda c: -scores[c]) if scores[c] > float("-inf")]
         if not order:
-            raise ValueError(f"no chain reached a sentence that satisfies the constraints (keywords "
-                             f"{parse_keywords(keywords)}, {options}); try more steps or fewer constraints")
+            raise ValueError("no chain reached a sentence that satisfies the constraints; try more steps or fewer "
+                             "constraints")
         lm_scores = self.scorer.log_prob_ids([self.to_lm_ids(states[c].tokens) for c in order])
         sentences, seen = [], set()
         for rank, c in enumerate(order):
@@ -191,6 +221,27 @@ class KeywordGenerator:
                                       lm_tokens=len(self.to_lm_ids(states[c].tokens)) + 1,
                                       acceptance=result.accepted[c] / result.proposed[c]))
         return sentences[:n]
+
+    def generate_many(self, keyword_sets: Sequence[str | Iterable[str]], n: int = 1, *, chains: int | None = None,
+                      output: str = "best", **options) -> list[list[Sentence] | ValueError]:
+        """Per keyword set, its ``n`` best distinct sentences (or the ``ValueError`` that stopped it), from
+        :meth:`run_many` with ``max(n, 4)`` chains per set unless ``chains`` is given."""
+        check_settings(n=n, chains=chains, output=output)
+        results = self.run_many(keyword_sets, chains=max(n, 4) if chains is None else chains, **options)
+        out: list[list[Sentence] | ValueError] = []
+        for result in results:
+            try:
+                out.append(result if isinstance(result, ValueError) else self.sentences(result, n, output))
+            except ValueError as err:
+                out.append(err)
+        return out
+
+    def generate(self, keywords: str | Iterable[str], n: int = 1, **options) -> list[Sentence]:
+        """``n`` distinct sentences containing every keyword, best first (:meth:`generate_many` on one set)."""
+        result = self.generate_many([keywords], n, **options)[0]
+        if isinstance(result, ValueError):
+            raise result
+        return result
 
 
 @functools.lru_cache(maxsize=4)

@@ -231,6 +231,49 @@ def temperature_schedule(steps: int, kind: str = "geometric", tau0: float = 1.0,
     raise ValueError(f"schedule must be one of constant, linear, geometric; got {kind!r}")
 
 
+class ChainStreams:
+    """Consecutive groups of chains with a generator each: ``[(chains, generator), ...]`` in chain order.
+
+    Every draw of a step is made group by group, each group drawing its chains' values in one call on its own
+    generator, in the same order as a run of that group alone; with one group this is a single-generator run.
+    """
+
+    def __init__(self, groups: Sequence[tuple[int, torch.Generator]]):
+        self.groups = [(checks.positive_int("chains", k), g) for k, g in groups]
+        bounds = [0]
+        for k, _ in self.groups:
+            bounds.append(bounds[-1] + k)
+        self.bounds = bounds
+
+    @property
+    def total(self) -> int:
+        return self.bounds[-1]
+
+    def draw(self, make: Callable[[int, torch.Generator], torch.Tensor], only: Sequence[int] | None = None
+             ) -> torch.Tensor:
+        """``make(k, generator)`` for each group of ``k`` chains, concatenated in chain order; with ``only`` (chain
+        indices), groups holding none of them draw nothing (zeros stand in), as they would in a run alone."""
+        wanted = None if only is None else set(only)
+        parts = []
+        for (k, g), low, high in zip(self.groups, self.bounds[:-1], self.bounds[1:]):
+            if wanted is None or any(low <= c < high for c in wanted):
+                parts.append(make(k, g))
+            else:
+                parts.append(torch.zeros(k, dtype=torch.float64))
+        return torch.cat(parts)
+
+    def draw_rows(self, chains: Sequence[int], make: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+                  ) -> torch.Tensor:
+        """Values for the listed ``chains`` (ascending), ``make(row_indices, generator)`` per group that has any."""
+        chains = torch.as_tensor(list(chains), dtype=torch.long)
+        parts = []
+        for (_, g), low, high in zip(self.groups, self.bounds[:-1], self.bounds[1:]):
+            rows = ((chains >= low) & (chains < high)).nonzero().squeeze(1)
+            if rows.numel():
+                parts.append(make(rows, g))
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
 @dataclass
 class MHResult:
     """Final and best-π states per chain, their log π, and acceptance counts."""
@@ -242,6 +285,16 @@ class MHResult:
     proposed: list[int]
     accepted: list[int]
     trace: list[list[float]] = field(default_factory=list)
+
+    def split(self, sizes: Sequence[int]) -> list[MHResult]:
+        """The results of consecutive groups of ``sizes`` chains (e.g. one per keyword set)."""
+        out, start = [], 0
+        for k in sizes:
+            part = slice(start, start + k)
+            out.append(MHResult(self.final[part], self.final_log_pi[part], self.best[part], self.best_log_pi[part],
+                                self.proposed[part], self.accepted[part], [row[part] for row in self.trace]))
+            start += k
+        return out
 
 
 class MetropolisHastings:
@@ -262,11 +315,14 @@ class MetropolisHastings:
         self.probs = move_probs if isinstance(move_probs, MoveProbs) else MoveProbs(*move_probs)
         self.log_move_probs = torch.tensor([self.probs.log(k) for k in MOVES], dtype=torch.float64)
 
-    def step(self, states: list[State], log_pi: list[float], tau: float, generator: torch.Generator):
-        """One MH step of every chain; returns (new states, their log π, which chains accepted a move)."""
+    def step(self, states: list[State], log_pi: list[float], tau: float, streams: ChainStreams):
+        """One MH step of every chain; returns (new states, their log π, which chains accepted a move).
+
+        Each group of chains in ``streams`` draws from its own generator, so a group's chains take the same steps
+        whatever other groups share the batch."""
         n = len(states)
-        kinds = rng.sample_categorical(self.log_move_probs.expand(n, 3), generator).tolist()
-        u_pos = rng.uniform((n,), generator).tolist()
+        kinds = streams.draw(lambda k, g: rng.sample_categorical(self.log_move_probs.expand(k, 3), g)).tolist()
+        u_pos = streams.draw(lambda k, g: rng.uniform((k,), g)).tolist()
         edits = {}
         for c, x in enumerate(states):
             positions = available_positions(x, MOVES[kinds[c]], self.max_length)
@@ -280,7 +336,7 @@ class MetropolisHastings:
         contexts = [proposal_context(states[c], *edits[c], placeholder) for c in chains]
         rows = self.proposal.log_probs(contexts)
         table = {ctx: rows[k] for k, ctx in enumerate(contexts)}
-        drawn = rng.sample_categorical(rows, generator).tolist()
+        drawn = streams.draw_rows(chains, lambda idx, g: rng.sample_categorical(rows[idx], g)).tolist()
         moves = {c: Move(kind, pos, None if kind == "delete" else drawn[k])
                  for k, (c, (kind, pos)) in enumerate(zip(chains, edits.values()))}
         extra = list({ctx for c in chains for ctx in ratio_contexts(states[c], moves[c], placeholder, self.faithful)
@@ -290,7 +346,7 @@ class MetropolisHastings:
         proposed = {c: apply_move(states[c], moves[c]) for c in chains}
         changed = [c for c in chains if proposed[c] != states[c]]
         scores = self.target.log_prob([proposed[c] for c in changed]).tolist() if changed else []
-        log_u = rng.log_uniform((n,), generator).tolist()
+        log_u = streams.draw(lambda k, g: rng.log_uniform((k,), g), only=chains).tolist()
         new_states, new_log_pi = list(states), list(log_pi)
         for c, log_pi_y in zip(changed, scores):
             fwd, bwd = log_proposal_pair(states[c], moves[c], table.__getitem__, self.probs, placeholder,
@@ -300,9 +356,13 @@ class MetropolisHastings:
         return new_states, new_log_pi, accepted
 
     def run(self, states: Sequence[State], steps: int, *, temperatures: Sequence[float] | None = None,
-            seed: int | None = None, generator: torch.Generator | None = None, progress: bool = False,
-            callback: Callable[[int, list[State]], None] | None = None, trace: bool = False) -> MHResult:
-        """Run ``steps`` MH steps from ``states`` (τ = 1 unless ``temperatures`` gives one per step)."""
+            seed: int | None = None, generator: torch.Generator | ChainStreams | None = None,
+            progress: bool = False, callback: Callable[[int, list[State]], None] | None = None,
+            trace: bool = False) -> MHResult:
+        """Run ``steps`` MH steps from ``states`` (τ = 1 unless ``temperatures`` gives one per step).
+
+        ``generator`` is one generator for every chain, or :class:`ChainStreams` giving consecutive groups of chains
+        (e.g. the chains of one keyword set) a generator each."""
         checks.positive_int("steps", steps)
         if temperatures is not None and (len(temperatures) != steps or min(temperatures) <= 0):
             raise ValueError("temperatures must hold one value > 0 per step")
@@ -310,14 +370,19 @@ class MetropolisHastings:
         for x in states:
             if len(x.tokens) > self.max_length:
                 raise ValueError(f"initial state has {len(x.tokens)} tokens > max_length={self.max_length}")
-        generator = rng.make_generator(seed, generator)
+        if isinstance(generator, ChainStreams):
+            streams = generator
+            if streams.total != len(states):
+                raise ValueError(f"the chain streams cover {streams.total} chains, but {len(states)} states are given")
+        else:
+            streams = ChainStreams([(len(states), rng.make_generator(seed, generator))])
         log_pi = self.target.log_prob(states).tolist()
         best, best_log_pi = list(states), list(log_pi)
         proposed, accepted = [0] * len(states), [0] * len(states)
         history = []
         for n in tqdm(range(steps), disable=not progress, desc="MH steps", leave=False):
             tau = 1.0 if temperatures is None else float(temperatures[n])
-            states, log_pi, acc = self.step(states, log_pi, tau, generator)
+            states, log_pi, acc = self.step(states, log_pi, tau, streams)
             for c, x in enumerate(states):
                 proposed[c] += 1
                 accepted[c] += acc[c]

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from textdiff.padding import pad
+from textdiff.padding import bucket, by_width, pad
 from textdiff.registry import Registry
 from textdiff.support import TokenSupport
 
@@ -105,11 +105,13 @@ class MLMProposal:
         cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         rows = [[cls, *tokens[:slot], self.placeholder, *tokens[slot + 1:], *self.suffix_ids, sep]
                 for tokens, slot in contexts]
-        ids, mask = pad(rows, self.tokenizer.pad_token_id)
-        slots = torch.tensor([slot + 1 for _, slot in contexts])
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-        self.forwards += 1
-        at_slot = logits[torch.arange(len(contexts)), slots.to(self.device)].cpu()
+        at_slot = torch.empty(len(rows), self.vocab_size, dtype=torch.float64)
+        for width, part in by_width([len(r) for r in rows]):  # a row's numbers never depend on its batchmates
+            ids, mask = pad([rows[i] for i in part], self.tokenizer.pad_token_id, width=width, device=self.device)
+            slots = torch.tensor([contexts[i][1] + 1 for i in part], device=self.device)
+            logits = self.model(input_ids=ids, attention_mask=mask.long()).logits
+            at_slot[part] = logits[torch.arange(len(part), device=self.device), slots].double().cpu()
+            self.forwards += 1
         return restrict(torch.log_softmax(at_slot.double(), -1), self.allowed, self.top_k, self.epsilon)
 
 
@@ -157,10 +159,21 @@ class CausalLMProposal:
 
     @torch.no_grad()
     def log_probs(self, contexts: Sequence[Context]) -> torch.Tensor:
-        n, k = len(contexts), self.top_k
+        """Contexts grouped by padded prefix and suffix widths (a row's numbers never depend on its batchmates)."""
         prefixes = [self.prefix_ids + list(tokens[:slot]) for tokens, slot in contexts]
         suffixes = [list(tokens[slot + 1:]) + self.suffix_ids + [self.eos_id] for tokens, slot in contexts]
-        p_ids, p_mask = pad(prefixes, self.pad_id, left=True)  # every prefix ends at the last column
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (prefix, suffix) in enumerate(zip(prefixes, suffixes)):
+            groups.setdefault((bucket(len(prefix)), bucket(len(suffix) + 1)), []).append(i)
+        log_g = torch.empty(len(contexts), self.vocab_size, dtype=torch.float64)
+        for (p_width, s_width), part in groups.items():
+            log_g[part] = self._log_probs([prefixes[i] for i in part], [suffixes[i] for i in part], p_width, s_width)
+        return log_g
+
+    def _log_probs(self, prefixes: list[list[int]], suffixes: list[list[int]], p_width: int, s_width: int
+                   ) -> torch.Tensor:
+        n, k = len(prefixes), self.top_k
+        p_ids, p_mask = pad(prefixes, self.pad_id, left=True, width=p_width)  # every prefix ends at the last column
         p_mask = p_mask.long()
         p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=p_ids.to(self.device), attention_mask=p_mask.to(self.device),
@@ -170,9 +183,8 @@ class CausalLMProposal:
 
         candidates = cand.tolist()
         s_ids, s_mask = pad([[candidates[row][j], *suffix] for row, suffix in enumerate(suffixes) for j in range(k)],
-                            self.pad_id)
+                            self.pad_id, width=s_width)
         s_mask = s_mask.long()
-        s_width = s_ids.shape[1]
         cache = out.past_key_values
         cache.batch_repeat_interleave(k)
         lengths = p_mask.sum(-1).repeat_interleave(k)

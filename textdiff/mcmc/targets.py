@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from textdiff.padding import pad
+from textdiff.padding import by_width, pad
 
 
 class CausalLMScorer:
@@ -69,19 +69,13 @@ class CausalLMScorer:
             self.first_log_probs = torch.log_softmax(out.logits[0, -1].double(), -1).cpu()
         full = [list(seq) + [self.eos_id] for seq in seqs]
         out = torch.empty(len(full), dtype=torch.float64)
-        order = sorted(range(len(full)), key=lambda i: len(full[i]))
-        start = 0
-        while start < len(order):
-            stop = start + 1
-            while stop < len(order) and len(full[order[stop]]) * (stop + 1 - start) <= self.max_batch_tokens:
-                stop += 1
-            chunk = order[start:stop]
-            out[chunk] = self._score([full[i] for i in chunk])
-            start = stop
+        for width, chunk in by_width([len(f) for f in full], max_tokens=self.max_batch_tokens):
+            out[chunk] = self._score([full[i] for i in chunk], width)
         return out
 
-    def _score(self, full: list[list[int]]) -> torch.Tensor:
-        ids, mask = pad(full, self.pad_id)
+    def _score(self, full: list[list[int]], width: int) -> torch.Tensor:
+        """Scores of rows padded to ``width`` (fixed by the rows' own lengths, so batchmates never change them)."""
+        ids, mask = pad(full, self.pad_id, width=width)
         (n, width), p, mask = ids.shape, len(self.prefix_ids), mask.long()
         first = self.first_log_probs[ids[:, 0]]
         if width == 1:
