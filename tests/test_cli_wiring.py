@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from textdiff.cli import main
 
 
@@ -15,9 +17,12 @@ def test_generate_by_diffusion_keeps_every_keyword(capsys):
     assert 1 <= len(lines) <= 2
     for record in lines:
         words = record["text"].replace(".", " ").split()
-        positions = [words.index(k) for k in record["order"]]
-        assert positions == sorted(positions) and set(record["order"]) == {"dog", "frisbee", "catch"}
+        positions = [words.index(k) for k in record["keywords"]]
+        assert positions == sorted(positions) and set(record["keywords"]) == {"dog", "frisbee", "catch"}
+        assert record["method"] == "diffusion"
 
 
 def test_generate_rejects_bad_orders(capsys):
-    assert main(["generate", "--method", "diffusion", "-k", "dog", "--orders", "many"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # a usage error, at parse time
+        main(["generate", "--method", "diffusion", "-k", "dog", "--orders", "many"])
+    assert exit_.value.code == 2 and "--orders" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import textdiff
 PACKAGE = Path(textdiff.__file__).parent
 #: layer of every top-level part of the package; a module may import its own part and lower layers only
 LAYERS = {
-    "textdiff": 0, "rng": 0, "checks": 0, "support": 0, "padding": 0, "compat": 0, "metrics": 0, "registry": 0,
+    "textdiff": 0, "rng": 0, "checks": 0, "support": 0, "padding": 0, "compat": 0, "metrics": 0, "registry": 0, "defaults": 0,
     "udm": 1, "mcmc": 1, "tokenization": 1,
     "models": 2,
     "training": 3, "keywords": 3,

@@ -60,3 +60,40 @@ def fixed_shapes(monkeypatch):
     from textdiff.tokenization import UnigramTokenizer
 
     monkeypatch.setattr(UnigramTokenizer, "_compact", staticmethod(lambda device: False))
+
+
+def _cjk_lines(n: int, seed: int = 0) -> list[str]:
+    """Synthetic Japanese-like text: Zipf-distributed words over 3,000 ideographs and the kana, with half-width and
+    full-width forms, so that the charsmap's composition rules matter."""
+    rng = random.Random(seed)
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)] + [chr(c) for c in range(0x3041, 0x3097)]
+    extra = ["ｸﾞ", "ｶﾞ", "ﾊﾟ", "ｱ", "Ａ", "１", "、", "。", "\u3000", " "]
+    words = ["".join(rng.choice(chars) for _ in range(rng.randint(1, 4))) for _ in range(3000)] + extra
+    weights = [1 / (i + 1) for i in range(len(words) - len(extra))] + [0.05] * len(extra)
+    return ["".join(rng.choices(words, weights, k=rng.randint(5, 20))) for _ in range(n)]
+
+
+FIDELITY_OPTIONS = {
+    "nmt_nfkc": dict(vocab_size=400),
+    "nfkc": dict(vocab_size=400, normalization_rule_name="nfkc"),
+    "identity": dict(vocab_size=400, normalization_rule_name="identity"),
+    "spaces_kept": dict(vocab_size=400, remove_extra_whitespaces=False),
+    "no_dummy_prefix": dict(vocab_size=400, add_dummy_prefix=False, byte_fallback=True),
+    "user_symbols": dict(vocab_size=400, user_defined_symbols=["ing", "<sep>", "ｸﾞ", "\u2581\u2581", "a\tb"]),
+    "cjk_bytes": dict(vocab_size=6000, byte_fallback=True, character_coverage=0.9995, user_defined_symbols=["ｶﾞｶﾞ"]),
+}
+
+
+@pytest.fixture(scope="session")
+def fidelity_models(tmp_path_factory, corpus_lines) -> dict[str, str]:
+    """SentencePiece models that provoke each normalisation and scoring rule (about 5 s to train in all)."""
+    folder = tmp_path_factory.mktemp("fidelity")
+    english = corpus_lines[:1200]
+    return {name: _train(_cjk_lines(4000) if name.startswith("cjk") else english, folder / f"{name}.model", **options)
+            for name, options in FIDELITY_OPTIONS.items()}
+
+
+@pytest.fixture(scope="session")
+def cjk_lines():
+    """``cjk_lines(n, seed)``: synthetic Japanese-like lines (Zipf words over 3,000 ideographs, kana, width forms)."""
+    return _cjk_lines

@@ -228,7 +228,10 @@ def test_cuda_decoding_matches_cpu(tok, device):
 
 def run_cli(monkeypatch, capsys, args, stdin):
     monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
-    code = main(["tokenize", *args])
+    try:
+        code = main(["tokenize", *args])
+    except SystemExit as exit:  # argparse rejects bad option values with exit status 2
+        code = exit.code
     return code, capsys.readouterr()
 
 
@@ -252,3 +255,61 @@ def test_cli_default_model_ships_with_the_repository(monkeypatch, capsys):
     card = json.dumps(open(os.path.join(os.path.dirname(__file__), "..", "..", "data", "tokenizers",
                                         "README.md")).read())
     assert "licen" in card.lower()
+
+
+# --- Encoding and formats ------------------------------------------------------------------------------------------
+
+
+def test_encoding_agrees_with_the_older_call_forms(tok):
+    texts = [TEXT, "", "naïve café 🙂"]
+    enc = tok(texts, alpha=0.3, seed=4)
+    assert len(enc) == 3
+    assert enc.ids == tok.encode(texts, alpha=0.3, seed=4)
+    assert enc.pieces == tok.tokenize(texts, alpha=0.3, seed=4) == [[tok.id_to_piece(i) for i in r] for r in enc.ids]
+    assert (enc.ids, enc.offsets) == tok.encode(texts, alpha=0.3, seed=4, return_offsets=True)
+    legacy = tok.encode(texts, alpha=0.3, seed=4, return_tensors="pt", pad_id=-1)
+    for name, tensor in enc.to_tensors(pad_id=-1).items():
+        assert torch.equal(tensor, legacy[name])
+    assert tok("hello world").ids == [tok.encode("hello world")]
+
+
+def test_a_new_format_is_one_registered_reader(tmp_path):
+    from textdiff.tokenization import formats
+    from textdiff.tokenization.normalization import TextPipeline
+    from textdiff.tokenization.vocab import Vocab
+
+    @formats.register(".toy", names=("*.toy",))
+    def read_toy(path):
+        pieces = path.read_text().split()
+        return Vocab(pieces, [-1.0 - len(p) / 10 for p in pieces], [1] * len(pieces)), TextPipeline.identity()
+
+    try:
+        (tmp_path / "model.toy").write_text("a b ab")
+        for source in (tmp_path / "model.toy", tmp_path):
+            assert UnigramTokenizer.from_pretrained(source).tokenize("abab") == ["ab", "ab"]
+    finally:
+        formats.FORMATS[:] = [fmt for fmt in formats.FORMATS if fmt.read is not read_toy]
+    with pytest.raises(ValueError, match="unknown tokenizer format"):
+        UnigramTokenizer.from_pretrained(tmp_path / "model.toy")
+    with pytest.raises(FileNotFoundError, match="no tokenizer file"):
+        UnigramTokenizer.from_pretrained(tmp_path)
+
+
+def test_files_saved_by_earlier_versions_still_load(tmp_path, tok):
+    """Earlier versions stored a SentencePiece normaliser as `tokenizers` JSON (``Precompiled`` + whitespace flags)."""
+    import base64
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    tok.save(tmp_path / "new.safetensors")
+    with safe_open(str(tmp_path / "new.safetensors"), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    charsmap = base64.b64encode(tok.pipeline.sentencepiece.charsmap).decode("ascii")
+    metadata["pipeline"] = json.dumps({
+        "normalizer": {"type": "Precompiled", "precompiled_charsmap": charsmap}, "pre_tokenizer": None,
+        "decoder": {"type": "Fuse"}, "whitespace": {"remove_extra": True, "dummy_prefix": True, "escape": True}})
+    save_file(load_file(str(tmp_path / "new.safetensors")), str(tmp_path / "old.safetensors"), metadata=metadata)
+    old = UnigramTokenizer.load(tmp_path / "old.safetensors")
+    texts = [TEXT, "  ｸﾞ Ｈｅｌｌｏ  a\u2581", "naïve café 🙂"]
+    assert old.encode(texts) == tok.encode(texts) and old.decode(old.encode(texts)) == tok.decode(tok.encode(texts))

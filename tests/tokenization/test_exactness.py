@@ -1,8 +1,8 @@
-"""Exact-oracle tests of Viterbi sampling (ALGORITHMS.md §8.11): enumerate every segmentation, draw 1e5 samples,
-compare with the exact law; the legacy (§8.3) and intermediate (§8.4) streaming samplers are negative controls that
-must fail the same test, while the exact streaming sampler (§8.5 reservoir form) passes it. The inverse-CDF
-predecessor draws of the batched backtrack are tested on their own too, in both loop forms, against a biased
-predecessor law (edge weights without ``Z(s)``) that must fail."""
+"""Exact-oracle tests of Viterbi sampling (docs/tokenization.md): enumerate every segmentation, draw 1e5 samples,
+compare with the exact law; the legacy (pairwise duels with the kept path) and intermediate (sampled-prefix weights)
+streaming samplers are negative controls that must fail the same test, while the exact streaming sampler (reservoir
+form) passes it. The inverse-CDF predecessor draws of the batched backtrack are tested on their own too, in both loop
+forms, against a biased predecessor law (edge weights without ``Z(s)``) that must fail."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def test_large_alpha_gives_the_viterbi_paths(device):
     law = exact_law("ababab", tok, 40.0)
     optima = {seg for seg, p in law.items() if p > 1e-6}  # ab|abab and abab|ab tie exactly
     assert optima == {("ab", "abab"), ("abab", "ab")} and sum(law[s] for s in optima) > 1 - 1e-9
-    assert tuple(tok.tokenize("ababab", device=device)) == ("ab", "abab")  # tie rule: longest last piece (§8.2)
+    assert tuple(tok.tokenize("ababab", device=device)) == ("ab", "abab")  # tie rule: longest last piece
     unique = exact_law("ababa", tok, 1.0)
     assert tuple(tok.tokenize("ababa", device=device)) == max(unique, key=unique.get)
     drawn = Counter(map(tuple, tok.tokenize(["ababab"] * 4000, alpha=40.0, seed=0, device=device)))
@@ -138,14 +138,14 @@ def test_log_partition_entropy_and_expected_length_match_enumeration(device):
 def backtrack_draws(text: str, tok: UnigramTokenizer, alpha: float, compact: bool, biased: bool = False) -> Counter:
     """N_DRAWS paths through the lattice of ``text`` (one segment) from ``viterbi.backtrack``, with the predecessor
     law of the forward pass or, ``biased=True``, the edge weights ``e^{alpha v}`` normalised per position without the
-    prefix mass ``Z(s)`` (a plausible shortcut that is not the law of §8.5)."""
+    prefix mass ``Z(s)`` (a plausible shortcut that is not the exact predecessor law)."""
     zero = torch.zeros(1, dtype=torch.int64)
     stream = lattice.chunk_stream(Chunks([text], zero, zero), 1, torch.device("cpu"))
     trie = tok._trie("cpu")
     cands = lattice.find_candidates(stream.units, trie, tok.vocab.unk_id, compact)
     (table,) = lattice.edge_tables(cands, lattice.find_segments(stream.units, cands), trie.max_len)
     weights = table.gather(alpha * tok.vocab.lattice_scores()[cands.piece].double())
-    _, cdf = viterbi.forward(weights, "log", with_cdf=True)
+    _, cdf = viterbi.forward(weights, with_cdf=True)
     if biased:
         mass = torch.cumsum(torch.exp(weights - weights.max(2, keepdim=True).values), 2)
         cdf = mass / mass[..., -1:]
@@ -174,8 +174,9 @@ def test_inverse_cdf_backtrack_follows_exact_law(compact):
 
 
 def streaming_sample(text: str, tok: UnigramTokenizer, alpha: float, variant: str, n: int, seed: int) -> Counter:
-    """Draw ``n`` segmentations with a streaming sampler: ``exact`` (§8.5 reservoir), ``intermediate`` (§8.4) or
-    ``legacy`` (§8.3). Candidates arrive by end position, longer pieces first (BytePiece's order)."""
+    """Draw ``n`` segmentations with a streaming sampler: ``exact`` (reservoir), ``intermediate`` (sampled-prefix
+    weights) or ``legacy`` (pairwise duels). Candidates arrive by end position, longer pieces first (BytePiece's
+    order)."""
     rng = np.random.default_rng(seed)
     pieces = dict(zip(tok.vocab.pieces, tok.vocab.scores))
     length = len(text)
@@ -194,7 +195,7 @@ def streaming_sample(text: str, tok: UnigramTokenizer, alpha: float, variant: st
             accept = np.ones(n, bool) if not seen[e] else rng.random(n) < 1 / (1 + np.exp(-alpha * (new - path[e])))
             path[e] = np.where(accept, new, path[e])
         else:
-            # exact: prefix log-partition; intermediate: score of the sampled prefix path (its bug, §8.4)
+            # exact: prefix log-partition; intermediate: score of the sampled prefix path (its bug)
             weight = log_z[s] + alpha * v if variant == "exact" else alpha * (path[s] + v)
             log_z[e] = np.logaddexp(log_z[e], weight)
             accept = rng.random(n) < np.exp(weight - log_z[e])

@@ -15,7 +15,8 @@ from textdiff.tokenization.normalization import METASPACE
 ALPHAS = [None, 0.0, 0.2, 1.0, 5.0]
 PIECES = ["th", "he", "the", "in", "ing", "an", "er", "on", "re", " the", " a", "ation", "é", "🙂", "ab", "ba"]
 ANY_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=60)  # emoji, combining marks, controls
-MIXED = st.lists(st.sampled_from(list("the ing ation aé\u0301🙂\n\t\x00\u200b") + ["👩\u200d👩\u200d👧"]), max_size=60).map("".join)
+MIXED = st.lists(st.sampled_from(list("the ing ation aé\u0301🙂\n\t\x00\u200b") + ["👩\u200d👩\u200d👧"]),
+                 max_size=60).map("".join)
 
 
 @pytest.fixture(scope="module")

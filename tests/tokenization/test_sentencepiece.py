@@ -16,31 +16,36 @@ from textdiff.tokenization import UnigramTokenizer
 spm = pytest.importorskip("sentencepiece")
 
 
-def agreement(model: str, lines: list[str]) -> float:
+def assert_same_ids_up_to_exact_ties(model: str, lines: list[str]) -> None:
+    """Viterbi ids equal SentencePiece's on every line, except exact ties: the same pieces in another order (equal
+    scores; SentencePiece's pick then depends on the float32 rounding of its running sum)."""
     ours = UnigramTokenizer.from_sentencepiece(model).encode(lines)
     theirs = spm.SentencePieceProcessor(model_file=model).encode(lines)
-    return sum(a == b for a, b in zip(ours, theirs)) / len(lines)
+    ties = [(a, b) for a, b in zip(ours, theirs) if a != b]
+    assert all(sorted(a) == sorted(b) for a, b in ties), ties[:3]
+    assert len(ties) <= len(lines) // 5000
 
 
 def test_viterbi_matches_sentencepiece_on_real_lines(sp_model, held_out):
-    assert agreement(sp_model, held_out) >= 0.999
+    assert_same_ids_up_to_exact_ties(sp_model, held_out)
 
 
 def test_fixed_shape_loops_decode_like_sentencepiece(sp_model, held_out, fixed_shapes):
     """The CUDA code path (fixed-shape loops), run on the CPU."""
-    assert agreement(sp_model, held_out[:5000]) >= 0.999
+    assert_same_ids_up_to_exact_ties(sp_model, held_out[:5000])
 
 
 def test_viterbi_matches_sentencepiece_with_unknown_characters(sp_model_unk, held_out):
     sp = spm.SentencePieceProcessor(model_file=sp_model_unk)
     with_unk = [line for line in held_out[:8000] if sp.unk_id() in sp.encode(line)]
     assert len(with_unk) > 50  # the test exercises unknown characters
-    assert agreement(sp_model_unk, with_unk) >= 0.999
+    assert_same_ids_up_to_exact_ties(sp_model_unk, with_unk)
 
 
 def test_normalisation_corner_cases_match_sentencepiece(sp_model):
     """Plain ASCII lines take a batched route, the others go one by one; mixed batches must keep the line order."""
-    texts = ["", " ", "  leading and   inner  spaces ", "tab\there\r\nnewline", "ﬁ ① Ｈｅｌｌｏ ½ é é", "emoji 🙂 and 中文",
+    texts = ["", " ", "  leading and   inner  spaces ", "tab\there\r\nnewline", "ﬁ ① Ｈｅｌｌｏ ½ é é",
+             "emoji 🙂 and 中文",
              "\u200b zero width", "control \x07 bell", "nul \x00 inside", "ascii line between the others", "\x00"]
     tok = UnigramTokenizer.from_sentencepiece(sp_model)
     sp = spm.SentencePieceProcessor(model_file=sp_model)

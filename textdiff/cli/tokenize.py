@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "data" / "tokenizers" / "en-unigram-8k.model"
+from textdiff.cli.common import _argument_type, add_device_option, add_seed_option, add_threads_option
+from textdiff.defaults import default_asset
+
 BATCH_LINES = 4096
 
 
@@ -15,21 +17,25 @@ def add_parser(subparsers) -> None:
         "tokenize",
         help="segment text lines with a unigram tokenizer (Viterbi or exact sampling)",
         description="Read lines on stdin and write one line of space-separated pieces (or ids) per input line. "
-        "Without --alpha (or with alpha < 0) every line gets its most probable segmentation (Viterbi, identical "
-        "to SentencePiece's encode); with --alpha A >= 0 each line gets an exact random segmentation drawn with "
+        "Without --alpha (or with alpha < 0) every line gets its most probable segmentation (Viterbi: for "
+        "SentencePiece models the ids of SentencePiece's encode, except where two segmentations have exactly equal "
+        "float32 scores); with --alpha A in [0, 1e6] each line gets an exact random segmentation drawn with "
         "probability proportional to P(segmentation)^A over all segmentations (SentencePiece nbest_size=-1 law; "
-        "A=0 is uniform, small A gives many short pieces, large A approaches Viterbi).",
+        "A=0 is uniform, small A gives many short pieces, large A approaches Viterbi). Lines that are not UTF-8 "
+        "are skipped and reported (exit status 2). See docs/tokenization.md.",
         epilog="example: echo 'Hello world' | textdiff tokenize --alpha 0.1 --seed 0",
     )
     parser.add_argument(
         "--model",
-        default=str(DEFAULT_MODEL),
+        default=None,
         help="SentencePiece unigram .model, HF tokenizer.json (Unigram) or textdiff .safetensors tokenizer "
-        "(default: the shipped English 8k model, %(default)s)",
+        "(default: the shipped English 8k model; $TEXTDIFF_TOKENIZER overrides it)",
     )
-    parser.add_argument("--alpha", type=float, default=None, help="sampling exponent; omit or < 0 for Viterbi")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (samples are reproducible on CPU)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    parser.add_argument("--alpha", type=_argument_type(_alpha), default=None,
+                        help="sampling exponent in [0, 1e6]; omit or give a negative number for Viterbi")
+    add_seed_option(parser)
+    add_device_option(parser, default="cpu")
+    add_threads_option(parser)
     parser.add_argument("--ids", action="store_true", help="write piece ids instead of pieces")
     parser.add_argument(
         "--stats",
@@ -40,13 +46,21 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _alpha(text: str) -> float:
+    from textdiff.tokenization.tokenizer import check_alpha
+
+    value = float(text)
+    check_alpha(value)
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from textdiff import rng
     from textdiff.tokenization import UnigramTokenizer
 
-    path = Path(args.model)
+    path = Path(args.model) if args.model is not None else default_asset("tokenizer")
     if not path.exists():
         raise FileNotFoundError(f"--model {path} does not exist")
     tok = UnigramTokenizer.from_pretrained(path)
@@ -56,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     totals = torch.zeros(4, dtype=torch.float64)
     n_lines = 0
-    for batch in _batches(sys.stdin):
-        lines = [text.rstrip("\n") for text in batch]
+    invalid: list[int] = []
+    for lines in _batches(sys.stdin, invalid):
         n_lines += len(lines)
         if args.stats:
             alpha = 0.1 if args.alpha is None else args.alpha
@@ -81,13 +95,24 @@ def run(args: argparse.Namespace) -> int:
             f"({totals[2] / totals[3]:.2f}x); mean entropy {totals[1] / n_lines:.2f} nats per line",
             file=sys.stderr,
         )
+    if invalid:
+        raise ValueError(f"stdin line {invalid[0]} is not valid UTF-8 ({len(invalid)} such line(s), skipped; "
+                         "the other lines were written)")
     return 0
 
 
-def _batches(stream):
+def _batches(stream, invalid: list[int]):
+    """Lists of at most ``BATCH_LINES`` lines of ``stream`` without their newline. Lines that are not valid UTF-8
+    are skipped and their 1-based numbers appended to ``invalid``."""
     batch = []
-    for line in stream:
-        batch.append(line)
+    for number, line in enumerate(getattr(stream, "buffer", stream), 1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError:
+                invalid.append(number)
+                continue
+        batch.append(line.rstrip("\n"))
         if len(batch) == BATCH_LINES:
             yield batch
             batch = []

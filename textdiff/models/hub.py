@@ -21,37 +21,19 @@ off, on the requested device.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import torch
 
 from textdiff import checks
+from textdiff.defaults import default_asset
 from textdiff.models.denoiser import DenoiserModel, DenoiserPredictor, MaskedLMPredictor
 from textdiff.models.gguf import smollm2_dir
 from textdiff.models.insertion import InsertionModel
 from textdiff.models.weights import check_safetensors_dir
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULTS = {
-    "mlm": ("TEXTDIFF_MLM", ASSETS / "models" / "minilm-mlm"),
-    "insertion": ("TEXTDIFF_INSERTION", ASSETS / "models" / "insertion"),
-    "tokenizer": ("TEXTDIFF_TOKENIZER", ASSETS / "tokenizers" / "en-unigram-8k.model"),
-}
 _HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
-
-
-def default_asset(kind: str) -> Path:
-    """The default asset of ``kind`` (``mlm``, ``insertion``, ``tokenizer``): its override variable, else the copy
-    shipped in the package; ``FileNotFoundError`` saying which it was if it is missing."""
-    checks.one_of("kind", kind, DEFAULTS)
-    variable, shipped = DEFAULTS[kind]
-    path = Path(os.environ[variable]) if os.environ.get(variable) else shipped
-    if not path.exists():
-        origin = f"${variable}" if os.environ.get(variable) else "the installed package"
-        raise FileNotFoundError(f"the default {kind} is missing at {path} (from {origin})")
-    return path
 
 
 def resolve(name_or_path: str | Path | None, kind: str) -> str | Path:

@@ -1,7 +1,8 @@
-"""Exact stochastic unigram tokenization (ALGORITHMS.md §8): Viterbi decoding and exact Viterbi sampling,
-batched on CPU and CUDA, with SentencePiece / HF tokenizers compatible normalisation."""
+"""Exact stochastic unigram tokenization: Viterbi decoding and exact Viterbi sampling, batched on CPU and CUDA, with
+SentencePiece's own normalisation and decoding rules (docs/tokenization.md)."""
 
 from textdiff.tokenization.collate import SegmentationTransform, UnigramCollator
+from textdiff.tokenization.encoding import Encoding
 from textdiff.tokenization.tokenizer import UnigramTokenizer
 
-__all__ = ["UnigramTokenizer", "UnigramCollator", "SegmentationTransform"]
+__all__ = ["UnigramTokenizer", "Encoding", "UnigramCollator", "SegmentationTransform"]

@@ -2,7 +2,7 @@
 
 Both draw from one generator per process: seeded with ``seed`` in the main process and with
 ``textdiff.rng.worker_seed(seed, worker_id)`` inside DataLoader worker ``worker_id`` (or from the worker's own
-torch seed when ``seed`` is None), so two workers never produce the same segmentation stream (ALGORITHMS.md §8.9).
+torch seed when ``seed`` is None), so two workers never produce the same segmentation stream (docs/tokenization.md).
 The stream advances with every batch, so the same text is segmented afresh each time it is drawn.
 """
 

@@ -1,15 +1,16 @@
 """The segmentation lattice of a batch: candidate edges, independent segments, dense per-bucket edge tables.
 
-ALGORITHMS.md §8.1 (candidates ``(s, e, v)``) and §8.8 steps 1-2 (edge table ``E[b, e, k]``, bucketing).
+Candidates ``(s, e, v)`` and the dense edge tables ``E[b, e, k]`` of docs/tokenization.md ("Batched formulation",
+steps 1-3).
 
 The distinct chunks of a batch are laid end to end as one stream of code points with a separator (-1) after each
 chunk (the unique stream); their occurrences, in text order and without separators, form the occurrence stream.
 Candidates come from a vectorised trie walk: one tensor step per piece length, over all positions at once; on CUDA
 the walk keeps fixed shapes so that it never waits for the device (``compact=False``).
 
-Design decisions (D10):
+Design decisions:
 * cuts: a boundary that no candidate spans splits the lattice into independent factors (the segmentation law is
-  their product, §8.1 "chunking changes the distribution only by factorisation"). Cutting there turns one long row
+  their product: cutting changes the distribution only by factorisation). Cutting there turns one long row
   per line into short rows (words, for SentencePiece models), bucketed by length (exact up to 4, then ranges
   growing by a third) so the sequential forward pass has few steps and little padding;
 * chunk sharing: repeated chunks (words) are laid out once; their lattice, edge table and forward pass are shared
@@ -97,12 +98,12 @@ class ChunkStream:
 
 
 def chunk_stream(chunks: Chunks, n_texts: int, device: torch.device) -> ChunkStream:
-    """Lay the distinct chunks of a batch end to end (design decision D10: repeated words share their lattice and
+    """Lay the distinct chunks of a batch end to end (repeated words share their lattice and
     forward pass); ``n_texts`` texts own the occurrences."""
     distinct = chunks.chunks
     chunk_len = long_tensor(array("q", map(len, distinct)))
     raw = "".join(distinct).encode("utf-32-le", errors="surrogatepass")
-    codes = torch.frombuffer(bytearray(raw), dtype=torch.int32).to(torch.int64) if raw else torch.zeros(0, dtype=torch.int64)
+    codes = torch.frombuffer(bytearray(raw), dtype=torch.int32).to(torch.int64) if raw else torch.zeros(0).long()
     chunk_begin = torch.cumsum(chunk_len + 1, 0) - (chunk_len + 1)
     chunk_of = torch.repeat_interleave(torch.arange(len(distinct)), chunk_len + 1)
     units = torch.full_like(chunk_of, -1)
@@ -143,7 +144,7 @@ def find_candidates(units: torch.Tensor, trie: PieceTrie, unk_id: int | None, co
         else:
             dead = state < 0
             step = torch.where(dead, 0, cid.index_select(0, (pos + (k - 1)).clamp(max=last)))  # cid 0: no edge
-            state = trie.child(state.clamp(min=0), step, compact=False)
+            state = trie.child(state.clamp(min=0), step)
             pieces.append(torch.where(state >= 0, trie.piece_of_state.index_select(0, state.clamp(min=0)), -1))
     if not compact and pieces:
         dense = torch.stack(pieces)  # (max_len, positions)
@@ -159,7 +160,7 @@ def find_candidates(units: torch.Tensor, trie: PieceTrie, unk_id: int | None, co
         lengths.append(torch.ones_like(uncovered))
         pieces.append(torch.full_like(uncovered, unk_id))
     empty = torch.zeros(0, dtype=torch.int64, device=units.device)
-    cat = lambda parts: torch.cat(parts) if parts else empty  # noqa: E731
+    cat = lambda parts: torch.cat(parts) if parts else empty
     return Candidates(cat(starts), cat(lengths), cat(pieces))
 
 
@@ -195,7 +196,7 @@ def bucket_lengths(lengths: torch.Tensor) -> list[tuple[int, int]]:
 
 
 def edge_tables(cands: Candidates, segs: Segments, max_len: int) -> list[EdgeTable]:
-    """One dense :class:`EdgeTable` per non-empty bucket of segments longer than one unit (§8.8 step 1).
+    """One dense :class:`EdgeTable` per non-empty bucket of segments longer than one unit.
 
     All tables are views into one flat buffer, filled by a single scatter of every candidate.
     """
@@ -211,7 +212,7 @@ def edge_tables(cands: Candidates, segs: Segments, max_len: int) -> list[EdgeTab
     widths = [min(max_len, hi) for hi in highs]
     sizes = [(cuts[k + 1] - cuts[k]) * highs[k] * widths[k] for k in range(len(ranges))]
     bases = [sum(sizes[:k]) for k in range(len(ranges))]
-    per_bucket = lambda values: torch.tensor(values, dtype=torch.int64, device=device).index_select(0, b)  # noqa: E731
+    per_bucket = lambda values: torch.tensor(values, dtype=torch.int64, device=device).index_select(0, b)
     multi = order[cuts[0] :]  # segments longer than one unit, by bucket
     b = bucket.index_select(0, multi)
     row = torch.arange(multi.numel(), device=device) + cuts[0] - per_bucket(cuts[:-1])

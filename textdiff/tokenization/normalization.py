@@ -1,10 +1,10 @@
-"""Text before and after the lattice: normalisation, pre-tokenisation into chunks, decoding (ALGORITHMS.md §8.1).
+"""Text before and after the lattice: normalisation, pre-tokenisation into chunks, decoding (docs/tokenization.md).
 
-Nothing here re-implements Unicode normalisation: a :class:`TextPipeline` holds `tokenizers` components (the
-``Precompiled`` charsmap normaliser SentencePiece models carry, Metaspace-style ``▁`` handling, byte-fallback
-decoders) and serialises them as `tokenizers` JSON, so a saved textdiff tokenizer normalises exactly like its source.
+SentencePiece models normalise with :class:`~textdiff.tokenization.charsmap.SentencePieceNormalizer` (their own
+precompiled rules, applied as SentencePiece applies them); tokenizer.json models with their `tokenizers` components.
+Both serialise as JSON, so a saved textdiff tokenizer normalises exactly like its source.
 
-Design decision (D10): chunks are segmented independently (§8.1: the law factorises over them). SentencePiece
+Chunks are segmented independently (the segmentation law factorises over them). SentencePiece
 models whose pieces hold ``▁`` only in front are cut before every ``▁`` (a boundary no piece spans); tokenizer.json
 files with a pre-tokenizer give one chunk per pre-token, as HF does. :meth:`TextPipeline.chunks` also deduplicates the
 chunks of a batch; for ASCII lines of SentencePiece models it works on the whole batch with single C-level ``bytes``
@@ -21,39 +21,10 @@ import torch
 from tokenizers import PreTokenizedString, Regex, Tokenizer, decoders, normalizers
 from tokenizers.models import WordLevel
 
+from textdiff.tokenization.charsmap import METASPACE, SentencePieceNormalizer
 from textdiff.tokenization.sentencepiece_model import SentencePieceModel
 
-METASPACE = "\u2581"
 _EACH_CHAR = Regex("[\\s\\S]")
-
-
-@dataclass(frozen=True)
-class SentencePieceWhitespace:
-    """SentencePiece's whitespace rules after the charsmap: drop leading/trailing spaces and collapse runs
-    (``remove_extra``), prepend one space to non-empty text (``dummy_prefix``), spaces -> ``▁`` (``escape``)."""
-
-    remove_extra: bool = True
-    dummy_prefix: bool = True
-    escape: bool = True
-
-    def steps(self) -> list[normalizers.Normalizer]:
-        """The rules as `tokenizers` normalisers (alignment-tracking; used for offsets and non-ASCII text)."""
-        steps = []
-        if self.remove_extra:
-            steps += [normalizers.Replace(Regex("^ +| +$"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
-        if self.dummy_prefix:
-            steps.append(normalizers.Prepend(" "))
-        if self.escape:
-            steps.append(normalizers.Replace(" ", METASPACE))
-        return steps
-
-    def apply(self, text: str) -> str:
-        """The same rules with plain ``str`` methods (fast path)."""
-        if self.remove_extra:
-            text = " ".join(filter(None, text.split(" ")))
-        if self.dummy_prefix and text:
-            text = " " + text
-        return text.replace(" ", METASPACE) if self.escape else text
 
 
 @dataclass
@@ -127,21 +98,23 @@ def long_tensor(values: array) -> torch.Tensor:
 
 @dataclass
 class TextPipeline:
-    """`tokenizers` normaliser, optional SentencePiece whitespace rules, pre-tokenizer and decoder (each optional)."""
+    """Text before and after the lattice: either SentencePiece's normaliser (``sentencepiece``) or a `tokenizers`
+    normaliser with an optional pre-tokenizer; a `tokenizers` decoder for non-SentencePiece models."""
 
     normalizer: normalizers.Normalizer | None = None
-    whitespace: SentencePieceWhitespace | None = None
+    sentencepiece: SentencePieceNormalizer | None = None
     pre_tokenizer: object | None = None
     decoder: decoders.Decoder | None = None
 
     def __post_init__(self) -> None:
-        steps = ([self.normalizer] if self.normalizer is not None else []) + (
-            self.whitespace.steps() if self.whitespace is not None else []
-        )
-        self._full = normalizers.Sequence(steps) if steps else None
-        self._ascii = _ascii_table(self.normalizer)
-        sentencepiece_spaces = self.whitespace == SentencePieceWhitespace(True, True, True)
-        self._bytes = _ByteRoute.of(*self._ascii) if sentencepiece_spaces else None
+        if self.sentencepiece is not None:
+            self._ascii = self.sentencepiece.ascii_table()
+            flags = self.sentencepiece
+            default = flags.add_dummy_prefix and flags.remove_extra_whitespaces and flags.escape_whitespaces
+            self._bytes = _ByteRoute.of(*self._ascii) if default else None
+        else:
+            self._ascii = _ascii_table(self.normalizer)
+            self._bytes = None
 
     @classmethod
     def identity(cls) -> TextPipeline:
@@ -149,24 +122,19 @@ class TextPipeline:
         return cls(decoder=decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()]))
 
     @classmethod
-    def sentencepiece(cls, model: SentencePieceModel) -> TextPipeline:
+    def from_sentencepiece(cls, model: SentencePieceModel, user_symbols: tuple[str, ...] = ()) -> TextPipeline:
         """SentencePiece's normaliser: charsmap, extra-whitespace removal, dummy prefix, ``' ' -> '▁'``."""
         if model.treat_whitespace_as_suffix:
             raise ValueError("SentencePiece models with treat_whitespace_as_suffix=true are not supported")
-        charsmap = normalizers.Precompiled(model.precompiled_charsmap) if model.precompiled_charsmap else None
-        whitespace = SentencePieceWhitespace(
-            model.remove_extra_whitespaces, model.add_dummy_prefix, model.escape_whitespaces
-        )
-        decoding = [decoders.Replace(METASPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
-        if model.add_dummy_prefix:
-            decoding.append(decoders.Strip(" ", 1, 0))
-        return cls(charsmap, whitespace, None, decoders.Sequence(decoding))
+        return cls(sentencepiece=SentencePieceNormalizer(
+            model.precompiled_charsmap, model.add_dummy_prefix, model.remove_extra_whitespaces,
+            model.escape_whitespaces, user_symbols))
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Tokenizer) -> TextPipeline:
         return cls(tokenizer.normalizer, None, tokenizer.pre_tokenizer, tokenizer.decoder)
 
-    # -- serialisation (tokenizers JSON, never pickle) ------------------------------------------------------------
+    # -- serialisation (JSON, never pickle) ------------------------------------------------------------------------
     def to_json(self) -> str:
         holder = Tokenizer(WordLevel({"<unk>": 0}, unk_token="<unk>"))
         for name in ("normalizer", "pre_tokenizer", "decoder"):
@@ -174,28 +142,40 @@ class TextPipeline:
                 setattr(holder, name, getattr(self, name))
         full = json.loads(holder.to_str())
         parts = {name: full[name] for name in ("normalizer", "pre_tokenizer", "decoder")}
-        parts["whitespace"] = None if self.whitespace is None else vars(self.whitespace)
+        parts["sentencepiece"] = None if self.sentencepiece is None else self.sentencepiece.to_dict()
         return json.dumps(parts)
 
     @classmethod
-    def from_json(cls, text: str) -> TextPipeline:
+    def from_json(cls, text: str, user_symbols: tuple[str, ...] = ()) -> TextPipeline:
+        """Read :meth:`to_json`'s output; ``user_symbols``: the vocabulary's user-defined pieces. Files written
+        before the SentencePiece normaliser existed (a ``Precompiled`` normaliser plus ``whitespace`` flags) load
+        with it."""
         parts = json.loads(text)
-        whitespace = parts.pop("whitespace", None)
+        spec = parts.pop("sentencepiece", None)
+        legacy = parts.pop("whitespace", None)
+        if legacy is not None:
+            charsmap = (parts.pop("normalizer", None) or {}).get("precompiled_charsmap") or ""
+            spec = dict(charsmap=charsmap, add_dummy_prefix=legacy["dummy_prefix"],
+                        remove_extra_whitespaces=legacy["remove_extra"], escape_whitespaces=legacy["escape"])
+        if spec is not None:
+            return cls(sentencepiece=SentencePieceNormalizer.from_dict(spec, user_symbols))
         holder = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "post_processor": None}
         holder.update(parts, model={"type": "WordLevel", "vocab": {"<unk>": 0}, "unk_token": "<unk>"})
         hf = Tokenizer.from_str(json.dumps(holder))
-        rules = None if whitespace is None else SentencePieceWhitespace(**whitespace)
-        return cls(hf.normalizer, rules, hf.pre_tokenizer, hf.decoder)
+        return cls(hf.normalizer, None, hf.pre_tokenizer, hf.decoder)
 
     # -- text -> chunks ----------------------------------------------------------------------------------------
     def normalize(self, text: str) -> str:
-        """Normalised text. ASCII text takes a fast path through a per-character table that was checked against
-        the `tokenizers` normaliser when the pipeline was built (see :func:`_ascii_table`)."""
+        """Normalised text. With a `tokenizers` normaliser, ASCII text takes a fast path through a per-character
+        table that was checked against the normaliser when the pipeline was built (see :func:`_ascii_table`)."""
+        if self.sentencepiece is not None:
+            return self.sentencepiece.normalize(text)
+        if self.normalizer is None:
+            return text
         table, triggers = self._ascii
         if text.isascii() and not any(c in text for c in triggers):
-            text = text.translate(table)
-            return text if self.whitespace is None else self.whitespace.apply(text)
-        return text if self._full is None else self._full.normalize_str(text)
+            return text.translate(table)
+        return self.normalizer.normalize_str(text)
 
     def chunks(self, texts: list[str], split_at: str | None) -> Chunks:
         """Cut every text into chunks: its pre-tokens (pipelines with a pre-tokenizer), else the normalised text cut
@@ -230,7 +210,7 @@ class TextPipeline:
 
     def _chunks_per_line(self, texts: list[str], split_at: str | None) -> Chunks:
         """:meth:`chunks` one text at a time."""
-        normalized = list(texts) if self._full is None else [self.normalize(text) for text in texts]
+        normalized = [self.normalize(text) for text in texts]
         index: dict[str, int] = {}
         ids, counts = array("q"), array("q")
         for text in normalized:
@@ -248,9 +228,11 @@ class TextPipeline:
 
     def unit_offsets(self, text: str) -> list[tuple[int, int]]:
         """Original-text character span of every unit (code point) of ``text``'s chunks, in chunk order."""
+        if self.sentencepiece is not None:
+            return self.sentencepiece.normalize(text, with_spans=True)[1]  # the chunks partition the normalised text
         pretok = PreTokenizedString(text)
-        if self._full is not None:
-            pretok.normalize(lambda ns: self._full.normalize(ns))
+        if self.normalizer is not None:
+            pretok.normalize(lambda ns: self.normalizer.normalize(ns))
         if self.pre_tokenizer is not None:
             self.pre_tokenizer.pre_tokenize(pretok)
         pretok.split(lambda _, ns: ns.split(_EACH_CHAR, "isolated"))
@@ -273,6 +255,7 @@ def _ascii_table(normalizer: normalizers.Normalizer | None) -> tuple[dict[int, s
     chars = [chr(i) for i in range(128)]
     singles = [normalizer.normalize_str(c) for c in chars]
     triggers = "".join(
-        sorted({a for a in chars for b in chars if normalizer.normalize_str(a + b) != singles[ord(a)] + singles[ord(b)]})
+        sorted({a for a in chars for b in chars
+                if normalizer.normalize_str(a + b) != singles[ord(a)] + singles[ord(b)]})
     )
     return {i: s for i, s in enumerate(singles) if s != chr(i)}, triggers

@@ -1,50 +1,44 @@
 """``UnigramTokenizer``: Viterbi decoding and exact sampling of unigram segmentations, batched on CPU and CUDA.
 
-ALGORITHMS.md §8. ``alpha=None`` (or < 0) gives the most probable segmentation; ``alpha >= 0`` an exact draw from
+``alpha=None`` (or < 0) gives the most probable segmentation; ``0 <= alpha <= ALPHA_MAX`` an exact draw from
 ``P(w) ∝ exp(alpha * score(w))`` over all segmentations, the law of SentencePiece's
-``encode(enable_sampling=True, alpha=alpha, nbest_size=-1)`` (§8.7). Pipeline per batch: normalise and chunk
-(`tokenizers` components; ASCII lines of SentencePiece models in one batched ``bytes`` pass), lay the distinct chunks
-into one code-point stream, find candidate edges with a vectorised trie walk, cut the lattice into independent
-segments, bucket them by length (§8.8 steps 1-2), run the float64 log-space forward pass over positions vectorised
-across rows, which also yields every position's predecessor CDF (§8.5), then backtrack every occurrence at once,
-drawing each visited predecessor by inverse CDF from one float64 uniform (§8.8 steps 4-5, §9). Pieces are written
-into the occurrence stream at their first unit, so its non-empty entries are the output in text order.
+``encode(enable_sampling=True, alpha=alpha, nbest_size=-1)``. Algorithms, exactness argument and what is guaranteed
+against SentencePiece (identical normalised text, decoded text and Viterbi ids except exact float32 ties): see
+docs/tokenization.md.
 
-Agreement with SentencePiece: pieces, scores, unknown-character rules (one ``unk`` per run of unknown characters),
-byte fallback, normaliser and tie rule (longest last piece) are SentencePiece's, and the decoding sums are formed in
-float32 like SentencePiece's, so exact score ties break the same way and deterministic ``encode`` equals
-``SentencePieceProcessor.encode`` on real text (measured: 20,000 of 20,000 corpus lines with the shipped 8k model;
-the tests require >= 99.9 %). Residual differences can only come from near-ties computed differently (none seen),
-normalisation corner cases of `tokenizers`' ``Precompiled`` port and user-defined pieces (SentencePiece matches those
-before normalising). Sampling agrees in law, not draw by draw.
+Pipeline per batch: normalise and chunk, lay the distinct chunks into one code-point stream, find candidate edges
+with a vectorised trie walk, cut the lattice into independent segments and bucket them by length, run the forward
+pass over positions vectorised across rows (float64 log-space for sampling, which also yields every position's
+predecessor CDF; the scores' own precision for decoding), then backtrack every occurrence at once, drawing each
+visited predecessor by inverse CDF from one float64 uniform. Pieces are written into the occurrence stream at their
+first unit, so its non-empty entries are the output in text order.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import os
-import tempfile
+import re
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from itertools import accumulate, repeat
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from textdiff import rng
-from textdiff.tokenization import lattice, viterbi
+from textdiff import checks, rng
+from textdiff.tokenization import formats, lattice, viterbi
+from textdiff.tokenization.encoding import Encoding, Tokens
 from textdiff.tokenization.normalization import METASPACE, TextPipeline
-from textdiff.tokenization.sentencepiece_model import BYTE, CONTROL, UNKNOWN, parse_model
+from textdiff.tokenization.sentencepiece_model import CONTROL, UNKNOWN
 from textdiff.tokenization.vocab import BYTE_PIECES, PieceTrie, Vocab, pieces_with_extras
 
-FORMAT = "textdiff-unigram-tokenizer"
-WEIGHTS_NAME = "tokenizer.safetensors"
 _UNITS_PER_BATCH = 1 << 20
+ALPHA_MAX = 1e6
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_VOCAB_SIZE = 1 << 20
 
 
 class _Occurrences:
@@ -62,26 +56,11 @@ class _Occurrences:
         chunk = self.chunk_of_segment.index_select(0, segments)
         repeats = self.count.index_select(0, chunk)
         total = int(repeats.sum())
-        spread = lambda values: torch.repeat_interleave(values, repeats, output_size=total)  # noqa: E731
+        spread = lambda values: torch.repeat_interleave(values, repeats, output_size=total)
         row = spread(torch.arange(segments.numel(), device=segments.device))
         shift = self.begin.index_select(0, chunk) - (torch.cumsum(repeats, 0) - repeats)  # first rank of each segment
         rank = torch.arange(total, device=row.device) + spread(shift)
         return row, self.by_chunk.index_select(0, rank)
-
-
-@dataclass
-class Tokens:
-    """Chosen pieces of a batch in text order: the number of pieces of every text, piece ids and (when asked for)
-    the unit span of each piece inside the concatenation of its text's chunks."""
-
-    count: torch.Tensor
-    piece: torch.Tensor
-    start: torch.Tensor | None = None
-    end: torch.Tensor | None = None
-
-    def text(self, index: torch.Tensor) -> torch.Tensor:
-        """The text of the pieces at ``index``."""
-        return torch.searchsorted(torch.cumsum(self.count, 0), index, right=True)
 
 
 class UnigramTokenizer:
@@ -93,50 +72,25 @@ class UnigramTokenizer:
         self._tries: dict[str, PieceTrie] = {}
         self._scores = vocab.lattice_scores()
         self._byte_ids = torch.tensor(vocab.byte_ids, dtype=torch.int64)
-        whitespace = self.pipeline.whitespace
-        splits = whitespace is not None and whitespace.escape and not any(METASPACE in p[1:] for p in vocab.pieces)
+        normalizer = self.pipeline.sentencepiece
+        escapes = normalizer is not None and normalizer.escape_whitespaces
+        splits = escapes and not any(METASPACE in p[1:] for p in vocab.pieces)
         self._split_at = METASPACE if splits else None  # boundaries before "▁" are lattice cuts: chunk there
 
     # ------------------------------------------------------------------------------------------- constructors
     @classmethod
     def from_sentencepiece(cls, path: str | os.PathLike) -> UnigramTokenizer:
         """Load a SentencePiece unigram ``.model`` file (no protobuf needed); same normaliser and pieces."""
-        data = Path(path).read_bytes()
-        model = parse_model(data)
-        vocab = Vocab(model.pieces, model.scores, model.kinds, None, model.byte_fallback, model.unk_surface, True)
-        return cls(vocab, TextPipeline.sentencepiece(model))
+        return cls(*formats.sentencepiece.read_sentencepiece(Path(path)))
 
     @classmethod
     def from_hf(cls, tokenizer_json: str | os.PathLike | Tokenizer) -> UnigramTokenizer:
         """Load a HF `tokenizers` Unigram ``tokenizer.json`` (path, JSON text or ``tokenizers.Tokenizer``)."""
         if isinstance(tokenizer_json, Tokenizer):
-            text = tokenizer_json.to_str()
-        elif isinstance(tokenizer_json, str) and tokenizer_json.lstrip().startswith("{"):
-            text = tokenizer_json
-        else:
-            text = Path(tokenizer_json).read_text(encoding="utf-8")
-        try:
-            spec = json.loads(text)
-            hf = Tokenizer.from_str(text)
-        except Exception as err:  # tokenizers raises its own Exception type
-            raise ValueError(f"not a valid tokenizer.json: {err}") from None
-        model = spec.get("model") or {}
-        if model.get("type") != "Unigram":
-            raise ValueError(f"tokenizer.json holds a {model.get('type')!r} model; only 'Unigram' can be sampled")
-        pieces = [p for p, _ in model["vocab"]]
-        scores = [s for _, s in model["vocab"]]
-        kinds = [1] * len(pieces)
-        special = {t["content"] for t in spec.get("added_tokens", []) if t.get("special")}
-        byte_fallback = bool(model.get("byte_fallback"))
-        unk_id = model.get("unk_id")
-        for i, piece in enumerate(pieces):
-            if piece in special:
-                kinds[i] = CONTROL
-            if byte_fallback and piece in BYTE_PIECES:
-                kinds[i] = BYTE
-        if unk_id is not None:
-            kinds[unk_id] = UNKNOWN
-        return cls(Vocab(pieces, scores, kinds, unk_id, byte_fallback), TextPipeline.from_tokenizer(hf))
+            return cls(*formats.hf.parse_tokenizer_json(tokenizer_json.to_str()))
+        if isinstance(tokenizer_json, str) and tokenizer_json.lstrip().startswith("{"):
+            return cls(*formats.hf.parse_tokenizer_json(tokenizer_json))
+        return cls(*formats.hf.read_tokenizer_json(Path(tokenizer_json)))
 
     @classmethod
     def from_pieces(
@@ -155,7 +109,7 @@ class UnigramTokenizer:
 
     @classmethod
     def from_counts(cls, counts: Mapping[str, float], **kwargs) -> UnigramTokenizer:
-        """Pieces from ``{piece: count}`` with BytePiece scores ``log(count / Σ counts)`` (§8.1)."""
+        """Pieces from ``{piece: count}`` with BytePiece scores ``log(count / Σ counts)``."""
         if not counts:
             raise ValueError("counts is empty")
         if any(not (c > 0) or not math.isfinite(c) for c in counts.values()):
@@ -179,8 +133,10 @@ class UnigramTokenizer:
         """
         from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
-        if not isinstance(vocab_size, int) or vocab_size < 2:
-            raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}")
+        checks.positive_int("vocab_size", vocab_size, minimum=2)
+        if vocab_size > MAX_VOCAB_SIZE:
+            raise ValueError(f"vocab_size must be an integer in [2, {MAX_VOCAB_SIZE}], got {vocab_size}")
+        checks.positive_int("max_piece_length", max_piece_length)
         hf = Tokenizer(models.Unigram())
         hf.normalizer = normalizers.NFKC()
         hf.pre_tokenizer = pre_tokenizers.Metaspace()
@@ -225,6 +181,19 @@ class UnigramTokenizer:
         )
 
     # ------------------------------------------------------------------------------------------- encoding
+    def __call__(self, texts: list[str] | str, alpha: float | None = None, seed: int | None = None,
+                 device: str | torch.device = "cpu", generator: torch.Generator | None = None) -> Encoding:
+        """Segment a batch of texts (a single ``str`` is a batch of one): Viterbi decoding (``alpha`` None or < 0)
+        or an exact sample from ``P(w) ∝ exp(alpha * score(w))`` (``0 <= alpha <= ALPHA_MAX``).
+
+        ``seed`` or ``generator`` make samples reproducible (identical output for identical calls on CPU); without
+        them each DataLoader worker draws from its own stream. The :class:`~textdiff.tokenization.encoding.Encoding`
+        gives ``ids``, ``pieces``, ``offsets`` and ``to_tensors()`` (which keeps GPU segmentations on the GPU)."""
+        batch = _check_texts(texts)
+        device = checks.device(device)
+        tokens = self._segment(batch, alpha, seed, generator, device)
+        return Encoding(tokens, batch, self.vocab.pieces, self.pipeline, device, self.vocab.index.get("<pad>", 0))
+
     def encode(
         self,
         texts: list[str] | str,
@@ -236,55 +205,49 @@ class UnigramTokenizer:
         return_tensors: str | None = None,
         pad_id: int | None = None,
     ):
-        """Piece ids of every text: Viterbi decoding (``alpha`` None or < 0) or an exact sample (``alpha >= 0``).
-
-        ``seed`` or ``generator`` make samples reproducible (identical output for identical calls on CPU); without
-        them each DataLoader worker draws from its own stream. A single ``str`` gives a single list.
-        ``return_offsets=True`` returns ``(ids, offsets)`` with ``(start, end)`` character offsets of every piece in
-        the original text (byte-fallback pieces of one character share its span).
-        ``return_tensors="pt"`` returns ``{"input_ids", "attention_mask"}``: ``[B, longest]`` long tensors on
-        ``device``, padded with ``pad_id`` (default: the ``<pad>`` piece, else 0) — no Python lists are built, so
-        GPU segmentations stay on the GPU (the same draws as the list output).
-        """
+        """Piece ids of every text (a single ``str`` gives a single list): :meth:`__call__`'s ``ids``, in the call
+        forms of earlier versions. ``return_offsets=True`` returns ``(ids, offsets)``; ``return_tensors="pt"``
+        returns :meth:`Encoding.to_tensors` (padded with ``pad_id``)."""
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors must be None or 'pt', got {return_tensors!r}")
         if return_tensors and return_offsets:
             raise ValueError("return_offsets is not available with return_tensors='pt'")
-        single = isinstance(texts, str)
-        batch = [texts] if single else _check_texts(texts)
-        tokens = self._segment(batch, alpha, seed, generator, device, return_offsets)
+        encoding = self(texts, alpha, seed, device, generator)
         if return_tensors:
-            return _padded(tokens, self.vocab.index.get("<pad>", 0) if pad_id is None else pad_id)
-        ids = _split(tokens.piece, tokens.count)
+            return encoding.to_tensors(pad_id)
+        single = isinstance(texts, str)
+        ids = encoding.ids[0] if single else encoding.ids
         if return_offsets:
-            offsets = self._offsets(batch, tokens)
-            return (ids[0], offsets[0]) if single else (ids, offsets)
-        return ids[0] if single else ids
+            return ids, encoding.offsets[0] if single else encoding.offsets
+        return ids
 
     def tokenize(self, texts, alpha=None, seed=None, device="cpu", generator=None) -> list[list[str]] | list[str]:
         """Like :meth:`encode`, with pieces as strings (byte-fallback pieces read ``<0xNN>``)."""
-        ids = self.encode(texts, alpha, seed, device, generator)
-        pieces = self.vocab.pieces
-        if isinstance(texts, str):
-            return [pieces[i] for i in ids]
-        return [[pieces[i] for i in row] for row in ids]
+        pieces = self(texts, alpha, seed, device, generator).pieces
+        return pieces[0] if isinstance(texts, str) else pieces
 
-    def decode(self, ids: list[int] | list[list[int]]) -> str | list[str]:
-        """Text of ``ids``: the exact inverse of :meth:`encode` up to normalisation (a byte-fallback model with no
-        normaliser returns the very input). Unknown pieces read as the model's unk surface (`` ⁇ ``)."""
-        if isinstance(ids, torch.Tensor):
+    def decode(self, ids: list[int] | list[list[int]] | torch.Tensor) -> str | list[str]:
+        """Text of ``ids`` (a list of ids, or a batch: a list of lists or a 2-D tensor): the inverse of
+        :meth:`encode` up to normalisation (a byte-fallback model with no normaliser returns the very input).
+        SentencePiece models decode every id sequence as ``SentencePieceProcessor.decode`` does (see
+        docs/tokenization.md); unknown pieces read as the model's unk surface (`` ⁇ ``)."""
+        if hasattr(ids, "tolist") and not isinstance(ids, (list, tuple)):
             ids = ids.tolist()
-        if ids and not isinstance(ids[0], int):
+        if not isinstance(ids, (list, tuple)):
+            raise TypeError(f"ids must be a list of ints or a list of such lists, got {type(ids).__name__}")
+        if ids and all(isinstance(row, (list, tuple)) for row in ids):
             return [self.decode(row) for row in ids]
-        pieces = []
         for i in ids:
-            if not isinstance(i, int) or not 0 <= i < self.vocab_size:
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise TypeError(f"ids must be ints (or lists of ints), got {type(i).__name__} {i!r}")
+            if not 0 <= i < self.vocab_size:
                 raise ValueError(f"id {i!r} is outside the vocabulary [0, {self.vocab_size})")
-            kind = self.vocab.kinds[i]
-            if kind == CONTROL:
-                continue
-            pieces.append(self.vocab.unk_surface if kind == UNKNOWN else self.vocab.pieces[i])
-        return self.pipeline.decode(pieces)
+        pieces = [self.vocab.pieces[i] for i in ids]
+        kinds = [self.vocab.kinds[i] for i in ids]
+        if self.pipeline.sentencepiece is not None:
+            return self.pipeline.sentencepiece.decode(pieces, kinds, self.vocab.unk_surface)
+        surfaces = [self.vocab.unk_surface if k == UNKNOWN else p for p, k in zip(pieces, kinds) if k != CONTROL]
+        return self.pipeline.decode(surfaces)
 
     def normalize(self, text: str) -> str:
         """The text this tokenizer segments (normalised; SentencePiece models: ``▁`` for spaces)."""
@@ -295,14 +258,14 @@ class UnigramTokenizer:
         self, texts: list[str] | str, alpha: float, device: str | torch.device = "cpu"
     ) -> dict[str, torch.Tensor]:
         """Per text, under ``P(w) ∝ exp(alpha * score(w))``: ``log_z``, ``entropy`` (nats) and ``expected_tokens``
-        (forward-backward, §8.5), plus ``viterbi_tokens`` for comparison; float64 tensors on the CPU.
+        (forward-backward), plus ``viterbi_tokens`` for comparison; float64 tensors on the CPU.
 
         ``expected_tokens`` counts output pieces (byte-fallback characters as their UTF-8 length, unknown characters
         one each, although :meth:`encode` fuses runs of them into one ``unk`` like SentencePiece)."""
-        alpha = _check_alpha(alpha)
+        alpha = check_alpha(alpha)
         if alpha is None:
             raise ValueError("segmentation_stats needs alpha >= 0 (a sampling temperature), got a negative alpha")
-        batch = [texts] if isinstance(texts, str) else _check_texts(texts)
+        batch = _check_texts(texts)
         device = torch.device(device)
         log_z = torch.zeros(len(batch), dtype=torch.float64, device=device)
         tokens = torch.zeros_like(log_z)
@@ -321,7 +284,7 @@ class UnigramTokenizer:
             reached = torch.bincount(segs.of_candidate, minlength=segs.first.numel()) > 0
             for table in lattice.edge_tables(cands, segs, trie.max_len):
                 weights = table.gather(weight, reach_padding=True)
-                z = viterbi.log_partition(viterbi.forward(weights, "log"), weights, table.length)
+                z = viterbi.log_partition(viterbi.forward(weights), weights, table.length)
                 reached[table.rows] &= torch.isfinite(z.detach())
                 row_log_z = row_log_z.index_put((table.rows,), z)
             lattice.require_segmentable(units, segs, reached)
@@ -362,72 +325,23 @@ class UnigramTokenizer:
     # ------------------------------------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> None:
         """Write one safetensors file (pieces, scores, kinds, normaliser as JSON metadata); atomic, no pickle."""
-        path = Path(path)
-        blob = "\n".join(self.vocab.pieces).encode("utf-8")
-        tensors = {
-            "scores": torch.tensor(self.vocab.scores, dtype=torch.float64),
-            "kinds": torch.tensor(self.vocab.kinds, dtype=torch.int8),
-            "pieces_utf8": torch.frombuffer(bytearray(blob), dtype=torch.uint8).clone(),
-        }
-        config = {"unk_id": self.vocab.unk_id, "byte_fallback": self.vocab.byte_fallback}
-        config.update(unk_surface=self.vocab.unk_surface, float32_scores=self.vocab.float32_scores)
-        if any("\n" in p for p in self.vocab.pieces):
-            config["pieces"] = self.vocab.pieces
-        metadata = {"format": FORMAT, "config": json.dumps(config), "pipeline": self.pipeline.to_json()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        formats.native.write(path, self.vocab, self.pipeline)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> UnigramTokenizer:
-        """Read a file written by :meth:`save`."""
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-            tensors = load_file(str(path))
-        except Exception as err:  # safetensors raises its own error types
-            raise ValueError(f"{path} is not a textdiff tokenizer file: {err}") from None
-        if metadata.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a textdiff tokenizer file (format={metadata.get('format')!r})")
-        config = json.loads(metadata["config"])
-        pieces = config.pop("pieces", None) or bytes(tensors["pieces_utf8"].tolist()).decode("utf-8").split("\n")
-        vocab = Vocab(pieces, tensors["scores"].tolist(), tensors["kinds"].tolist(), **config)
-        return cls(vocab, TextPipeline.from_json(metadata["pipeline"]))
+        """Read a file written by :meth:`save` (``ValueError`` naming the file if it is not one or is damaged)."""
+        return cls(*formats.native.read(Path(path)))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """HF-style: ``directory/tokenizer.safetensors``."""
-        self.save(Path(directory) / WEIGHTS_NAME)
+        self.save(Path(directory) / formats.native.WEIGHTS_NAME)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> UnigramTokenizer:
-        """Load ``directory/tokenizer.safetensors``, or a SentencePiece ``.model`` / ``tokenizer.json`` in it; a path
-        to one such file also works."""
-        directory = Path(directory)
-        if directory.is_file():
-            return cls._from_file(directory)
-        for name in (WEIGHTS_NAME, "tokenizer.json"):
-            if (directory / name).is_file():
-                return cls._from_file(directory / name)
-        models = sorted(directory.glob("*.model"))
-        if models:
-            return cls.from_sentencepiece(models[0])
-        raise FileNotFoundError(f"no {WEIGHTS_NAME}, tokenizer.json or *.model in {directory}")
-
-    @classmethod
-    def _from_file(cls, path: Path) -> UnigramTokenizer:
-        if path.suffix == ".json":
-            return cls.from_hf(path)
-        if path.suffix == ".safetensors":
-            return cls.load(path)
-        return cls.from_sentencepiece(path)
+        """Load a tokenizer file of any registered format (:mod:`textdiff.tokenization.formats`: SentencePiece
+        ``.model``, ``tokenizer.json``, textdiff ``.safetensors``), or the first such file in a directory."""
+        path = Path(directory)
+        return cls(*formats.read(path if path.is_file() else formats.find(path)))
 
     # ------------------------------------------------------------------------------------------- internals
     def _trie(self, device: torch.device | str) -> PieceTrie:
@@ -446,21 +360,19 @@ class UnigramTokenizer:
             yield begin, texts[begin:end]
             begin = end
 
-    def _segment(self, texts: list[str], alpha, seed, generator, device, with_offsets: bool = False) -> Tokens:
-        """Chosen pieces of all texts in text order (§8.2 decoding or §8.5 exact sampling)."""
-        alpha = _check_alpha(alpha)
-        device = torch.device(device)
+    def _segment(self, texts: list[str], alpha, seed, generator, device: torch.device) -> Tokens:
+        """Chosen pieces of all texts in text order (Viterbi decoding or exact sampling)."""
+        alpha = check_alpha(alpha)
         gen = None if alpha is None else rng.make_generator(seed, generator, device)
-        parts = [self._segment_group(group, alpha, gen, device, with_offsets) for _, group in self._groups(texts)]
+        parts = [self._segment_group(group, alpha, gen, device) for _, group in self._groups(texts)]
         empty = torch.zeros(0, dtype=torch.int64)
         if not parts:
-            return Tokens(empty, empty, empty if with_offsets else None, empty if with_offsets else None)
-        names = ("count", "piece", "start", "end") if with_offsets else ("count", "piece")
-        return Tokens(*(torch.cat([getattr(p, name) for p in parts]) for name in names))
+            return Tokens(empty, empty, empty, empty)
+        return Tokens(*(torch.cat([getattr(p, name) for p in parts]) for name in ("count", "piece", "start", "end")))
 
-    def _segment_group(self, texts, alpha: float | None, gen, device: torch.device, with_offsets: bool) -> Tokens:
+    def _segment_group(self, texts, alpha: float | None, gen, device: torch.device) -> Tokens:
         """Segment one group of texts. Identical chunks (repeated words) share their lattice and forward pass; only
-        the predecessor draws and the backtrack run once per occurrence (design decision D10, chunk dedup).
+        the predecessor draws and the backtrack run once per occurrence.
 
         Chosen pieces are written at their first unit: decoded paths and single-unit segments into the unique
         stream, copied to every occurrence at once; sampled paths straight into the occurrence stream, whose
@@ -474,7 +386,7 @@ class UnigramTokenizer:
         units = stream.units
         cands = lattice.find_candidates(units, trie, self.vocab.unk_id, compact)
         segs = lattice.find_segments(units, cands)
-        scores = self._scores.to(device).index_select(0, cands.piece)  # decoding: the model's score precision
+        scores = self._scores.to(device).index_select(0, cands.piece)
 
         chosen = torch.full((units.numel() + 1,), -1, dtype=torch.int64, device=device)  # last entry: scratch
         single = torch.nonzero(segs.length.index_select(0, segs.of_candidate) == 1).squeeze(1)
@@ -485,11 +397,10 @@ class UnigramTokenizer:
         for table in lattice.edge_tables(cands, segs, trie.max_len):
             if alpha is None:
                 weights = table.gather(scores)
-                prefix = viterbi.forward(weights, "max")
-                law = viterbi.best_predecessors(prefix, weights)
+                prefix, law = viterbi.forward_best(weights.double())
             else:
                 weights = table.gather(alpha * scores.double())
-                prefix, law = viterbi.forward(weights, "log", with_cdf=True)
+                prefix, law = viterbi.forward(weights, with_cdf=True)
             if not checked:
                 reached[table.rows] &= torch.isfinite(viterbi.log_partition(prefix, weights, table.length))
             work.append((table, law))
@@ -514,11 +425,9 @@ class UnigramTokenizer:
         cand = picked.index_select(0, position)
         piece = cands.piece.index_select(0, cand)
         count = torch.diff(torch.searchsorted(position, stream.text_end), prepend=stream.text_end.new_zeros(1))
-        tokens = Tokens(count.cpu(), piece.cpu())
-        if with_offsets:
-            text_start = torch.cat([stream.text_end.new_zeros(1), stream.text_end[:-1]])
-            start = position - text_start.index_select(0, torch.repeat_interleave(count))
-            tokens.start, tokens.end = start.cpu(), (start + cands.length.index_select(0, cand)).cpu()
+        text_start = torch.cat([stream.text_end.new_zeros(1), stream.text_end[:-1]])
+        start = position - text_start.index_select(0, torch.repeat_interleave(count))
+        tokens = Tokens(count.cpu(), piece.cpu(), start.cpu(), (start + cands.length.index_select(0, cand)).cpu())
         if self.vocab.byte_fallback:
             unk = torch.nonzero(piece == self.vocab.unk_id).squeeze(1)
             code_points = units.index_select(0, cands.start.index_select(0, cand.index_select(0, unk)))
@@ -543,11 +452,8 @@ class UnigramTokenizer:
             return tokens
         kept = torch.nonzero(~repeat).squeeze(1)
         count = tokens.count - torch.bincount(tokens.text(dropped), minlength=tokens.count.numel())
-        out = Tokens(count, tokens.piece[kept])
-        if tokens.start is not None:
-            last = torch.cat([kept[1:], kept.new_tensor([repeat.numel()])]) - 1  # last piece of each kept run
-            out.start, out.end = tokens.start[kept], tokens.end[last]
-        return out
+        last = torch.cat([kept[1:], kept.new_tensor([repeat.numel()])]) - 1  # last piece of each kept run
+        return Tokens(count, tokens.piece[kept], tokens.start[kept], tokens.end[last])
 
     def _spell_bytes(self, tokens: Tokens, unk: torch.Tensor, code_points: torch.Tensor) -> Tokens:
         """Byte fallback: the ``unk`` pieces (indices into ``tokens``; their characters' ``code_points``) become the
@@ -559,7 +465,7 @@ class UnigramTokenizer:
         extra = n_bytes - 1
         dest = unk + torch.cumsum(extra, 0) - extra  # where each character's first byte lands
         count = tokens.count.index_add(0, tokens.text(unk), extra)
-        spread = lambda value: None if value is None else torch.repeat_interleave(value, repeats)  # noqa: E731
+        spread = lambda value: torch.repeat_interleave(value, repeats)
         out = Tokens(count, spread(tokens.piece), spread(tokens.start), spread(tokens.end))
         lead = torch.tensor([0, 0, 0xC0, 0xE0, 0xF0])[n_bytes]
         for rank in range(4):
@@ -575,62 +481,39 @@ class UnigramTokenizer:
             return torch.ones_like(cands.piece)
         return torch.where(cands.piece == self.vocab.unk_id, _utf8_length(units[cands.start]), 1)
 
-    def _offsets(self, texts: list[str], tokens: Tokens) -> list[list[tuple[int, int]]]:
-        starts = _split(tokens.start, tokens.count)
-        ends = _split(tokens.end, tokens.count)
-        out = []
-        for text, row_starts, row_ends in zip(texts, starts, ends):
-            spans = self.pipeline.unit_offsets(text)
-            out.append([(spans[s][0], spans[e - 1][1]) for s, e in zip(row_starts, row_ends)])
-        return out
-
 
 def _utf8_length(code_points: torch.Tensor) -> torch.Tensor:
     return 1 + (code_points >= 0x80).long() + (code_points >= 0x800).long() + (code_points >= 0x10000).long()
 
 
-def _split(values: torch.Tensor, count: torch.Tensor) -> list[list[int]]:
-    """Split a flat tensor into Python lists of ``count[i]`` consecutive values.
-
-    The cyclic garbage collector is paused meanwhile: lists of ints cannot form cycles, and the collections that
-    their allocation would trigger (scanning every tracked object of the process) cost more than building them."""
-    ends = torch.cumsum(count, 0)
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        flat = values.cpu().numpy().tolist()  # numpy builds the Python ints about twice as fast as torch
-        return [flat[begin:end] for begin, end in zip((ends - count).tolist(), ends.tolist())]
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _padded(tokens: Tokens, pad_id: int) -> dict[str, torch.Tensor]:
-    """``input_ids`` / ``attention_mask`` ``[B, max count]`` from the flat pieces, on the pieces' device."""
-    count = tokens.count.to(tokens.piece.device)
-    width = int(count.max()) if len(count) else 0
-    row = torch.repeat_interleave(torch.arange(len(count), device=count.device), count)
-    column = torch.arange(len(row), device=count.device) - (torch.cumsum(count, 0) - count)[row]
-    input_ids = torch.full((len(count), width), pad_id, dtype=torch.long, device=count.device)
-    input_ids[row, column] = tokens.piece.long()
-    attention_mask = (torch.arange(width, device=count.device)[None, :] < count[:, None]).long()
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-
-def _check_alpha(alpha) -> float | None:
-    """``None`` for decoding (alpha None or < 0), else the float alpha; ValueError/TypeError on bad input."""
+def check_alpha(alpha) -> float | None:
+    """``None`` for decoding (alpha None or < 0), else the float alpha in ``[0, ALPHA_MAX]``; ``ValueError`` /
+    ``TypeError`` naming ``alpha`` otherwise (far beyond ``ALPHA_MAX``, ``alpha * score`` overflows float64, while
+    at ``ALPHA_MAX`` the draw is already Viterbi decoding except among near-ties; docs/tokenization.md)."""
     if alpha is None:
         return None
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"alpha must be a float or None, got {type(alpha).__name__}")
-    if not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite number (< 0: Viterbi decoding, >= 0: sampling), got {alpha}")
-    return None if alpha < 0 else float(alpha)
+    try:
+        alpha = checks.finite_float("alpha", alpha, high=ALPHA_MAX)
+    except TypeError:  # not a number
+        raise
+    except ValueError:
+        raise ValueError(f"alpha must be a finite number <= {ALPHA_MAX:g} (< 0: Viterbi decoding, >= 0: "
+                         f"sampling), got {alpha!r}") from None
+    return None if alpha < 0 else alpha
 
 
-def _check_texts(texts) -> list[str]:
-    texts = list(texts)
+def _check_texts(texts: str | Iterable[str]) -> list[str]:
+    """``texts`` as a list of strings (a ``str`` is one text); ``TypeError`` for other items, ``ValueError`` for
+    lone surrogates (not Unicode text: they have no UTF-8 form to segment)."""
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, (str, Iterable)):
+        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
+    texts = [texts] if isinstance(texts, str) else list(texts)
     if not all(map(isinstance, texts, repeat(str))):  # C-level loop; find the culprit only on failure
         i, text = next((i, text) for i, text in enumerate(texts) if not isinstance(text, str))
         raise TypeError(f"texts must be strings; item {i} is a {type(text).__name__}")
+    if _SURROGATE.search("".join(texts)):
+        i, text = next((i, text) for i, text in enumerate(texts) if _SURROGATE.search(text))
+        code = ord(_SURROGATE.search(text).group())
+        raise ValueError(f"texts[{i}] holds a lone surrogate U+{code:04X} at index {text.index(chr(code))}, "
+                         "which is not Unicode text")
     return texts

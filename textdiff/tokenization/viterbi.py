@@ -1,20 +1,20 @@
-"""Viterbi decoding and exact Viterbi sampling on dense edge tables, batched over rows (ALGORITHMS.md §8.2, §8.5, §8.8).
+"""Viterbi decoding and exact Viterbi sampling on dense edge tables, batched over rows (docs/tokenization.md).
 
 Rows are independent lattice segments of one length bucket. ``weights[r, e-1, j]`` belongs to the edge from
 ``s = e - K + j`` to ``e`` (``j = 0`` is the longest piece), so the predecessors of ``e`` are one contiguous window
 ``prefix[:, e-1 : e-1+K]`` of the padded prefix table (``prefix[:, K-1+s]`` holds position ``s``); the forward pass
 reads only its last ``min(e, K)`` entries (predecessors ``s >= 0``), which halves the work of short buckets.
 
-Design decisions (D10):
+Design decisions:
 * alpha semantics of BytePiece >= 0.5: ``alpha < 0`` (or ``None``) decodes, ``alpha >= 0`` samples exactly.
-* Sampling keeps ``log Z`` in float64 (rows are short after cutting; §8.8 step 3, float64 option). The forward pass
+* Sampling keeps ``log Z`` in float64 (rows are short after cutting). The forward pass
   also stores, for every end position, the cumulative distribution of its predecessor
   ``P(s_j | e) = Z(s_j) e^{alpha v_j} / Z(e)`` in float64 (the exponentials its log-sum-exp forms anyway). The
-  backtrack then draws each visited predecessor by inverse CDF from one float64 uniform (§8.5: any exact draw from
-  that categorical gives the exact path law; §9 allows inverse-CDF in float64), instead of ``K`` Gumbels.
-* Decoding runs the max-plus pass in the scores' own precision (float32 for SentencePiece models): the sums are the
-  very float32 sums SentencePiece forms, and ``argmax`` returns the first maximum = the longest last piece (§8.2 tie
-  rule, also SentencePiece's), so ties break identically.
+  backtrack then draws each visited predecessor by inverse CDF from one float64 uniform (any exact draw from
+  that categorical gives the exact path law), instead of ``K`` Gumbels.
+* Decoding runs the max-plus pass in float64 (exact sums of the float32 scores of SentencePiece models) and takes
+  the first maximum = the longest last piece on exact ties. SentencePiece keeps float32 running sums along the whole
+  line, so on exact ties (e.g. the same pieces in another order) its pick depends on rounding.
 * Host synchronisation: the forward pass never reads a tensor value on the host. The backtrack runs at most the
   bucket's length in steps; ``compact=False`` (CUDA) keeps every path for all of them and masks finished ones, so the
   loop never waits for the GPU; ``compact=True`` (CPU) drops finished paths after every step and stops when none is
@@ -28,13 +28,30 @@ import torch
 from textdiff import rng
 
 
-def forward(weights: torch.Tensor, semiring: str, with_cdf: bool = False):
-    """Prefix table: ``log Z(e)`` (semiring ``"log"``, §8.5) or ``best(e)`` (``"max"``, §8.2) at column ``K-1+e``.
+def forward_best(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Viterbi decoding's forward pass: the prefix table ``best(e)`` (column ``K-1+e``) and the window index of the
+    best last edge into every position, ``(R, L)``; ``weights`` ``(R, L, K)``, -inf = no edge.
 
-    ``weights`` has shape ``(R, L, K)``: ``alpha * score`` for ``"log"``, ``score`` for ``"max"``; -inf = no edge.
-    ``with_cdf=True`` (log semiring) also returns ``cdf[r, e-1, j] = P(last piece of S_r[:e] is edge j or an earlier
-    one)``, the predecessor law of §8.5 in float64; its last entry is exactly 1 (``x / x``; NaN where ``e`` is
-    unreachable).
+    Sums are exact float64 sums of the (float32) scores; among exactly equal sums the first maximum wins, i.e. the
+    longest last piece (window index 0 is the longest)."""
+    rows, length, width = weights.shape
+    prefix = torch.full((rows, width + length), float("-inf"), dtype=torch.float64, device=weights.device)
+    prefix[:, width - 1] = 0.0
+    choice = torch.zeros((rows, length), dtype=torch.int64, device=weights.device)
+    for e in range(1, length + 1):
+        first = max(0, width - e)  # window entries before it would start before position 0
+        best, index = (prefix[:, e - 1 + first : e - 1 + width] + weights[:, e - 1, first:]).max(1)
+        prefix[:, width - 1 + e] = best
+        choice[:, e - 1] = first + index
+    return prefix, choice
+
+
+def forward(weights: torch.Tensor, with_cdf: bool = False):
+    """Exact sampling's forward pass: the prefix table ``log Z(e)`` at column ``K-1+e``.
+
+    ``weights`` has shape ``(R, L, K)``: ``alpha * score``; -inf = no edge. ``with_cdf=True`` also returns
+    ``cdf[r, e-1, j] = P(last piece of S_r[:e] is edge j or an earlier one)``, the predecessor law in float64; its
+    last entry is exactly 1 (``x / x``; NaN where ``e`` is unreachable).
     """
     rows, length, width = weights.shape
     prefix = torch.full((rows, width + length), float("-inf"), dtype=weights.dtype, device=weights.device)
@@ -43,9 +60,7 @@ def forward(weights: torch.Tensor, semiring: str, with_cdf: bool = False):
     for e in range(1, length + 1):
         first = max(0, width - e)  # window entries before it would start before position 0
         window = prefix[:, e - 1 + first : e - 1 + width] + weights[:, e - 1, first:]
-        if semiring == "max":
-            prefix[:, width - 1 + e] = window.max(1).values
-        elif cdf is None:
+        if cdf is None:
             prefix[:, width - 1 + e] = torch.logsumexp(window, 1)
         else:
             top = window.max(1, keepdim=True).values
@@ -55,13 +70,6 @@ def forward(weights: torch.Tensor, semiring: str, with_cdf: bool = False):
             prefix[:, width - 1 + e] = (top + torch.log(total)).squeeze(1)
             cdf[:, e - 1, first:] = mass / total
     return (prefix, cdf) if with_cdf else prefix
-
-
-def best_predecessors(prefix: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Window index of the best last edge into every position (max-plus argmax, §8.2); the first maximum (longest
-    piece) wins ties."""
-    windows = prefix[:, :-1].unfold(1, weights.shape[2], 1)  # (R, L, K)
-    return (windows + weights).argmax(2)
 
 
 def backtrack(
@@ -75,14 +83,14 @@ def backtrack(
     generator: torch.Generator | None = None,
     compact: bool = True,
 ) -> None:
-    """One path per row, from the row's end back to 0 (§8.8 step 5, vectorised over rows): every piece ``(s, e)``
+    """One path per row, from the row's end back to 0 (vectorised over rows): every piece ``(s, e)``
     of path ``i`` is written as ``out[base[i] + s] = candidate`` (``out[-1]`` is scratch space).
 
     Path ``i`` reads edge-table row ``table_row[i]`` (several paths may share one: repeated chunks). Decoding passes
     ``choice`` (per table row, from :func:`best_predecessors`). Sampling passes the ``cdf`` of :func:`forward` and a
     ``generator``: the predecessor of each visited position is the first edge whose cumulative probability exceeds a
     fresh float64 uniform, an exact draw from ``Z(s) e^{alpha v} / Z(e)``. Draws are independent across positions,
-    so drawing only at the positions the path visits gives the same law as drawing everywhere (§8.8 step 4).
+    so drawing only at the positions the path visits gives the same law as drawing everywhere.
     ``compact``: see the module docstring.
     """
     _, steps, width = candidate.shape
@@ -118,6 +126,6 @@ def backtrack(
 
 
 def log_partition(prefix: torch.Tensor, weights: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-    """``log Z`` of every row: the prefix table at the row's own end (§8.5)."""
+    """``log Z`` of every row: the prefix table at the row's own end."""
     width = weights.shape[2]
     return prefix.gather(1, (width - 1 + length)[:, None]).squeeze(1)

@@ -1,14 +1,14 @@
 """Unigram vocabulary: pieces, log-probability scores, piece kinds, and the piece trie flattened to tensors.
 
-ALGORITHMS.md §8.1: a piece's score is its log-probability ``v(piece)``; a segmentation scores ``Σ v``. Piece kinds
-follow SentencePiece (normal, unknown, control, user-defined, unused, byte). Only normal and user-defined pieces
-enter the lattice; unknown characters become one ``unk`` edge scored ``min(normal scores) - 10`` (SentencePiece's
-``kUnkPenalty``), which byte-fallback models later spell as ``<0xNN>`` byte pieces.
+See docs/tokenization.md: a piece's score is its log-probability ``v(piece)``; a segmentation scores ``Σ v``.
+Piece kinds follow SentencePiece (normal, unknown, control, user-defined, unused, byte). Only normal and
+user-defined pieces enter the lattice; unknown characters become one ``unk`` edge scored
+``min(normal scores) - 10`` (SentencePiece's ``kUnkPenalty``), which byte-fallback models later spell as
+``<0xNN>`` byte pieces.
 
-Design decision (D10, edge-table construction): the trie is a dense table ``code point -> alphabet id`` plus a
-transition table ``(state, alphabet id) -> child state``: dense (one gather per step) while states x alphabet stays
-below ``DENSE_LIMIT``, otherwise an open-addressing hash table with exact integer keys (no collisions to verify).
-The same tensors serve CPU and CUDA lookups.
+The trie is a table ``code point -> alphabet id`` plus transitions ``(state, alphabet id) -> child state``: a dense
+table (one gather per step) while states x alphabet stays below ``DENSE_LIMIT``, otherwise sorted int64 keys searched
+in bulk (bounded memory for any vocabulary size and alphabet). The same tensors serve CPU and CUDA lookups.
 """
 
 from __future__ import annotations
@@ -18,19 +18,21 @@ from dataclasses import dataclass, field
 
 import torch
 
-from textdiff.tokenization.sentencepiece_model import BYTE, NORMAL, UNKNOWN, USER_DEFINED
+from textdiff.tokenization.sentencepiece_model import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED
 
 UNK_PENALTY = 10.0
+KINDS = frozenset((NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE))
+FLT_MIN = 1.1754943508222875e-38  # smallest normal float32
 BYTE_PIECES = [f"<0x{b:02X}>" for b in range(256)]
-_HASH_MULTIPLIER = 0x9E3779B1
 _EMPTY = -1
+_NO_KEY = 2**62  # above every transition key
 DENSE_LIMIT = 1 << 23  # transition-table entries (int32, 32 MiB) below which the trie is a dense table
 
 
 @dataclass
 class Vocab:
-    """Pieces with scores and kinds; ids are list positions. ``float32_scores``: the scores are float32 numbers and
-    lattice arithmetic for decoding happens in float32 (SentencePiece models)."""
+    """Pieces with scores and kinds; ids are list positions. ``float32_scores``: the scores are float32 numbers
+    (SentencePiece models), so derived scores (unk, user-defined) are rounded to float32 where SentencePiece rounds."""
 
     pieces: list[str]
     scores: list[float]
@@ -56,8 +58,16 @@ class Vocab:
             if piece in self.index:
                 raise ValueError(f"piece {piece!r} occurs twice (ids {self.index[piece]} and {i})")
             self.index[piece] = i
+        unknown_kind = [k for k in set(self.kinds) if k not in KINDS]
+        if unknown_kind:
+            raise ValueError(f"kinds must be SentencePiece piece types {sorted(KINDS)}, got {unknown_kind[0]!r}")
         if self.unk_id is None:
             self.unk_id = next((i for i, k in enumerate(self.kinds) if k == UNKNOWN), None)
+        elif type(self.unk_id) is not int or not 0 <= self.unk_id < len(self.pieces):
+            raise ValueError(f"unk_id must be None or an id in [0, {len(self.pieces)}), got {self.unk_id!r}")
+        elif self.kinds[self.unk_id] != UNKNOWN:
+            raise ValueError(f"unk_id {self.unk_id} names the piece {self.pieces[self.unk_id]!r}, which is not of the "
+                             "unknown kind")
         if self.byte_fallback:
             missing = [p for p in BYTE_PIECES if p not in self.index]
             if missing:
@@ -72,6 +82,11 @@ class Vocab:
             )
 
     @property
+    def user_symbols(self) -> tuple[str, ...]:
+        """The user-defined pieces (SentencePiece matches them before normalising)."""
+        return tuple(p for p, k in zip(self.pieces, self.kinds) if k == USER_DEFINED)
+
+    @property
     def byte_ids(self) -> list[int]:
         return [self.index[p] for p in BYTE_PIECES] if self.byte_fallback else []
 
@@ -80,18 +95,22 @@ class Vocab:
         return torch.float32 if self.float32_scores else torch.float64
 
     def lattice_scores(self) -> torch.Tensor:
-        """Edge score of every id as SentencePiece's lattice uses it (NaN for ids outside the lattice), in
-        :attr:`dtype`: user-defined pieces ``len(bytes) * max - 0.1``, unk ``min - 10`` over normal pieces."""
-        scores = torch.tensor(self.scores, dtype=self.dtype)
+        """Edge score of every id as SentencePiece's Viterbi search uses it (NaN for ids outside the lattice), as
+        float64: normal pieces their score; unk ``min - 10`` over normal pieces (in :attr:`dtype`); user-defined
+        pieces ``len(utf8) * max(FLT_MIN, max normal score) - 0.1``, unrounded (SentencePiece computes it in double
+        and starts its maximum at ``FLT_MIN``, so with log-probability scores a user-defined piece scores ``-0.1``:
+        it nearly always wins)."""
+        scores = torch.tensor(self.scores, dtype=torch.float64)
         kinds = torch.tensor(self.kinds)
         normal = kinds == NORMAL
-        lowest = scores[normal].min() if normal.any() else scores.new_zeros(())
-        highest = scores[normal].max() if normal.any() else scores.new_zeros(())
-        out = torch.where(normal, scores, scores.new_tensor(float("nan")))
+        lowest = float(scores[normal].min()) if normal.any() else 0.0
+        highest = max(FLT_MIN, float(scores[normal].max())) if normal.any() else FLT_MIN
+        out = torch.where(normal, scores, torch.tensor(float("nan"), dtype=torch.float64))
         for i in torch.nonzero(kinds == USER_DEFINED).flatten().tolist():
-            out[i] = len(self.pieces[i].encode("utf-8")) * highest - 0.1
+            product = torch.tensor(len(self.pieces[i].encode("utf-8")) * highest, dtype=self.dtype)  # float * int
+            out[i] = product.double() - 0.1
         if self.unk_id is not None:
-            out[self.unk_id] = lowest - UNK_PENALTY
+            out[self.unk_id] = torch.tensor(lowest - UNK_PENALTY, dtype=self.dtype).double()
         return out
 
 
@@ -128,7 +147,12 @@ def pieces_with_extras(
 
 
 class PieceTrie:
-    """The lattice pieces of a :class:`Vocab` as a trie flattened to int tensors (ALGORITHMS.md §8.8 step 1)."""
+    """The lattice pieces of a :class:`Vocab` as a trie flattened to int tensors (docs/tokenization.md, "Lattice").
+
+    Characters get alphabet ids (``cid_table``, indexed by code point); a transition ``(state, cid)`` is the key
+    ``state * alphabet_size + cid`` (int64: no overflow for any vocabulary). Small tries keep a dense transition table
+    (one gather per step); larger ones a sorted key array searched with ``torch.searchsorted`` (memory proportional to
+    the number of transitions, the same code on CPU and CUDA)."""
 
     def __init__(self, vocab: Vocab, device: str | torch.device = "cpu") -> None:
         ids = [i for i, k in enumerate(vocab.kinds) if k in (NORMAL, USER_DEFINED)]
@@ -149,11 +173,9 @@ class PieceTrie:
         self.max_len = max((len(vocab.pieces[i]) for i in ids), default=1)
 
         max_cp = alphabet[-1] if alphabet else 0
-        cid_table = torch.zeros(max_cp + 2, dtype=torch.int64)  # last entry: any code point above max_cp
-        cid_table[torch.tensor(alphabet, dtype=torch.int64)] = torch.arange(1, len(alphabet) + 1)
+        cid_table = torch.zeros(max_cp + 2, dtype=torch.int32)  # last entry: any code point above max_cp
+        cid_table[torch.tensor(alphabet, dtype=torch.int64)] = torch.arange(1, len(alphabet) + 1, dtype=torch.int32)
         n_states, width = len(piece_of_state), self.alphabet_size
-        if n_states * width >= 2**31:
-            raise ValueError("vocabulary too large for the trie key space (states x alphabet >= 2**31)")
         keys = torch.tensor([state * width + cid for state, cid in children], dtype=torch.int64)
         values = torch.tensor(list(children.values()), dtype=torch.int64)
         tensors = dict(cid_table=cid_table, piece_of_state=torch.tensor(piece_of_state, dtype=torch.int64))
@@ -162,8 +184,10 @@ class PieceTrie:
             transitions = torch.full((n_states * width,), _EMPTY, dtype=torch.int32)
             transitions[keys] = values.to(torch.int32)
             tensors["transitions"] = transitions
-        else:  # large alphabets (e.g. CJK): hash table
-            tensors["table_keys"], tensors["table_values"], self.hash_bits, self.max_probe = _open_addressing(keys, values)
+        else:  # large alphabets (e.g. CJK): binary search over the sorted keys
+            order = torch.argsort(keys)
+            tensors["sorted_keys"] = torch.cat([keys[order], keys.new_full((1,), _NO_KEY)])  # sentinel: never hit
+            tensors["sorted_values"] = torch.cat([values[order], values.new_full((1,), _EMPTY)])
         self._tensors = {name: t.to(device) for name, t in tensors.items()}
         self.device = torch.device(device)
 
@@ -176,54 +200,13 @@ class PieceTrie:
     def code_ids(self, units: torch.Tensor) -> torch.Tensor:
         """Alphabet id of every code point (0 for characters in no piece and for negative separators)."""
         last = self.cid_table.numel() - 1
-        return self.cid_table[torch.where(units < 0, last, units.clamp(max=last))]
+        return self.cid_table[torch.where(units < 0, last, units.clamp(max=last))].long()
 
-    def child(self, state: torch.Tensor, cid: torch.Tensor, compact: bool = True) -> torch.Tensor:
-        """Child state for ``(state, cid)`` pairs (state 0 = root), ``-1`` where the trie has no such edge.
-
-        Hash tables probe until every key is resolved (``compact=True``, one host read per probe) or exactly
-        ``max_probe + 1`` times (``compact=False``: no host reads, for CUDA)."""
+    def child(self, state: torch.Tensor, cid: torch.Tensor) -> torch.Tensor:
+        """Child state for ``(state, cid)`` pairs (state 0 = root), ``-1`` where the trie has no such edge."""
         key = state * self.alphabet_size + cid
         if self.dense:
             return self.transitions.index_select(0, key).long()
-        slot = _slot(key, self.hash_bits)
-        out = torch.full_like(key, _EMPTY)
-        mask = (1 << self.hash_bits) - 1
-        if not compact:
-            for _ in range(self.max_probe + 1):
-                hit = self.table_keys.index_select(0, slot) == key  # keys are unique: at most one probe hits
-                out = torch.where(hit, self.table_values.index_select(0, slot), out)
-                slot = (slot + 1) & mask
-            return out
-        pending = torch.arange(key.numel(), device=key.device)
-        for _ in range(self.max_probe + 1):
-            stored = self.table_keys[slot]
-            hit = stored == key
-            out[pending[hit]] = self.table_values[slot[hit]]
-            more = ~(hit | (stored == _EMPTY))
-            if not bool(more.any()):
-                break
-            pending, key, slot = pending[more], key[more], (slot[more] + 1) & mask
-        return out
-
-
-def _slot(key: torch.Tensor, bits: int) -> torch.Tensor:
-    """Fibonacci hashing of keys < 2**31: top ``bits`` of the low 32 bits of ``key * 0x9E3779B1``."""
-    return ((key * _HASH_MULTIPLIER) & 0xFFFFFFFF) >> (32 - bits)
-
-
-def _open_addressing(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """Linear-probing table (load <= 1/4) of int keys -> int values; returns keys, values, bits, longest probe."""
-    bits = max(4, math.ceil(math.log2(max(1, 4 * keys.numel()))))
-    size = 1 << bits
-    table_keys = [_EMPTY] * size
-    table_values = [_EMPTY] * size
-    longest = 0
-    for key, value, slot in zip(keys.tolist(), values.tolist(), _slot(keys, bits).tolist()):
-        probe = 0
-        while table_keys[(slot + probe) & (size - 1)] != _EMPTY:
-            probe += 1
-        table_keys[(slot + probe) & (size - 1)] = key
-        table_values[(slot + probe) & (size - 1)] = value
-        longest = max(longest, probe)
-    return torch.tensor(table_keys), torch.tensor(table_values), bits, longest
+        slot = torch.searchsorted(self.sorted_keys, key)  # the sentinel keeps every slot in range
+        found = self.sorted_keys.index_select(0, slot) == key
+        return torch.where(found, self.sorted_values.index_select(0, slot), _EMPTY)
