@@ -7,7 +7,8 @@
    H100 (13.7M parameters, 49M tokens each, the last command below, ≈ 7 min): 108.0 vs 71.2 = 1.52x, AR best 62.0 at step 2000.
 2. Sampling time with and without the predictor cache (first-hitting skip + per-row reuse) at T = 1024, L = 128.
 3. Generative perplexity of samples under SmolLM2-135M (``textdiff.models.load_lm``) WITH the mean per-sample
-   unigram entropy beside it (ALGORITHMS.md §9), for the default BERT (``data/models/minilm-mlm``) and held-out text.
+   unigram entropy beside it (docs/numerics.md#reporting-sample-quality), for the default BERT
+   (``data/models/minilm-mlm``) and held-out text.
 
     python recipes/bench_diffusion.py --threads 1            # ≈10-15 min on 2 shared CPU cores
     python recipes/train_denoiser.py --prepare-only --corpus full   # once: writes data/corpus/denoiser_en_full

@@ -1,10 +1,11 @@
-"""Keyword-to-sentence with the deletion diffusion (ALGORITHMS.md §4.9) on CommonGen dev, MH's metrics and sets.
+"""Keyword-to-sentence with the deletion diffusion (docs/deletion.md#conditioning-on-keywords) on CommonGen dev, MH's
+metrics and sets.
 
 The concept sets (spread evenly over dev), coverage, corpus BLEU-4 and perplexity come from
 ``recipes/eval_commongen.py`` (the MH recipe), imported, so the two methods are measured identically: run both with
 the same ``--sets`` to compare. Judge: SmolLM2-135M conditioned on BOS only (EOS scored). Also reported: mean
-per-sentence unigram entropy (§9), mean length in words, wall time per set. One sentence per set: the best of
-``orders × samples_per_order`` chains by the token head's pseudo-log-likelihood.
+per-sentence unigram entropy (docs/numerics.md#reporting-sample-quality), mean length in words, wall time per set. One
+sentence per set: the best of ``orders × samples_per_order`` chains by the token head's pseudo-log-likelihood.
 
     OMP_NUM_THREADS=1 python recipes/eval_diffusion_keywords.py --sets 40 --fill-mode oneshot
 """

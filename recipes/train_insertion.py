@@ -1,8 +1,9 @@
-"""Train the insertion model of the deletion process (ALGORITHMS.md §4.6) and ship it as fp16 safetensors.
+"""Train the insertion model of the deletion process (docs/deletion.md#training) and ship it as fp16 safetensors.
 
 Targets come from the forward process itself: delete each token with probability ``1 − α(t)``, the slot counts and
 the deleted tokens are known, so no alignment search is needed. Loss per sentence = count NLL over all slots + token
-NLL at the deleted positions (UDM loss on patterns, unweighted, D2), averaged per x0 token over the batch.
+NLL at the deleted positions (UDM loss on patterns, unweighted, docs/numerics.md#d2), averaged per x0 token over the
+batch.
 
 Example (2-core CPU, background):
     OMP_NUM_THREADS=1 nice python recipes/train_insertion.py --steps 3000 --out data/models/insertion
@@ -49,7 +50,7 @@ def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 
 def antithetic_times(batch: int, generator, t_min: float = 1e-3) -> torch.Tensor:
-    """``t_b = (u + b/B) mod 1`` mapped to ``[t_min, 1]`` (ALGORITHMS.md §1.4)."""
+    """``t_b = (u + b/B) mod 1`` mapped to ``[t_min, 1]`` (docs/udm.md#training-loss)."""
     u = uniform((1,), generator)
     return t_min + (1 - t_min) * ((u + torch.arange(batch, dtype=torch.float64) / batch) % 1.0)
 
@@ -87,7 +88,7 @@ def evaluate(model, process, rows, batch_size: int, seed: int) -> dict:
 
 @torch.no_grad()
 def elbo_per_token(model, process, rows, batch_size: int, repeats: int, seed: int) -> dict:
-    """Monte Carlo upper bound on −log p_θ(x0) (ALGORITHMS.md §4.7, D5 iii): nats per WordPiece ± standard error."""
+    """Monte Carlo upper bound on −log p_θ(x0) (docs/deletion.md#elbo): nats per WordPiece ± standard error."""
     model.eval()
     generator = make_generator(seed)
     per_sentence = []

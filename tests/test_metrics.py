@@ -1,4 +1,4 @@
-"""Sample-quality metrics of ALGORITHMS.md §9."""
+"""Sample-quality metrics (docs/numerics.md#reporting-sample-quality)."""
 
 import math
 

@@ -1,4 +1,5 @@
-"""MLM Gibbs: exact-oracle chi-square test (ALGORITHMS.md §6.5), a biased variant that fails it, special tokens."""
+"""MLM Gibbs: exact-oracle chi-square test (docs/mcmc.md#gibbs-tests), a biased variant that fails it,
+special tokens."""
 
 from __future__ import annotations
 
@@ -151,8 +152,9 @@ class IncompatibleConditionals(ExactConditionals):
 
 
 def test_mh_corrected_gibbs_targets_the_energy():
-    """§6.3: with incompatible conditionals as proposal and E = -log p_target, chains started from p_target stay
-    there when corrected (the MH test leaves p_target invariant); uncorrected chains drift away."""
+    """MH-corrected Gibbs (docs/mcmc.md#exactness-caveat-and-the-mh-corrected-variant): with incompatible conditionals
+    as proposal and E = -log p_target, chains started from p_target stay there when corrected (the MH test leaves
+    p_target invariant); uncorrected chains drift away."""
     proposal, target = IncompatibleConditionals(seed=0), ExactConditionals(seed=5)
 
     def energy(ids, attention):

@@ -1,4 +1,4 @@
-"""Exact Metropolis-Hastings (ALGORITHMS.md §7.8): kernels built by the production ``mh.transitions``, chains run
+"""Exact Metropolis-Hastings (docs/mcmc.md#mh-tests): kernels built by the production ``mh.transitions``, chains run
 by ``MetropolisHastings.run``, Su's simplified ratios as the negative control."""
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def sequence_marginal(states, pi):
 
 @pytest.mark.parametrize("measure", [True, False])
 def test_sequence_marginal_with_and_without_keyword_measure(measure):
-    """Pairs target: sequence law ∝ π(x) N_K(x); with ``KeywordMeasure``: ∝ π(x) (§7.4)."""
+    """Pairs target: sequence law ∝ π(x) N_K(x); with ``KeywordMeasure``: ∝ π(x)
+    (docs/mcmc.md#exact-acceptance-ratios)."""
     spans, max_length = [(0,)], 3
     states, kernel, pi_pairs = stationary_and_kernel(spans, max_length, measure=measure)
     evals, evecs = torch.linalg.eig(kernel.T)
@@ -127,7 +128,8 @@ def test_keyword_blocks_intact_in_every_visited_state():
 
 
 def test_annealing_at_zero_temperature_never_accepts_a_decrease():
-    """Replace-only moves with a uniform proposal are symmetric: as τ -> 0 MH is hill climbing (§7.6)."""
+    """Replace-only moves with a uniform proposal are symmetric: as τ -> 0 MH is hill climbing
+    (docs/mcmc.md#simulated-annealing)."""
     uniform = ToyProposal()
     uniform.table.zero_()
     target = ToyTarget(max_length=6, scale=3.0)

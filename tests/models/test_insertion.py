@@ -1,4 +1,5 @@
-"""Insertion model (ALGORITHMS.md §4.3): shapes, heads, HF save/load as safetensors, training signal, bad config."""
+"""Insertion model (docs/deletion.md#insertion-model): shapes, heads, HF save/load as safetensors,
+training signal, bad config."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def test_save_load_round_trip_fp16_safetensors(tmp_path):
 
 
 def test_loss_from_forward_process_targets_decreases():
-    """A few optimiser steps on forward-process targets (§4.6) lower the pattern NLL on that data."""
+    """A few optimiser steps on forward-process targets (docs/deletion.md#training) lower the pattern NLL on that
+    data."""
     model = tiny().train()
     process = DeletionProcess(MASK, 0, 12)
     ids0 = torch.randint(4, VOCAB, (16, 8), generator=torch.Generator().manual_seed(1))

@@ -1,6 +1,6 @@
-"""P1 — marginal identity Σ_{x_t} c(x_s | x_t, x0) p(x_t | x0) = p(x_s | x0) for every process and corrector
-(ALGORITHMS.md §1.7): x_t ~ p(·|x0) from the real forward code, x_s from the real corrector, law of x_s against the
-exact p(x_s | x0) from the process's own log p(x_t | x0) (chi-square over all enumerated states)."""
+"""Marginal identity Σ_{x_t} c(x_s | x_t, x0) p(x_t | x0) = p(x_s | x0) for every process and corrector
+(docs/udm.md#p1-marginal-identity): x_t ~ p(·|x0) from the real forward code, x_s from the real corrector, law of x_s
+against the exact p(x_s | x0) from the process's own log p(x_t | x0) (chi-square over all enumerated states)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def test_wrong_posterior_corrector_fails(name):
 
 
 def test_masking_posterior_is_time_agnostic():
-    """§2.5: the enumerated posterior p(x0 | x_t) is the same at two different t for the same x_t."""
+    """Masking tests (docs/udm.md#masking-tests): the enumerated posterior p(x0 | x_t) is the same at two different t
+    for the same x_t."""
     proc = MaskingProcess(MASK, "linear")
     xs = all_sequences(V, L)
     p = torch.rand(len(xs), dtype=torch.float64, generator=torch.Generator().manual_seed(0))

@@ -45,7 +45,7 @@ def unpadded(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Ragged operations (ALGORITHMS.md §4.5) against a simple Python reference
+# Ragged operations (docs/deletion.md#batched-ragged-operations) against a simple Python reference
 # ---------------------------------------------------------------------------------------------------------------
 
 rows_and_counts = st.lists(st.lists(st.integers(1, 50), max_size=7), min_size=1, max_size=6).flatmap(
@@ -102,7 +102,8 @@ def test_ragged_ops_on_device(device):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Forward process, inverse and the marginal identity of the corrector (ALGORITHMS.md §1.2, §1.7 P1, §4.4)
+# Forward process, inverse and the marginal identity of the corrector (docs/udm.md#predict-then-correct-reverse-step,
+# docs/udm.md#p1-marginal-identity, docs/deletion.md#corrector)
 # ---------------------------------------------------------------------------------------------------------------
 
 X0 = [1, 2, 1, 1, 2]  # repeated tokens: alignments are ambiguous
@@ -159,7 +160,8 @@ def test_corrector_marginal_identity_sampled(corrector):
     if corrector == "aligned":  # the alignment K known: keep survivors, re-insert deleted tokens w.p. β
         deleted = process.corrupted_set(x0, t, noise)
         x_s = process.keep_tokens(x0, process.thin(deleted, mask, t, s, gen))
-    elif corrector == "noise_posterior":  # alignment re-drawn uniformly from the embeddings (§4.2)
+    elif corrector == "noise_posterior":
+        # alignment re-drawn uniformly from the embeddings (docs/deletion.md#alignment-ambiguity)
         x_s = process.correct(x_t, x0, t, s, gen)
     else:
         x_s = process.baseline_correct(x0, s, gen)
@@ -194,7 +196,7 @@ def test_protected_tokens_are_never_deleted_and_align_only_with_protected():
 
 
 class DeltaPrediction:
-    """``q(x0 | x_t) = δ(x0*)`` with the leftmost alignment (ALGORITHMS.md §1.7 P2)."""
+    """``q(x0 | x_t) = δ(x0*)`` with the leftmost alignment (oracle predictor, docs/udm.md#p2-oracle-predictor)."""
 
     def __init__(self, target: list[int], x_t: Batch):
         self.target, self.x_t = target, x_t
@@ -288,7 +290,7 @@ def test_first_piece_restriction_is_exact_conditioning(fill_mode, order, monkeyp
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Count sampling (D5) and bad input
+# Count sampling (docs/numerics.md#d5) and bad input
 # ---------------------------------------------------------------------------------------------------------------
 
 

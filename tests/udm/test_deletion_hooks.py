@@ -1,4 +1,5 @@
-"""Logits hooks with the deletion process (ALGORITHMS.md §5.2): they act on the fill's token logits.
+"""Logits hooks with the deletion process (docs/guidance.md#exact-candidate-reweighting): they act on the fill's token
+logits.
 
 ``reverse_sample(..., logits_hooks=...)`` reaches the token logits every inserted token is drawn from (count head
 untouched): ``forbid_tokens`` keeps its ids out of every insertion, protected keyword tokens stay; an exact toy shows
@@ -85,11 +86,12 @@ def tilted(law: torch.Tensor, weight: torch.Tensor, dim: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("fill_mode", ["oneshot", "iterative"])
 def test_reweighting_hook_gives_the_law_of_the_reweighted_fill_categoricals(fill_mode):
-    """Hook ``logits + f`` through ``reverse_sample``: each fill categorical becomes ``∝ P(w) e^{f(w)}`` (§5.2).
+    """Hook ``logits + f`` through ``reverse_sample``: each fill categorical becomes ``∝ P(w) e^{f(w)}``
+    (docs/guidance.md#exact-candidate-reweighting).
     ``oneshot``: product of the reweighted marginals; ``iterative`` (one token per call, random order): the
     reweighted first marginal times the reweighted conditional, averaged over the two orders. Controls that must
     fail: the unhooked law, and (iterative) the jointly reweighted law ``∝ p(y1, y2) e^{f(y1) + f(y2)}`` (sequential
-    per-draw reweighting is not joint reweighting, §5.3)."""
+    per-draw reweighting is not joint reweighting, docs/guidance.md#multi-token-steps)."""
     g = torch.Generator().manual_seed(4)
     joint = torch.exp(1.5 * torch.randn(T, T, generator=g, dtype=torch.float64))
     joint /= joint.sum()

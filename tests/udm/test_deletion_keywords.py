@@ -105,7 +105,8 @@ def test_keyword_bad_input(random_model, tokenizer):
 
 
 def test_elbo_bound_is_finite_and_lower_for_the_trained_model(shipped_model, random_model, tokenizer):
-    """§4.7 bound (D5 iii): finite and positive; the trained model explains English better than an untrained one."""
+    """Monte Carlo ELBO bound (docs/deletion.md#elbo): finite and positive; the trained model explains English better
+    than an untrained one."""
     from textdiff.udm.deletion import elbo_upper_bound
     from textdiff.udm.process import Batch
 
@@ -135,7 +136,8 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Fill support restrictions and cost accounting (ALGORITHMS.md §4.3, §5.2)
+# Fill support restrictions and cost accounting (docs/deletion.md#insertion-model,
+# docs/guidance.md#exact-candidate-reweighting)
 # ---------------------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""Exact posterior ⇒ exact sampler for the deletion process (ALGORITHMS.md §4.8), with both negative controls.
+"""Exact posterior ⇒ exact sampler for the deletion process (docs/deletion.md#exact-oracle-test), with both negative
+controls.
 
 V = {a, b}; all 15 sequences of length 0..3; random p_data; α(t) = 1 − t; grid {1, 0.75, 0.5, 0.25, 0}.
 The oracle enumerates insertion patterns (x0, embedding K) with weight p_data(x0) α^m (1 − α)^{l − m}. Controls:
@@ -27,7 +28,8 @@ GRID = [1.0, 0.75, 0.5, 0.25, 0.0]
 
 
 def p_data() -> dict[tuple, float]:
-    # log-normal weights; this seed gives control errors of 1e-2 (leftmost) and 2.5e-2 (spread), as in §4.8
+    # log-normal weights; this seed gives control errors of 1e-2 (leftmost) and 2.5e-2 (spread), as in
+    # docs/deletion.md#exact-oracle-test
     weights = torch.exp(1.5 * torch.randn(len(SEQS), generator=torch.Generator().manual_seed(10), dtype=torch.float64))
     weights = weights / weights.sum()
     return dict(zip(SEQS, weights.tolist()))

@@ -1,6 +1,7 @@
-"""P2–P4 (ALGORITHMS.md §1.7): with the exact posterior marginals plugged in through the predictor interface, the
-generic reverse loop with one-token steps samples p_data exactly (chi-square, 1e5 chains); known-biased variants fail
-the same test."""
+"""Oracle predictor, exact posterior ⇒ exact sampler, one-token steps need only marginals (the exactness properties,
+docs/udm.md#exactness-properties-and-tests): with the exact posterior marginals plugged in through the predictor
+interface, the generic reverse loop with one-token steps samples p_data exactly (chi-square, 1e5 chains); known-biased
+variants fail the same test."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ P = random_pdata(len(XS), seed=11)
 
 
 def exact_forward_state(process, t: float, g: torch.Generator) -> Batch:
-    """x_t drawn from the exact forward marginal p_t (D3: the exact prior, for the replacement processes)."""
+    """x_t drawn from the exact forward marginal p_t (docs/numerics.md#d3: the exact prior, for the replacement
+    processes)."""
     x0 = Batch(XS[torch.multinomial(P, N, replacement=True, generator=g)])
     return process.corrupt(x0, torch.full((N,), t, dtype=torch.float64), process.sample_noise(x0, g))
 
@@ -31,7 +33,8 @@ def output_pvalue(process, seed: int, exact_prior: bool = True, steps: int = L) 
 
 
 def test_masking_one_token_steps_are_exact():
-    """Count form, one token per step (P4: exact posterior marginals suffice)."""
+    """Count form, one token per step (exact posterior marginals suffice,
+    docs/udm.md#p4-one-token-steps-need-only-marginals)."""
     assert output_pvalue(MaskingProcess(MASK, "count"), seed=1) > 1e-4
 
 
@@ -62,7 +65,8 @@ def test_known_biased_variants_fail(variant):
                                      ReplaceAnyProcess(V, "count"), ReplaceAnyProcess(V, "linear", "posterior")],
                          ids=repr)
 def test_oracle_predictor_returns_target(process):
-    """P2: with q(x0 | x_t) = δ(x0*) every variant returns x0*, for any grid."""
+    """Oracle predictor (docs/udm.md#p2-oracle-predictor): with q(x0 | x_t) = δ(x0*) every variant returns x0*, for any
+    grid."""
     target = torch.tensor([2, 0, 1])
 
     def delta(x, t):

@@ -1,6 +1,7 @@
-"""P5 — the masking ELBO is tight with the exact posterior marginals (ALGORITHMS.md §1.7, §2.4), computed with the
-production weights by enumerating every mask set (count form) or integrating over t (continuous time); the replace_diff
-bounds (continuous and count form, §3.5) are ≥ −log p_θ(x0) of the exact model likelihood."""
+"""ELBO sanity (docs/udm.md#p5-elbo-sanity, docs/udm.md#masking-training-and-elbo): the masking ELBO is tight with
+the exact posterior marginals, computed with the production weights by enumerating every mask set (count form) or
+integrating over t (continuous time); the replace_diff bounds (continuous and count form,
+docs/udm.md#replacement-training-and-elbo) are ≥ −log p_θ(x0) of the exact model likelihood."""
 
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def test_udm_loss_averages_corrupted_positions_only():
 def test_replace_diff_elbo_bounds_the_exact_model_likelihood():
     """With the exact posterior marginals the continuous-time reverse chain is exact except for the uniform prior, so
     p_θ(x0) = Σ_{x1} U(x1) p(x0 | x1) is known; the bound (quadrature over t, enumeration over x_t) is ≥ −log p_θ(x0)
-    for every x0 and not tight (§3.6)."""
+    for every x0 and not tight (docs/udm.md#replacement-tests)."""
     from textdiff.udm import ReplaceDiffProcess
 
     v, l = 3, 2
@@ -132,7 +133,8 @@ class MixedPredictor:
 
 def one_token_chain_law(predictor, xs: torch.Tensor, vocab: int) -> torch.Tensor:
     """Exact law of the output of the count-form ``replace_diff`` chain with kernel (a), one token per step, from the
-    uniform prior: the state law is pushed through ``x → x[i ← w]`` with probability ``P_i(w) / Σ_j d_j`` (§3.3 (a))."""
+    uniform prior: the state law is pushed through ``x → x[i ← w]`` with probability ``P_i(w) / Σ_j d_j``
+    (docs/udm.md#kernel-a-one-token)."""
     length = xs.shape[1]
     law = torch.full((len(xs),), vocab ** -length, dtype=torch.float64)
     for k in range(length, 0, -1):
@@ -195,10 +197,11 @@ COUNT_P = random_pdata(len(COUNT_XS), seed=31)
 
 @pytest.mark.parametrize("eps", [0.0, 0.3, 1.0])
 def test_replace_diff_count_elbo_bounds_the_exact_model_likelihood(eps):
-    """P5, count form, kernel (a): for the exact posterior marginals and two perturbed predictors, the enumerated
-    bound equals the variational bound computed by definition over every inference path (1e-10), and is ≥ −log p_θ(x0)
-    for every x0, with p_θ the exact output law of the one-token reverse chain from the uniform prior (checked against
-    the real sampler by chi-square); valid but not tight (§3.6)."""
+    """ELBO sanity (docs/udm.md#p5-elbo-sanity), count form, kernel (a): for the exact posterior marginals and two
+    perturbed predictors, the enumerated bound equals the variational bound computed by definition over every inference
+    path (1e-10), and is ≥ −log p_θ(x0) for every x0, with p_θ the exact output law of the one-token reverse chain from
+    the uniform prior (checked against the real sampler by chi-square); valid but not tight
+    (docs/udm.md#replacement-tests)."""
     from textdiff.udm import ReplaceDiffProcess, make_template, reverse_sample
 
     process = ReplaceDiffProcess(V, "count")

@@ -1,4 +1,5 @@
-"""D1 (b) — the conditional-Bernoulli reverse kernel of ``replace_diff`` (ALGORITHMS.md §3.3 (b), §1.7).
+"""Kernel (b) — the conditional-Bernoulli reverse kernel of ``replace_diff``
+(docs/udm.md#kernel-b-conditional-bernoulli, docs/udm.md#exactness-properties-and-tests).
 
 * The Poisson-binomial DP: inclusion probabilities equal subset enumeration (1e-12); sampled sets have exactly ``k``
   elements and the enumerated law (chi-square).
@@ -7,7 +8,8 @@
   ``Π_i p_i(x0_i) · 1[H = k]``) with the predictor outputting the factors ``p_i``. The top-k heuristic (c) and
   kernel (a) fail there.
 * With the exact posterior *marginals* (what cross-entropy training targets) of a correlated ``p_data`` it is not
-  exact, not even with one token per step (kernel (a) is, P4: test_exact_sampler); the unconditioned draw and top-k
+  exact, not even with one token per step (kernel (a) is: one-token steps need only marginals,
+  docs/udm.md#p4-one-token-steps-need-only-marginals, test_exact_sampler); the unconditioned draw and top-k
   fail as well.
 """
 
@@ -112,7 +114,8 @@ def kernel(name: str) -> ReplaceDiffProcess:
 
 
 def output_pvalue(process, predictor, xs: torch.Tensor, p: torch.Tensor, steps: int, seed: int, n: int = N) -> float:
-    """Reverse chain from the exact prior (D3) with ``n`` chains; chi-square of the output against ``p``."""
+    """Reverse chain from the exact prior (docs/numerics.md#d3) with ``n`` chains; chi-square of the output against
+    ``p``."""
     g = torch.Generator().manual_seed(seed)
     x_init = forward_state(process, xs, p, n, 1.0, g)
     out = reverse_sample(process, predictor, make_template(n, xs.shape[1]), steps, generator=g, x_init=x_init)
@@ -153,18 +156,19 @@ P_CORR = random_pdata(len(XS_CORR), seed=11)
                                         ("unconditioned", 2), ("top_k", 2)])
 def test_posterior_marginals_of_a_correlated_pdata_are_not_enough(name, steps):
     """Exact posterior marginals P_i(w) = p(x0_i = w | x_k) (from the enumerated joint posterior; the toy of
-    test_exact_sampler, where kernel (a) with one token per step passes, P4): kernel (b) is biased, even with one
-    token per step — at k = 1 it picks position i with probability ∝ d_i / (1 − d_i) instead of d_i (exact
-    propagation on this toy: total variation 0.030 for steps = 3, 0.13 for steps = 2); the unconditioned draw and
-    top-k are biased too."""
+    test_exact_sampler, where kernel (a) with one token per step passes: one-token steps need only marginals,
+    docs/udm.md#p4-one-token-steps-need-only-marginals): kernel (b) is biased, even with one token per step — at k = 1
+    it picks position i with probability ∝ d_i / (1 − d_i) instead of d_i (exact propagation on this toy: total
+    variation 0.030 for steps = 3, 0.13 for steps = 2); the unconditioned draw and top-k are biased too."""
     process = kernel(name)
     oracle = ExactPosterior(process, XS_CORR, P_CORR, out_vocab=V)
     assert output_pvalue(process, oracle, XS_CORR, P_CORR, steps, seed=20 + steps, n=N_BIASED) < 1e-6
 
 
 def test_oracle_predictor_returns_target():
-    """P2 with the degenerate-row rule: a point-mass predictor makes |D̂| = k infeasible whenever the uniform prior
-    agrees with the target somewhere; the kernel conditions on the feasible Hamming distance and still returns x0*."""
+    """Oracle predictor (docs/udm.md#p2-oracle-predictor) with the degenerate-row rule: a point-mass predictor makes
+    |D̂| = k infeasible whenever the uniform prior agrees with the target somewhere; the kernel conditions on the
+    feasible Hamming distance and still returns x0*."""
     target = torch.tensor([2, 0, 1, 1])
 
     def delta(x, t):

@@ -1,4 +1,5 @@
-"""Enumerable toy distributions and exact-posterior predictors for the UDM tests (ALGORITHMS.md §1.7)."""
+"""Enumerable toy distributions and exact-posterior predictors for the UDM tests
+(docs/udm.md#exactness-properties-and-tests)."""
 
 from __future__ import annotations
 
@@ -81,6 +82,6 @@ def product_pdata(vocab: int, length: int, seed: int) -> tuple[torch.Tensor, tor
 def forward_state(process: ForwardProcess, xs: torch.Tensor, p: torch.Tensor, n: int, t: float,
                   g: torch.Generator) -> Batch:
     """``n`` draws of ``x_t`` from the exact forward marginal ``p_t`` (x0 ~ p over ``xs``, then the real forward code;
-    at ``t = 1`` this is the exact prior of D3)."""
+    at ``t = 1`` this is the exact prior used by the exactness tests, docs/numerics.md#d3)."""
     x0 = Batch(xs[torch.multinomial(p, n, replacement=True, generator=g)])
     return process.corrupt(x0, torch.full((n,), t, dtype=torch.float64), process.sample_noise(x0, g))
