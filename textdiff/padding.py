@@ -7,17 +7,27 @@ from collections.abc import Sequence
 import torch
 
 
+def pad_flat(values: torch.Tensor, lengths: torch.Tensor, pad_id: int, *, left: bool = False,
+             width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids [N, W], mask [N, W] bool)`` from the rows laid end to end in ``values`` (row ``i`` has ``lengths[i]``
+    values), on their device, without Python lists; ``left=True`` pads on the left so every row ends at the last
+    column; ``W`` = the longest row unless ``width`` is given."""
+    lengths = lengths.to(values.device)
+    width = (int(lengths.max()) if len(lengths) else 0) if width is None else width
+    columns = torch.arange(width, device=values.device)
+    mask = (columns[None, :] >= width - lengths[:, None]) if left else (columns[None, :] < lengths[:, None])
+    ids = torch.full((len(lengths), width), pad_id, dtype=torch.long, device=values.device)
+    ids[mask] = values.long()
+    return ids, mask
+
+
 def pad(rows: Sequence[Sequence[int]], pad_id: int, *, left: bool = False, width: int | None = None,
         device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids [N, W], mask [N, W] bool)`` of ``rows``, padded on the right (``left=True``: on the left, so that
     every row ends at the last column); ``W`` = the longest row unless ``width`` is given."""
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    width = int(lengths.max()) if width is None and len(rows) else (width or 0)
     flat = torch.tensor([int(i) for r in rows for i in r], dtype=torch.long)
-    columns = torch.arange(width)
-    mask = (columns[None, :] >= width - lengths[:, None]) if left else (columns[None, :] < lengths[:, None])
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    ids[mask] = flat
+    ids, mask = pad_flat(flat, lengths, pad_id, left=left, width=width)
     return ids.to(device), mask.to(device)
 
 

@@ -8,6 +8,7 @@ from functools import cached_property
 
 import torch
 
+from textdiff.padding import pad_flat
 from textdiff.tokenization.normalization import TextPipeline
 
 
@@ -68,14 +69,8 @@ class Encoding:
         """``input_ids`` / ``attention_mask``: ``[texts, longest]`` long tensors on the encoding's device, padded
         with ``pad_id`` (default: the ``<pad>`` piece, else 0)."""
         pad_id = self._pad_id if pad_id is None else pad_id
-        count = self._tokens.count.to(self.device)
-        width = int(count.max()) if len(count) else 0
-        row = torch.repeat_interleave(torch.arange(len(count), device=self.device), count)
-        column = torch.arange(len(row), device=self.device) - (torch.cumsum(count, 0) - count)[row]
-        input_ids = torch.full((len(count), width), pad_id, dtype=torch.long, device=self.device)
-        input_ids[row, column] = self._tokens.piece.to(self.device).long()
-        attention_mask = (torch.arange(width, device=self.device)[None, :] < count[:, None]).long()
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        input_ids, mask = pad_flat(self._tokens.piece.to(self.device), self._tokens.count, pad_id)
+        return {"input_ids": input_ids, "attention_mask": mask.long()}
 
 
 def split_rows(values: torch.Tensor, count: torch.Tensor) -> list[list[int]]:
