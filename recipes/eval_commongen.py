@@ -2,8 +2,7 @@
 
 For every concept set: one sentence (``--inflect`` on, as CommonGen allows inflected concepts), and the metrics
 * coverage: share of concepts present as a word of the output, any form from ``textdiff.keywords.inflections``;
-* corpus BLEU-4 against all references of each set (uniform 1-4-gram weights, clipped counts over references,
-  brevity penalty with the closest reference length; lower-cased, words and punctuation split by ``\\w+|[^\\w\\s]``);
+* corpus BLEU-4 against all references of each set, computed by sacrebleu (default settings: 13a tokenisation);
 * scorer perplexity: SmolLM2 with the target's prompt (the model the sampler optimises);
 * judge perplexities: (a) SmolLM2 conditioned on BOS only (a different prompt; same weights, so not independent),
   (b) MiniLM MLM pseudo-perplexity (each word piece masked in turn);
@@ -20,9 +19,9 @@ import json
 import math
 import re
 import time
-from collections import Counter
 from pathlib import Path
 
+import sacrebleu
 import torch
 from tqdm.auto import tqdm
 
@@ -53,26 +52,12 @@ def coverage(text: str, concepts: list[str]) -> float:
     return sum(any(form.lower() in present for form in inflections(c)) for c in concepts) / len(concepts)
 
 
-def corpus_bleu(hypotheses: list[str], references: list[list[str]], max_n: int = 4) -> float:
-    """Corpus BLEU-4 (Papineni et al. 2002; nltk ``corpus_bleu`` semantics, no smoothing), in [0, 100]."""
-    matches, totals = [0] * max_n, [0] * max_n
-    hyp_len = ref_len = 0
-    for hyp, refs in zip(hypotheses, references):
-        h, rs = words(hyp), [words(r) for r in refs]
-        hyp_len += len(h)
-        ref_len += min((abs(len(r) - len(h)), len(r)) for r in rs)[1]
-        for n in range(1, max_n + 1):
-            counts = Counter(tuple(h[i:i + n]) for i in range(len(h) - n + 1))
-            best = Counter()
-            for r in rs:
-                best |= Counter(tuple(r[i:i + n]) for i in range(len(r) - n + 1))
-            matches[n - 1] += sum(min(c, best[g]) for g, c in counts.items())
-            totals[n - 1] += max(len(h) - n + 1, 0)
-    if min(matches) == 0:
-        return 0.0
-    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_n
-    brevity = min(0.0, 1.0 - ref_len / hyp_len)
-    return 100.0 * math.exp(log_precision + brevity)
+def corpus_bleu(hypotheses: list[str], references: list[list[str]]) -> float:
+    """sacrebleu corpus BLEU-4 against all references of each set (default 13a tokenisation, mixed case), in
+    [0, 100]. Sets with fewer references repeat their first one, which leaves BLEU unchanged."""
+    width = max(map(len, references))
+    streams = [[refs[i] if i < len(refs) else refs[0] for refs in references] for i in range(width)]
+    return sacrebleu.corpus_bleu(hypotheses, streams).score
 
 
 @torch.no_grad()
