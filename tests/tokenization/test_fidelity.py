@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy import stats
 
 from textdiff.tokenization import UnigramTokenizer
 from textdiff.tokenization.charsmap import decode_utf8
@@ -105,8 +106,12 @@ def test_user_defined_symbols_score_like_sentencepiece(pairs):
     ours = Counter(map(tuple, tok.tokenize(["singing"] * n, alpha=0.5, seed=0)))
     theirs = Counter(map(tuple, sp.encode(["singing"] * n, enable_sampling=True, alpha=0.5, nbest_size=-1,
                                           out_type=str)))
-    best = ("\u2581", "s", "ing", "ing")
-    assert ours[best] / n > 0.97 and abs(ours[best] - theirs[best]) / n < 0.02
+    # same law as SentencePiece: two-sample chi-square over the segmentations seen at least 20 times in all (the
+    # rest pooled); the trained model decides how often "▁ s ing ing" wins, so no fixed share is asserted
+    common = sorted(s for s in set(ours) | set(theirs) if ours[s] + theirs[s] >= 20)
+    table = [[c[s] for s in common] + [n - sum(c[s] for s in common)] for c in (ours, theirs)]
+    table = [[a, b] for a, b in zip(*table) if a + b > 0]
+    assert len(table) >= 2 and stats.chi2_contingency(list(zip(*table))).pvalue > 1e-3, table
 
 
 @pytest.mark.parametrize("model", ["nmt_nfkc", "spaces_kept", "no_dummy_prefix", "cjk_bytes"])
