@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from textdiff import checks, rng
+from textdiff.mcmc.positions import logits_at
 from textdiff.padding import pad
 from textdiff.support import TokenSupport
 
@@ -140,7 +141,7 @@ def gibbs_sample(
             positions = _uniform_choice(pool, generator)
         previous = ids[rows, positions].clone()
         ids[rows, positions] = mask_id
-        logits = model(input_ids=ids, attention_mask=attention).logits[rows, positions].double()
+        logits = logits_at(model, ids, attention, positions).double()
         logits = torch.where((positions == opening)[:, None], support.restrict_opening(logits),
                              support.restrict(logits))
         draws = rng.sample_categorical(logits, generator, temperature=temperature, top_k=top_k)

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from textdiff.mcmc.positions import logits_at
 from textdiff.padding import bucket, by_width, pad
 from textdiff.registry import Registry
 from textdiff.support import TokenSupport
@@ -109,8 +110,7 @@ class MLMProposal:
         for width, part in by_width([len(r) for r in rows]):  # a row's numbers never depend on its batchmates
             ids, mask = pad([rows[i] for i in part], self.tokenizer.pad_token_id, width=width, device=self.device)
             slots = torch.tensor([contexts[i][1] + 1 for i in part], device=self.device)
-            logits = self.model(input_ids=ids, attention_mask=mask.long()).logits
-            at_slot[part] = logits[torch.arange(len(part), device=self.device), slots].double().cpu()
+            at_slot[part] = logits_at(self.model, ids, mask.long(), slots).double().cpu()
             self.forwards += 1
         return restrict(torch.log_softmax(at_slot.double(), -1), self.allowed, self.top_k, self.epsilon)
 
