@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from textdiff import checks
+
 T = TypeVar("T")
 
 
@@ -31,6 +33,4 @@ class Registry(dict):
 
     def get_checked(self, name: str):
         """The object registered under ``name``; ``ValueError`` listing the names otherwise."""
-        if name not in self:
-            raise ValueError(f"{self.kind} must be one of {', '.join(map(repr, self))}; got {name!r}")
-        return self[name]
+        return self[checks.one_of(self.kind, name, self)]
