@@ -90,19 +90,26 @@ class TokenSupport:
             self._tensors[key] = torch.tensor(getattr(self, name), dtype=torch.long, device=device)
         return self._tensors[key]
 
+    def membership(self, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``[V]`` bool: which tokens are in ``special_ids`` / ``excluded_ids`` / ``continuation_ids`` (cached)."""
+        key = (f"{name}:mask", str(device))
+        if key not in self._tensors:
+            mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=device)
+            mask[self.tensor(name, device)] = True
+            self._tensors[key] = mask
+        return self._tensors[key]
+
     def allowed(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """``[V]`` bool: the tokens a sampler may draw (not excluded)."""
-        allowed = torch.ones(self.vocab_size, dtype=torch.bool, device=device)
-        allowed[self.tensor("excluded_ids", device)] = False
-        return allowed
+        """``[V]`` bool: the tokens a sampler may draw (not excluded); a new tensor."""
+        return ~self.membership("excluded_ids", device)
 
-    def restrict(self, logits: torch.Tensor) -> torch.Tensor:
-        """``logits [..., V]`` conditioned on the drawable tokens (excluded ids at ``−inf``)."""
-        return forbid(logits, self.tensor("excluded_ids", logits.device))
-
-    def restrict_opening(self, logits: torch.Tensor) -> torch.Tensor:
-        """``logits [..., V]`` at an opening position: continuation pieces at ``−inf`` as well."""
-        return forbid(self.restrict(logits), self.tensor("continuation_ids", logits.device))
+    def restrict(self, logits: torch.Tensor, opening: torch.Tensor | None = None) -> torch.Tensor:
+        """``logits [B, V]`` (or ``[..., V]``) conditioned on the drawable tokens: excluded ids at ``−inf``; rows
+        flagged in ``opening [B]`` (a sentence's first piece) also get the continuation pieces at ``−inf``."""
+        logits = forbid(logits, self.tensor("excluded_ids", logits.device))
+        if opening is not None:
+            logits.masked_fill_(opening[:, None] & self.membership("continuation_ids", logits.device), -math.inf)
+        return logits
 
 
 def subs(logits: torch.Tensor, mask_id: int) -> torch.Tensor:

@@ -142,8 +142,7 @@ def gibbs_sample(
         previous = ids[rows, positions].clone()
         ids[rows, positions] = mask_id
         logits = logits_at(model, ids, attention, positions).double()
-        logits = torch.where((positions == opening)[:, None], support.restrict_opening(logits),
-                             support.restrict(logits))
+        logits = support.restrict(logits, opening=positions == opening)
         draws = rng.sample_categorical(logits, generator, temperature=temperature, top_k=top_k)
         if energy is not None:
             draws = _mh_correct(energy, ids, attention, positions, previous, draws, current_energy,
