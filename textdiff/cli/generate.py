@@ -85,11 +85,14 @@ def read_sets(path: str) -> list[tuple[list[str] | ValueError, str]]:
             stream.close()
     sets = []
     for number, raw in enumerate(lines, 1):
-        text = raw.decode("utf-8", "replace")
         try:
-            sets.append((parse_keywords(raw.decode("utf-8")), text))
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
-            sets.append((ValueError(f"line {number} is not valid UTF-8 (byte {err.start})"), text))
+            sets.append((ValueError(f"line {number} is not valid UTF-8 (byte {err.start})"),
+                         raw.decode("utf-8", "replace")))
+            continue
+        try:
+            sets.append((parse_keywords(text), text))
         except (ValueError, TypeError) as err:
             sets.append((ValueError(f"line {number}: {err}" if text.strip() else f"line {number} is empty"), text))
     return sets
