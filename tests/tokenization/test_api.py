@@ -42,6 +42,28 @@ def test_wrong_types_are_rejected(tok):
         tok.decode([tok.vocab_size])
 
 
+def test_cache_size_is_checked(tok):
+    with pytest.raises(TypeError, match="cache_size"):
+        UnigramTokenizer(tok.vocab, tok.pipeline, cache_size=1.5)
+    with pytest.raises(ValueError, match="cache_size must be an integer >= 0"):
+        tok.cache_size = -1
+
+
+def test_cache_stays_within_its_size_across_alphas_and_calls(sp_model, corpus_lines):
+    """Several stores (Viterbi, two alphas) share one bound; hits are counted per distinct word and call."""
+    tok = UnigramTokenizer.from_sentencepiece(sp_model)
+    tok.cache_size = 300_000
+    lines = corpus_lines[:2000]
+    for start in range(0, len(lines), 256):
+        for alpha in (None, 0.1, 0.5):
+            tok.encode(lines[start : start + 256], alpha=alpha, seed=0)
+            assert tok.cache_info()["bytes"] <= tok.cache_size
+    info = tok.cache_info()
+    assert info["hits"] > 0 and info["misses"] > 0 and 0 < info["words"]
+    tok.cache_clear()
+    assert tok.cache_info() == {"hits": 0, "misses": 0, "words": 0, "bytes": 0, "cache_size": 300_000}
+
+
 def test_vocabulary_without_single_characters_is_rejected():
     with pytest.raises(ValueError, match="single-character"):
         UnigramTokenizer.from_pieces(["ab", "abc", "bc"], [-1.0, -2.0, -2.0])

@@ -1,8 +1,10 @@
 """Exact-oracle tests of Viterbi sampling (docs/tokenization.md): enumerate every segmentation, draw 1e5 samples,
 compare with the exact law; the legacy (pairwise duels with the kept path) and intermediate (sampled-prefix weights)
 streaming samplers are negative controls that must fail the same test, while the exact streaming sampler (reservoir
-form) passes it. The inverse-CDF predecessor draws of the batched backtrack are tested on their own too, in both loop
-forms, against a biased predecessor law (edge weights without ``Z(s)``) that must fail."""
+form) passes it. The backward walk over cached word tables is tested on its own too, in both loop forms, against a
+biased predecessor law (edge weights without ``Z(s)``) and against one draw reused for every occurrence of a word,
+which must fail; and through the public API with a word cache (misses, hits, constant eviction): two occurrences of
+a word in one text must be independent exact draws."""
 
 from __future__ import annotations
 
@@ -14,8 +16,7 @@ import pytest
 import torch
 from scipy import stats
 
-from textdiff.tokenization import UnigramTokenizer, lattice, viterbi
-from textdiff.tokenization.normalization import Chunks
+from textdiff.tokenization import UnigramTokenizer, wordcache
 
 N_DRAWS = 100_000
 ABABAB_COUNTS = {"a": 4, "b": 4, "ab": 3, "ba": 2, "aba": 1, "bab": 1, "abab": 1}
@@ -132,42 +133,109 @@ def test_log_partition_entropy_and_expected_length_match_enumeration(device):
         assert out["expected_tokens"][1:].tolist() == [0.0, 1.0]
 
 
-# --- the predecessor draws of the batched backtrack on their own -----------------------------------------------------
+# --- the backward walk over cached word tables, on its own ----------------------------------------------------------
 
 
-def backtrack_draws(text: str, tok: UnigramTokenizer, alpha: float, compact: bool, biased: bool = False) -> Counter:
-    """N_DRAWS paths through the lattice of ``text`` (one segment) from ``viterbi.backtrack``, with the predecessor
-    law of the forward pass or, ``biased=True``, the edge weights ``e^{alpha v}`` normalised per position without the
-    prefix mass ``Z(s)`` (a plausible shortcut that is not the exact predecessor law)."""
-    zero = torch.zeros(1, dtype=torch.int64)
-    stream = lattice.chunk_stream(Chunks([text], zero, zero), 1, torch.device("cpu"))
-    trie = tok._trie("cpu")
-    cands = lattice.find_candidates(stream.units, trie, tok.vocab.unk_id, compact)
-    (table,) = lattice.edge_tables(cands, lattice.find_segments(stream.units, cands), trie.max_len)
-    weights = table.gather(alpha * tok.vocab.lattice_scores()[cands.piece].double())
-    _, cdf = viterbi.forward(weights, with_cdf=True)
+def walk_draws(text: str, tok: UnigramTokenizer, alpha: float, compact: bool, biased: bool = False,
+               shared: bool = False) -> Counter:
+    """N_DRAWS paths through the word tables of ``text`` from ``wordcache.walk``: with the predecessor law of the
+    forward pass; ``biased=True``: the edge weights ``e^{alpha v}`` normalised per position without the prefix mass
+    ``Z(s)`` (a plausible shortcut that is not the exact predecessor law); ``shared=True``: one draw reused for every
+    occurrence of the word in the batch (the mistake a cache of word tables invites)."""
+    cpu = torch.device("cpu")
+    tables = tok._word_tables([text], alpha, cpu)
     if biased:
-        mass = torch.cumsum(torch.exp(weights - weights.max(2, keepdim=True).values), 2)
-        cdf = mass / mass[..., -1:]
-    out = torch.full((N_DRAWS * len(text) + 1,), -1, dtype=torch.int64)
-    paths = torch.zeros(N_DRAWS, dtype=torch.int64)
-    base = torch.arange(N_DRAWS) * len(text)
+        edges, rows = tables.data[wordcache.EDGE], tables.data[wordcache.ROW]
+        count = torch.diff(torch.cat([rows["first"], torch.tensor([edges["cdf"].numel()])]))
+        row_of_edge = torch.repeat_interleave(torch.arange(len(text)), count)
+        weight = torch.exp(alpha * tok.vocab.lattice_scores()[edges["piece"].long()].double())
+        before = torch.cumsum(torch.zeros(len(text), dtype=torch.float64).index_add_(0, row_of_edge, weight), 0)
+        before = torch.cat([before.new_zeros(1), before[:-1]])  # weight of the earlier rows
+        total = torch.zeros(len(text), dtype=torch.float64).index_add_(0, row_of_edge, weight)
+        edges["cdf"] = (torch.cumsum(weight, 0) - before[row_of_edge]) / total[row_of_edge]
+    store = wordcache.WordStore(wordcache.SAMPLING_FIELDS, cpu, budget=1 << 20)
+    entry = store.ensure([text], lambda words: tables)
+    paths = 1 if shared else N_DRAWS
+    out = torch.full((paths * len(text) + 1,), -1, dtype=torch.int64)
+    lengths = torch.full((paths,), len(text))
     gen = torch.Generator().manual_seed(7)
-    viterbi.backtrack(table.candidate, table.length, paths, base, out, cdf=cdf, generator=gen, compact=compact)
-    chosen = out[:-1].view(N_DRAWS, len(text))  # candidate starting at each unit of each draw, -1 inside pieces
-    ids = torch.where(chosen >= 0, cands.piece[chosen.clamp(min=0)], -1)
-    counts = Counter(map(tuple, ids.tolist()))
+    wordcache.walk(store, entry.repeat(paths), lengths, torch.arange(paths) * len(text), out, torch.zeros_like(out),
+                   gen, len(text), tok._trie("cpu").max_len, compact)
+    chosen = out[:-1].view(paths, len(text)).repeat(N_DRAWS // paths, 1)  # piece at each unit, -1 inside pieces
+    counts = Counter(map(tuple, chosen.tolist()))
     return Counter({tuple(tok.id_to_piece(i) for i in row if i >= 0): n for row, n in counts.items()})
 
 
 @pytest.mark.parametrize("compact", [True, False])
-def test_inverse_cdf_backtrack_follows_exact_law(compact):
+def test_walk_follows_exact_law_and_biased_variants_fail(compact):
     tok = ababab()
     law = exact_law("ababab", tok, 1.0)
-    p_value, worst = law_test(backtrack_draws("ababab", tok, 1.0, compact), law)
+    p_value, worst = law_test(walk_draws("ababab", tok, 1.0, compact), law)
     assert p_value > 1e-3 and worst < 4.5, (p_value, worst)
-    p_value, worst = law_test(backtrack_draws("ababab", tok, 1.0, compact, biased=True), law)
-    assert p_value < 1e-10 and worst > 10, (p_value, worst)
+    for bias in ({"biased": True}, {"shared": True}):
+        p_value, worst = law_test(walk_draws("ababab", tok, 1.0, compact, **bias), law)
+        assert p_value < 1e-10 and worst > 10, (bias, p_value, worst)
+
+
+# --- the cached path through the public API --------------------------------------------------------------------------
+
+
+def by_words(tok: UnigramTokenizer, cache_size: int | None = None) -> UnigramTokenizer:
+    """The same pieces, with text cut into words at whitespace (a pre-tokenizer), so the word cache is used."""
+    from tokenizers import pre_tokenizers
+
+    from textdiff.tokenization.normalization import TextPipeline
+
+    out = UnigramTokenizer(tok.vocab, TextPipeline(pre_tokenizer=pre_tokenizers.WhitespaceSplit()))
+    if cache_size is not None:
+        out.cache_size = cache_size
+    return out
+
+
+def pair_draws(tok: UnigramTokenizer, word: str, alpha: float, seed: int, n: int, batch: int) -> Counter:
+    """``n`` texts ``"word word"`` in batches of ``batch`` lines: the pair of segmentations of every text."""
+    texts = [f"{word} {word}"] * n
+    rows = [row for i in range(0, n, batch) for row in tok.tokenize(texts[i : i + batch], alpha=alpha, seed=seed + i)]
+    out = Counter()
+    for row in rows:
+        cut = next(k for k in range(len(row) + 1) if sum(map(len, row[:k])) == len(word))
+        out[(tuple(row[:cut]), tuple(row[cut:]))] += 1
+    return out
+
+
+@pytest.mark.parametrize("cache", ["default", "tiny", "fixed_shapes"])
+def test_cached_occurrences_are_independent_exact_draws(cache, request):
+    """Two occurrences of a word in one text, on first sight (misses) and from the cache (hits): their joint law is
+    the product of the exact laws. ``tiny``: a cache that evicts on every call; ``fixed_shapes``: the CUDA loops."""
+    if cache == "fixed_shapes":
+        request.getfixturevalue("fixed_shapes")
+    tok = by_words(ababab(), cache_size=100 if cache == "tiny" else None)  # 100 bytes: less than one word
+    single = exact_law("ababab", tok, 0.5)
+    joint = {(a, b): p * q for a, p in single.items() for b, q in single.items()}
+    first = pair_draws(tok, "ababab", 0.5, seed=21, n=N_DRAWS // 2, batch=N_DRAWS // 2)  # one call: all misses
+    info = tok.cache_info()
+    assert info["misses"] == 1 and info["hits"] == 0
+    again = pair_draws(tok, "ababab", 0.5, seed=22, n=N_DRAWS // 2, batch=N_DRAWS // 2)
+    assert tok.cache_info()["hits"] == (0 if cache == "tiny" else 1)
+    assert tok.cache_info()["bytes"] <= tok.cache_size
+    for counts in (first, again):
+        p_value, worst = law_test(counts, joint)
+        assert p_value > 1e-3 and worst < 4.5, (p_value, worst)
+
+
+def test_many_small_batches_with_eviction_follow_exact_law():
+    """256-line batches of three words through a cache that holds about one of them: evictions between calls."""
+    tok = by_words(watching(), cache_size=700)
+    texts = ["watch watching ing"] * 256
+    law = exact_law("watching", tok, 0.3)
+    counts = Counter()
+    for call in range(40):
+        for row in tok.tokenize(texts, alpha=0.3, seed=call):
+            assert row[0] == "watch" and row[-1] == "ing"
+            counts[tuple(row[1:-1])] += 1
+    assert tok.cache_info()["bytes"] <= tok.cache_size
+    p_value, worst = law_test(counts, law)
+    assert p_value > 1e-3 and worst < 4.5, (p_value, worst)
 
 
 # --- negative controls: streaming samplers of BytePiece's history, vectorised over draws ----------------------------

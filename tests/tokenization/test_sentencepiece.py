@@ -118,3 +118,23 @@ def test_two_sample_test_detects_a_different_alpha(sp_model):
     ours = Counter(map(tuple, tok.encode([text] * N_SAMPLES, alpha=0.3, seed=1)))
     theirs = Counter(map(tuple, sp.encode([text] * N_SAMPLES, enable_sampling=True, alpha=0.5, nbest_size=-1)))
     assert stats.chi2_contingency(pooled_table(ours, theirs)).pvalue < 1e-6
+
+
+def test_word_cache_changes_no_output(sp_model, held_out):
+    """Viterbi ids equal SentencePiece's with the cache cold, warm, disabled and evicting on every call, and seeded
+    samples are the same draws whatever the cache holds (the walk's randomness does not depend on it)."""
+    lines = held_out[:5000]
+    batches = [lines[i : i + 256] for i in range(0, len(lines), 256)]
+    warm, off, tiny = (UnigramTokenizer.from_sentencepiece(sp_model) for _ in range(3))
+    off.cache_size, tiny.cache_size = 0, 20_000
+    assert_same_ids_up_to_exact_ties(sp_model, lines)
+    viterbi = warm.encode(lines)  # cold: every word is a miss
+    assert warm.encode(lines) == viterbi and warm.cache_info()["hits"] > 0
+    assert off.encode(lines) == viterbi and off.cache_info()["words"] == 0
+    assert [ids for batch in batches for ids in tiny.encode(batch)] == viterbi
+    assert tiny.cache_info()["bytes"] <= 20_000
+    sampled = warm.encode(lines, alpha=0.1, seed=3)
+    assert sampled == warm.encode(lines, alpha=0.1, seed=3) == off.encode(lines, alpha=0.1, seed=3)
+    assert [warm.encode(b, alpha=0.1, seed=i) for i, b in enumerate(batches)] == \
+        [tiny.encode(b, alpha=0.1, seed=i) for i, b in enumerate(batches)]
+    assert warm.decode(sampled) == warm.decode(viterbi)

@@ -4,7 +4,7 @@ Candidates ``(s, e, v)`` and the dense edge tables ``E[b, e, k]`` of docs/tokeni
 steps 1-3).
 
 The distinct chunks of a batch are laid end to end as one stream of code points with a separator (-1) after each
-chunk (the unique stream); their occurrences, in text order and without separators, form the occurrence stream.
+chunk (the unique stream).
 Candidates come from a vectorised trie walk: one tensor step per piece length, over all positions at once; on CUDA
 the walk keeps fixed shapes so that it never waits for the device (``compact=False``).
 
@@ -14,7 +14,8 @@ Design decisions:
   per line into short rows (words, for SentencePiece models), bucketed by length (exact up to 4, then ranges
   growing by a third) so the sequential forward pass has few steps and little padding;
 * chunk sharing: repeated chunks (words) are laid out once; their lattice, edge table and forward pass are shared
-  and only the random predecessor draws happen per occurrence.
+  (and cached across calls: :mod:`~textdiff.tokenization.wordcache`); only the random predecessor draws happen per
+  occurrence.
 * edge tables are filled by one scatter, indexed with ``index_select`` (much faster on CPU than advanced indexing).
 """
 
@@ -72,10 +73,7 @@ class EdgeTable:
 
 @dataclass
 class ChunkStream:
-    """Unique chunks laid end to end (``-1`` after each) and the occurrences, in text order, that refer to them.
-
-    The occurrences, laid end to end without separators, form the occurrence stream: one position per unit of text.
-    """
+    """Unique chunks laid end to end (``-1`` after each) and the occurrences, in text order, that refer to them."""
 
     units: torch.Tensor  # code points of the unique chunks, separators -1
     chunk_of: torch.Tensor  # unique chunk of every stream position
@@ -83,23 +81,10 @@ class ChunkStream:
     chunk_begin: torch.Tensor  # stream position of each unique chunk
     occ_chunk: torch.Tensor  # unique chunk of every occurrence
     occ_text: torch.Tensor  # owning text of every occurrence (ascending)
-    occ_start: torch.Tensor  # occurrence-stream position of every occurrence's first unit
-    text_end: torch.Tensor  # occurrence-stream position after every text's last unit
-
-    def source(self, scratch: int) -> torch.Tensor:
-        """The unique-stream position of every occurrence-stream position, and ``scratch`` after them."""
-        occ_len = self.chunk_len.index_select(0, self.occ_chunk)
-        shift = self.chunk_begin.index_select(0, self.occ_chunk) - self.occ_start
-        total = int(self.text_end[-1])
-        shift = torch.cat([shift, shift.new_full((1,), scratch - total)])
-        occ_len = torch.cat([occ_len, occ_len.new_ones(1)])
-        positions = torch.arange(total + 1, device=shift.device)
-        return positions + torch.repeat_interleave(shift, occ_len, output_size=total + 1)
 
 
-def chunk_stream(chunks: Chunks, n_texts: int, device: torch.device) -> ChunkStream:
-    """Lay the distinct chunks of a batch end to end (repeated words share their lattice and
-    forward pass); ``n_texts`` texts own the occurrences."""
+def chunk_stream(chunks: Chunks, device: torch.device) -> ChunkStream:
+    """Lay the distinct chunks of a batch end to end (repeated words share their lattice and forward pass)."""
     distinct = chunks.chunks
     chunk_len = long_tensor(array("q", map(len, distinct)))
     raw = "".join(distinct).encode("utf-32-le", errors="surrogatepass")
@@ -108,10 +93,7 @@ def chunk_stream(chunks: Chunks, n_texts: int, device: torch.device) -> ChunkStr
     chunk_of = torch.repeat_interleave(torch.arange(len(distinct)), chunk_len + 1)
     units = torch.full_like(chunk_of, -1)
     units[torch.arange(codes.numel()) + torch.repeat_interleave(torch.arange(len(distinct)), chunk_len)] = codes
-    occ_len = chunk_len.index_select(0, chunks.chunk)
-    occ_start = torch.cumsum(occ_len, 0) - occ_len
-    text_end = torch.cumsum(torch.zeros(n_texts, dtype=torch.int64).index_add_(0, chunks.text, occ_len), 0)
-    parts = (units, chunk_of, chunk_len, chunk_begin, chunks.chunk, chunks.text, occ_start, text_end)
+    parts = (units, chunk_of, chunk_len, chunk_begin, chunks.chunk, chunks.text)
     return ChunkStream(*(t.to(device) for t in parts))
 
 

@@ -81,9 +81,10 @@ class _ByteRoute:
         """The chunks of lines the route takes."""
         sep = self.separator.encode("ascii")
         joined = self.separator.join(texts).encode("ascii").translate(self.table, self.delete)
-        index = {sep: 0}  # the separator gets id 0
-        words = joined.replace(sep, b" " + sep + b" ").split(b" ")
-        ids = long_tensor(array("q", [index.setdefault(word, len(index)) for word in words if word]))
+        words = list(filter(None, joined.replace(sep, b" " + sep + b" ").split(b" ")))
+        index = dict.fromkeys([sep, *words])  # distinct words in order of appearance (C-level), the separator first
+        index = dict(zip(index, range(len(index))))  # the separator gets id 0
+        ids = long_tensor(array("q", map(index.__getitem__, words)))
         is_sep = ids == 0
         real = torch.nonzero(~is_sep).squeeze(1)
         text = torch.cumsum(is_sep, 0).index_select(0, real)  # separators before each word

@@ -6,12 +6,14 @@
 against SentencePiece (identical normalised text, decoded text and Viterbi ids except exact float32 ties): see
 docs/tokenization.md.
 
-Pipeline per batch: normalise and chunk, lay the distinct chunks into one code-point stream, find candidate edges
-with a vectorised trie walk, cut the lattice into independent segments and bucket them by length, run the forward
-pass over positions vectorised across rows (float64 log-space for sampling, which also yields every position's
-predecessor CDF; the scores' own precision for decoding), then backtrack every occurrence at once, drawing each
-visited predecessor by inverse CDF from one float64 uniform. Pieces are written into the occurrence stream at their
-first unit, so its non-empty entries are the output in text order.
+Pipeline per batch: normalise and cut into chunks (words), look the distinct chunks up in the word-lattice cache
+(:mod:`~textdiff.tokenization.wordcache`), and build the missing ones: lay them into one code-point stream, find
+candidate edges with a vectorised trie walk, cut the lattice into independent segments, bucket them by length and
+run the forward pass over positions vectorised across rows (float64 log-space for sampling, which also yields every
+position's predecessor CDF; the scores' own precision for decoding). Then walk every occurrence back from its end at
+once, drawing each visited predecessor by inverse CDF from one float64 uniform (decoding: following the best piece).
+Pieces are written into the occurrence stream at their first unit, so its non-empty entries are the output in text
+order.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import math
 import os
 import re
+from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from itertools import accumulate, repeat
@@ -29,9 +32,9 @@ import torch
 from tokenizers import Tokenizer
 
 from textdiff import checks, rng
-from textdiff.tokenization import formats, lattice, viterbi
+from textdiff.tokenization import formats, lattice, viterbi, wordcache
 from textdiff.tokenization.encoding import Encoding, Tokens
-from textdiff.tokenization.normalization import METASPACE, TextPipeline
+from textdiff.tokenization.normalization import METASPACE, Chunks, TextPipeline, long_tensor
 from textdiff.tokenization.sentencepiece_model import CONTROL, UNKNOWN
 from textdiff.tokenization.vocab import BYTE_PIECES, PieceTrie, Vocab, pieces_with_extras
 
@@ -39,6 +42,7 @@ _UNITS_PER_BATCH = 1 << 20
 ALPHA_MAX = 1e6
 _SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_VOCAB_SIZE = 1 << 20
+DEFAULT_CACHE_SIZE = 1 << 28  # bytes: about half a million distinct English words
 
 
 class _Occurrences:
@@ -66,8 +70,13 @@ class _Occurrences:
 class UnigramTokenizer:
     """A unigram-LM tokenizer with exact stochastic segmentation (see the module docstring)."""
 
-    def __init__(self, vocab: Vocab, pipeline: TextPipeline | None = None) -> None:
+    def __init__(self, vocab: Vocab, pipeline: TextPipeline | None = None, cache_size: int = DEFAULT_CACHE_SIZE
+                 ) -> None:
+        """``cache_size``: bytes the word-lattice cache may hold between calls (0: no cache; see
+        :meth:`cache_info` and docs/tokenization.md)."""
         self.vocab = vocab
+        self.cache_size = cache_size
+        self._stores: dict[tuple[str, float | None], wordcache.WordStore] = {}
         self.pipeline = pipeline or TextPipeline.identity()
         self._tries: dict[str, PieceTrie] = {}
         self._scores = vocab.lattice_scores()
@@ -159,6 +168,15 @@ class UnigramTokenizer:
                 "decoders": [{"type": "ByteFallback"}, spec["decoder"]],
             }
         return cls.from_hf(json.dumps(spec))
+
+    @property
+    def cache_size(self) -> int:
+        """Bytes the word-lattice cache may hold between calls (an integer >= 0; 0 disables it)."""
+        return self._cache_size
+
+    @cache_size.setter
+    def cache_size(self, value: int) -> None:
+        self._cache_size = checks.positive_int("cache_size", value, minimum=0)
 
     # ------------------------------------------------------------------------------------------- vocabulary
     @property
@@ -272,7 +290,7 @@ class UnigramTokenizer:
         mean_score = torch.zeros_like(log_z)
         trie = self._trie(device)
         for offset, group in self._groups(batch):
-            stream = lattice.chunk_stream(self.pipeline.chunks(group, self._split_at), len(group), device)
+            stream = lattice.chunk_stream(self.pipeline.chunks(group, self._split_at), device)
             if stream.occ_chunk.numel() == 0:
                 continue
             units = stream.units
@@ -371,68 +389,133 @@ class UnigramTokenizer:
         return Tokens(*(torch.cat([getattr(p, name) for p in parts]) for name in ("count", "piece", "start", "end")))
 
     def _segment_group(self, texts, alpha: float | None, gen, device: torch.device) -> Tokens:
-        """Segment one group of texts. Identical chunks (repeated words) share their lattice and forward pass; only
-        the predecessor draws and the backtrack run once per occurrence.
-
-        Chosen pieces are written at their first unit: decoded paths and single-unit segments into the unique
-        stream, copied to every occurrence at once; sampled paths straight into the occurrence stream, whose
-        non-empty entries are the pieces in text order."""
-        stream = lattice.chunk_stream(self.pipeline.chunks(texts, self._split_at), len(texts), device)
+        """Segment one group of texts: cut them into chunks, look the distinct chunks up in the word-lattice cache
+        (building the missing tables), then walk one path per occurrence (docs/tokenization.md, "Word-lattice
+        cache"). Pieces are written into the occurrence stream at their first unit, so its non-empty entries are the
+        output in text order."""
+        chunks = self.pipeline.chunks(texts, self._split_at)
         empty = torch.zeros(0, dtype=torch.int64)
-        if stream.occ_chunk.numel() == 0:
+        if chunks.chunk.numel() == 0:
             return Tokens(torch.zeros(len(texts), dtype=torch.int64), empty, empty, empty)
+        store = self._store(device, alpha)
+        entry = store.ensure(chunks.chunks, lambda words: self._word_tables(words, alpha, device))
+        word_length = long_tensor(array("q", map(len, chunks.chunks)))
+        occ_length = word_length.index_select(0, chunks.chunk)
+        occ_start = torch.cumsum(occ_length, 0) - occ_length
+        text_end = torch.cumsum(torch.zeros(len(texts), dtype=torch.int64).index_add_(0, chunks.text, occ_length), 0)
+        total = int(text_end[-1])
+        picked = torch.full((total + 1,), -1, dtype=torch.int64, device=device)  # last entry: scratch
+        picked_length = torch.zeros_like(picked)
+        occ_entry = entry.index_select(0, chunks.chunk.to(device))
+        occ_start, occ_length, text_end = occ_start.to(device), occ_length.to(device), text_end.to(device)
+        wordcache.walk(store, occ_entry, occ_length, occ_start, picked, picked_length, gen, int(word_length.max()),
+                       self._trie(device).max_len, self._compact(device))
+
+        position = torch.nonzero(picked[:-1] >= 0).squeeze(1)  # pieces in text order
+        piece = picked.index_select(0, position)
+        count = torch.diff(torch.searchsorted(position, text_end), prepend=text_end.new_zeros(1))
+        text_start = torch.cat([text_end.new_zeros(1), text_end[:-1]])
+        start = position - text_start.index_select(0, torch.repeat_interleave(count))
+        tokens = Tokens(count.cpu(), piece.cpu(), start.cpu(), (start + picked_length.index_select(0, position)).cpu())
+        if self.vocab.byte_fallback:
+            unk = torch.nonzero(piece == self.vocab.unk_id).squeeze(1)
+            at = position.index_select(0, unk)
+            occ = torch.searchsorted(occ_start, at, right=True) - 1
+            row = store.row_base.index_select(0, occ_entry.index_select(0, occ)) + at - occ_start.index_select(0, occ)
+            code_points = store.column(wordcache.ROW, "unit").index_select(0, row).long()
+            store.trim()
+            return self._spell_bytes(tokens, unk.cpu(), code_points.cpu())
+        store.trim()
+        return self._fuse_unknown(tokens) if self.vocab.unk_id is not None else tokens
+
+    def _store(self, device: torch.device, alpha: float | None) -> wordcache.WordStore:
+        """The word store for ``(device, alpha)``. Chunks are words (cut at ``▁`` or by a pre-tokenizer) for most
+        models: their stores are kept within ``cache_size`` bytes shared by all stores, the store in use getting at
+        least half (the others evict their least recently used words). Models whose chunks are whole lines get a
+        store that keeps nothing between calls."""
+        fields = wordcache.DECODING_FIELDS if alpha is None else wordcache.SAMPLING_FIELDS
+        if self._split_at is None and self.pipeline.pre_tokenizer is None:
+            return wordcache.WordStore(fields, device, budget=0)
+        key = (str(device), alpha)
+        store = self._stores.pop(key, None) or wordcache.WordStore(fields, device, self.cache_size)
+        others = sum(s.nbytes for s in self._stores.values())
+        if others > self.cache_size // 2:  # the store in use gets at least half the bound; the others shrink
+            for other in self._stores.values():
+                other.budget = other.nbytes * (self.cache_size // 2) // others
+                other.trim()
+        store.budget = self.cache_size - sum(s.nbytes for s in self._stores.values())
+        self._stores[key] = store
+        return store
+
+    def cache_info(self) -> dict[str, int]:
+        """The word-lattice cache: ``hits`` / ``misses`` (distinct words looked up per call, summed over calls),
+        ``words`` cached, ``bytes`` held and the ``cache_size`` bound (docs/tokenization.md)."""
+        stores = self._stores.values()
+        return {"hits": sum(s.hits for s in stores), "misses": sum(s.misses for s in stores),
+                "words": sum(len(s.words) for s in stores), "bytes": sum(s.nbytes for s in stores),
+                "cache_size": self.cache_size}
+
+    def cache_clear(self) -> None:
+        """Empty the word-lattice cache (statistics included)."""
+        self._stores.clear()
+
+    def _word_tables(self, words: list[str], alpha: float | None, device: torch.device) -> wordcache.WordTables:
+        """The cache blocks of ``words`` (distinct): lattice, forward pass over length buckets of independent
+        segments, then per unit of every word its edges with the predecessor CDF in float64 (sampling, longest
+        piece first) or its best last edge (decoding; ties: the longest piece)."""
+        order = torch.arange(len(words))
+        stream = lattice.chunk_stream(Chunks(words, order, torch.zeros_like(order)), device)
+        units = stream.units
         compact = self._compact(device)
         trie = self._trie(device)
-        units = stream.units
         cands = lattice.find_candidates(units, trie, self.vocab.unk_id, compact)
         segs = lattice.find_segments(units, cands)
         scores = self._scores.to(device).index_select(0, cands.piece)
-
-        chosen = torch.full((units.numel() + 1,), -1, dtype=torch.int64, device=device)  # last entry: scratch
-        single = torch.nonzero(segs.length.index_select(0, segs.of_candidate) == 1).squeeze(1)
-        chosen.index_copy_(0, cands.start.index_select(0, single), single)
+        n_cands = cands.piece.numel()
+        single = segs.length.index_select(0, segs.of_candidate) == 1  # the only edge ending at its unit
+        value = torch.cat([single.double(), single.new_zeros(1, dtype=torch.float64)])  # last entry: scratch
         checked = self.vocab.unk_id is not None  # with an unk piece every text is segmentable
         reached = torch.bincount(segs.of_candidate, minlength=segs.first.numel()) > 0
-        work = []
         for table in lattice.edge_tables(cands, segs, trie.max_len):
             if alpha is None:
                 weights = table.gather(scores)
-                prefix, law = viterbi.forward_best(weights.double())
+                prefix, choice = viterbi.forward_best(weights.double())
+                best = table.candidate.gather(2, choice.unsqueeze(2)).reshape(-1)
+                value.index_fill_(0, best, 1.0)
             else:
                 weights = table.gather(alpha * scores.double())
-                prefix, law = viterbi.forward(weights, with_cdf=True)
+                prefix, cdf = viterbi.forward(weights, with_cdf=True)
+                value.index_copy_(0, table.candidate.reshape(-1), cdf.reshape(-1))  # entries without a piece: scratch
             if not checked:
                 reached[table.rows] &= torch.isfinite(viterbi.log_partition(prefix, weights, table.length))
-            work.append((table, law))
         if not checked:
             lattice.require_segmentable(units, segs, reached)
-        if alpha is None:  # one path per distinct segment, copied to every occurrence below
-            for table, choice in work:
-                rows = torch.arange(table.rows.numel(), device=device)
-                first = segs.first.index_select(0, table.rows)
-                viterbi.backtrack(table.candidate, table.length, rows, first, chosen, choice=choice, compact=compact)
-        picked = chosen.index_select(0, stream.source(scratch=units.numel()))  # occurrence stream, scratch last
-        if alpha is not None:  # one independent path per occurrence of every multi-unit segment
-            chunk_of_segment = stream.chunk_of.index_select(0, segs.first)
-            occurrences = _Occurrences(stream.occ_chunk, chunk_of_segment, stream.chunk_len.numel())
-            in_chunk = segs.first - stream.chunk_begin.index_select(0, chunk_of_segment)  # segment offset in chunk
-            for table, cdf in work:
-                row, occ = occurrences.expand(table.rows)
-                base = stream.occ_start.index_select(0, occ) + in_chunk.index_select(0, table.rows).index_select(0, row)
-                viterbi.backtrack(table.candidate, table.length, row, base, picked, None, cdf, gen, compact)
-
-        position = torch.nonzero(picked[:-1] >= 0).squeeze(1)  # pieces in text order
-        cand = picked.index_select(0, position)
-        piece = cands.piece.index_select(0, cand)
-        count = torch.diff(torch.searchsorted(position, stream.text_end), prepend=stream.text_end.new_zeros(1))
-        text_start = torch.cat([stream.text_end.new_zeros(1), stream.text_end[:-1]])
-        start = position - text_start.index_select(0, torch.repeat_interleave(count))
-        tokens = Tokens(count.cpu(), piece.cpu(), start.cpu(), (start + cands.length.index_select(0, cand)).cpu())
-        if self.vocab.byte_fallback:
-            unk = torch.nonzero(piece == self.vocab.unk_id).squeeze(1)
-            code_points = units.index_select(0, cands.start.index_select(0, cand.index_select(0, unk)))
-            return self._spell_bytes(tokens, unk.cpu(), code_points.cpu())
-        return self._fuse_unknown(tokens) if self.vocab.unk_id is not None else tokens
+        value = value[:n_cands]
+        is_unit = units >= 0
+        word_of_unit = stream.chunk_of[is_unit]
+        end = cands.start + cands.length - 1
+        row = end - stream.chunk_of.index_select(0, end)  # unit index without the separators
+        rows = {"unit": units[is_unit]}
+        sizes = {wordcache.ROW: stream.chunk_len}
+        if alpha is None:
+            best = torch.nonzero(value > 0).squeeze(1)
+            row_of_best = row.index_select(0, best)
+            rows["piece"] = torch.full_like(rows["unit"], -1).index_copy_(0, row_of_best,
+                                                                            cands.piece.index_select(0, best))
+            rows["length"] = torch.ones_like(rows["unit"]).index_copy_(0, row_of_best,
+                                                                         cands.length.index_select(0, best))
+            sizes[wordcache.EDGE] = torch.zeros_like(stream.chunk_len)
+            return wordcache.WordTables(sizes, {wordcache.ROW: rows, wordcache.EDGE: {}})
+        ordered = torch.argsort(row * (trie.max_len + 1) + trie.max_len - cands.length)  # by row, longest first
+        count = torch.bincount(row, minlength=rows["unit"].numel())
+        edges_of_word = torch.zeros_like(stream.chunk_len).index_add_(0, word_of_unit, count)
+        word_first_edge = torch.cumsum(edges_of_word, 0) - edges_of_word
+        rows["first"] = torch.cumsum(count, 0) - count - word_first_edge.index_select(0, word_of_unit)
+        rows["last"] = (count - 1).clamp(min=0)  # rows without edges are never visited
+        sizes[wordcache.EDGE] = edges_of_word
+        edges = {"cdf": value.index_select(0, ordered), "piece": cands.piece.index_select(0, ordered),
+                 "length": cands.length.index_select(0, ordered)}
+        return wordcache.WordTables(sizes, {wordcache.ROW: rows, wordcache.EDGE: edges})
 
     @staticmethod
     def _compact(device: torch.device) -> bool:

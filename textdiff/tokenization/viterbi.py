@@ -10,22 +10,18 @@ Design decisions:
 * Sampling keeps ``log Z`` in float64 (rows are short after cutting). The forward pass
   also stores, for every end position, the cumulative distribution of its predecessor
   ``P(s_j | e) = Z(s_j) e^{alpha v_j} / Z(e)`` in float64 (the exponentials its log-sum-exp forms anyway). The
-  backtrack then draws each visited predecessor by inverse CDF from one float64 uniform (any exact draw from
-  that categorical gives the exact path law), instead of ``K`` Gumbels.
+  backward walk (:func:`textdiff.tokenization.wordcache.walk`) then draws each visited predecessor by inverse CDF
+  from one float64 uniform (any exact draw from that categorical gives the exact path law), instead of ``K``
+  Gumbels.
 * Decoding runs the max-plus pass in float64 (exact sums of the float32 scores of SentencePiece models) and takes
   the first maximum = the longest last piece on exact ties. SentencePiece keeps float32 running sums along the whole
   line, so on exact ties (e.g. the same pieces in another order) its pick depends on rounding.
-* Host synchronisation: the forward pass never reads a tensor value on the host. The backtrack runs at most the
-  bucket's length in steps; ``compact=False`` (CUDA) keeps every path for all of them and masks finished ones, so the
-  loop never waits for the GPU; ``compact=True`` (CPU) drops finished paths after every step and stops when none is
-  left (fewer elements; reading the count is free on the CPU).
+* Host synchronisation: the forward pass never reads a tensor value on the host.
 """
 
 from __future__ import annotations
 
 import torch
-
-from textdiff import rng
 
 
 def forward_best(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,59 +66,6 @@ def forward(weights: torch.Tensor, with_cdf: bool = False):
             prefix[:, width - 1 + e] = (top + torch.log(total)).squeeze(1)
             cdf[:, e - 1, first:] = mass / total
     return (prefix, cdf) if with_cdf else prefix
-
-
-def backtrack(
-    candidate: torch.Tensor,
-    length: torch.Tensor,
-    table_row: torch.Tensor,
-    base: torch.Tensor,
-    out: torch.Tensor,
-    choice: torch.Tensor | None = None,
-    cdf: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    compact: bool = True,
-) -> None:
-    """One path per row, from the row's end back to 0 (vectorised over rows): every piece ``(s, e)``
-    of path ``i`` is written as ``out[base[i] + s] = candidate`` (``out[-1]`` is scratch space).
-
-    Path ``i`` reads edge-table row ``table_row[i]`` (several paths may share one: repeated chunks). Decoding passes
-    ``choice`` (per table row, from :func:`best_predecessors`). Sampling passes the ``cdf`` of :func:`forward` and a
-    ``generator``: the predecessor of each visited position is the first edge whose cumulative probability exceeds a
-    fresh float64 uniform, an exact draw from ``Z(s) e^{alpha v} / Z(e)``. Draws are independent across positions,
-    so drawing only at the positions the path visits gives the same law as drawing everywhere.
-    ``compact``: see the module docstring.
-    """
-    _, steps, width = candidate.shape
-    flat_candidate = candidate.reshape(-1)
-    flat_choice = None if choice is None else choice.reshape(-1)
-    flat_cdf = None if cdf is None else cdf.reshape(-1, width)
-    scratch = out.numel() - 1
-    end = length.index_select(0, table_row)
-    at = table_row * steps + end - 1  # flat (row, e-1) of every path's current end
-    for _ in range(steps):
-        if flat_choice is not None:
-            j = flat_choice.index_select(0, at)
-        else:
-            u = rng.uniform((at.numel(), 1), generator, at.device)
-            j = torch.searchsorted(flat_cdf.index_select(0, at), u, right=True).squeeze(1)  # #{cdf <= u}
-            j = j.clamp_(max=width - 1)  # only finished paths (compact=False) can read a NaN row
-        piece = flat_candidate.index_select(0, at * width + j)
-        length_of_piece = width - j
-        if compact:
-            end = end - length_of_piece
-            out.index_copy_(0, base + end, piece)
-            alive = torch.nonzero(end > 0).squeeze(1)
-            if alive.numel() == 0:
-                break
-            at = (at - length_of_piece).index_select(0, alive)
-            end, base = end.index_select(0, alive), base.index_select(0, alive)
-        else:  # finished paths (end 0) stay in place and write to the scratch entry
-            live = end > 0
-            length_of_piece = torch.where(live, length_of_piece, 0)
-            end = end - length_of_piece
-            out.index_copy_(0, torch.where(live, base + end, scratch), piece)
-            at = (at - length_of_piece).clamp(min=0)
 
 
 def log_partition(prefix: torch.Tensor, weights: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
