@@ -16,8 +16,8 @@ PACKAGE = Path(textdiff.__file__).parent
 LAYERS = {
     "textdiff": 0, "rng": 0, "checks": 0, "support": 0, "padding": 0, "compat": 0, "metrics": 0, "registry": 0, "defaults": 0,
     "udm": 1, "mcmc": 1, "tokenization": 1,
-    "models": 2,
-    "training": 3, "keywords": 3,
+    "models": 2, "guidance": 2,
+    "training": 3, "keywords": 3, "sampling": 3,
     "cli": 4, "__main__": 4,
 }
 ENGINES = ("udm", "mcmc", "tokenization")
@@ -131,3 +131,35 @@ def test_a_toy_proposal_registered_in_a_test_reaches_the_cli():
         assert "toy_uniform" in next(a for a in generate._actions if a.dest == "proposal").choices
     finally:
         PROPOSALS.pop("toy_uniform")
+
+
+def test_a_toy_guidance_kind_registered_in_a_test_reaches_every_sampler_and_the_cli():
+    from textdiff.cli import build_parser
+    from textdiff.guidance import CandidateReweighting
+    from textdiff.sampling import GUIDANCE, Guidance
+
+    class Shorter:
+        """``log w(x)`` = minus the number of tokens."""
+
+        def log_weight(self, ids, attention_mask):
+            return -attention_mask.sum(-1).double()
+
+        def log_weight_texts(self, texts):
+            return -torch.tensor([len(t.split()) for t in texts], dtype=torch.float64)
+
+    @GUIDANCE.register("toy_shorter")
+    def shorter(guidance, tokenizer):
+        return Shorter()
+
+    try:
+        verbs = build_parser()._subparsers._group_actions[0].choices
+        for verb in ("sample", "generate", "gibbs"):
+            assert "toy_shorter" in next(a for a in verbs[verb]._actions if a.dest == "guidance").choices
+        guidance = Guidance(kind="toy_shorter", label="any", scale=1.5)
+        tokenizer = type("Tok", (), {"mask_token_id": 3})()
+        assert isinstance(guidance.logits_hooks(tokenizer)[0], CandidateReweighting)
+        assert guidance.target_term()(["a b", "a"]).tolist() == [-3.0, -1.5]
+        energy = guidance.energy(lambda ids, mask: torch.zeros(len(ids), dtype=torch.float64), None)
+        assert energy(torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4)).tolist() == [6.0, 6.0]
+    finally:
+        GUIDANCE.pop("toy_shorter")

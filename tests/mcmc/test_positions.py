@@ -65,3 +65,13 @@ def test_a_plain_callable_runs_whole():
         return transformers.modeling_outputs.MaskedLMOutput(logits=table[input_ids])
 
     assert torch.equal(logits_at(oracle, ids, mask, positions), table[ids[torch.arange(6), positions]])
+
+
+def test_a_position_mask_gives_the_plain_forward_logits_there():
+    model, (ids, mask, _) = tiny_bert(), batch()
+    where = torch.rand(ids.shape, generator=torch.Generator().manual_seed(2)) < 0.4
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits[where]
+    for _ in range(2):  # plain forward + split check, then the split path
+        assert torch.allclose(logits_at(model, ids, mask, where), expected, atol=1e-6)
+    assert logits_at(model, ids, mask, torch.zeros_like(where)).shape == (0, 50)

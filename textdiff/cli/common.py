@@ -72,3 +72,52 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_guidance_options(parser: argparse.ArgumentParser, *, diffusion: bool, default_scale: float = 2.0) -> None:
+    """``--label``, ``--reference``, ``--guidance`` (the registered kinds; those that replace the model only for
+    ``diffusion``), ``--guidance-scale``, ``--classifier``, and for ``diffusion`` ``--guidance-top-k``
+    (docs/guidance.md#using-guidance); :func:`guidance_from_args` reads them."""
+    from textdiff.defaults import LABEL_TASK
+    from textdiff.sampling import GUIDANCE
+
+    kinds = tuple(k for k in GUIDANCE if diffusion or not getattr(GUIDANCE[k], "conditional_model", False))
+
+    group = parser.add_argument_group("guidance (steer toward a label or a reference text)")
+    group.add_argument("--label", default=None,
+                       help=f"steer toward this label ({', '.join(LABEL_TASK)} with the shipped models, or a label "
+                       "of --classifier)")
+    group.add_argument("--reference", default=None, help="steer toward sentences similar to this text "
+                       "(--guidance similarity)")
+    group.add_argument("--guidance", choices=list(kinds), default=None,
+                       help=f"how to steer (default: {kinds[0]} with --label, similarity with --reference)")
+    group.add_argument("--guidance-scale", type=_argument_type(_scale), default=default_scale,
+                       help="guidance strength: γ for classifier/similarity (the law is tilted by w(x)^γ), w for cfg; "
+                       "0 turns guidance off")
+    group.add_argument("--classifier", default=None,
+                       help="classifier directory or hub name (default: the shipped one of the label's task)")
+    if diffusion:
+        group.add_argument("--guidance-top-k", type=_argument_type(_top_k), default=16,
+                           help="diffusion: candidates reweighted per drawn position")
+    parser.set_defaults(guidance_kinds=tuple(kinds))
+
+
+def _top_k(text: str) -> int:
+    return checks.positive_int("guidance top-k", int(text))
+
+
+def _scale(text: str) -> float:
+    return checks.finite_float("guidance scale", float(text), low=0)
+
+
+def guidance_from_args(args: argparse.Namespace, device: str):
+    """The :class:`textdiff.sampling.Guidance` the options ask for, or ``None`` without ``--label``/``--reference``."""
+    if args.label is None and args.reference is None:
+        if args.guidance is not None or args.classifier is not None:
+            raise ValueError("--guidance and --classifier need --label (or --reference for similarity)")
+        return None
+    from textdiff.sampling import Guidance
+
+    kind = args.guidance or ("similarity" if args.label is None else args.guidance_kinds[0])
+    return Guidance(label=args.label, scale=args.guidance_scale, kind=kind, reference=args.reference,
+                    classifier=args.classifier, top_k=getattr(args, "guidance_top_k", 16), device=device)

@@ -7,7 +7,13 @@ import json
 import sys
 
 from textdiff import checks
-from textdiff.cli.common import add_device_option, add_seed_option, add_threads_option
+from textdiff.cli.common import (
+    add_device_option,
+    add_guidance_options,
+    add_seed_option,
+    add_threads_option,
+    guidance_from_args,
+)
 from textdiff.keywords import METHODS, generate_many, parse_keywords
 from textdiff.mcmc.proposals import PROPOSALS
 
@@ -50,6 +56,7 @@ def add_parser(subparsers) -> None:
                         help="per chain: best-scoring state seen, or the final state")
     parser.add_argument("--ban", action="append", default=[], help="a word that must not appear (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per sentence, with scores")
+    add_guidance_options(parser, diffusion=False)
     diffusion = parser.add_argument_group("--method diffusion (reverse deletion process started from the keywords)")
     parser.add_argument("--method", choices=list(METHODS), default="mh",
                         help="mh: Metropolis-Hastings chains; diffusion: insertion chain of the deletion process "
@@ -107,6 +114,7 @@ def run(args) -> int:
                        inflect=args.inflect, schedule=args.schedule, temperature=args.temperature,
                        final_temperature=args.final_temperature, output=args.output, banned=args.ban,
                        batch_size=checks.positive_int("--batch-size", args.batch_size))
+    options["guidance"] = guidance_from_args(args, args.device)
     inputs = [(parse_keywords(args.keywords), args.keywords)] if args.keywords is not None else read_sets(args.input)
     runnable = [keywords for keywords, _ in inputs if not isinstance(keywords, ValueError)]
     results = iter(generate_many(runnable, args.n, method=args.method, device=args.device, seed=args.seed,

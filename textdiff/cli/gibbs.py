@@ -5,8 +5,21 @@ from __future__ import annotations
 import argparse
 
 from textdiff import rng
-from textdiff.cli.common import add_device_option, add_seed_option, add_threads_option
-from textdiff.mcmc.gibbs import ORDERS, gibbs_sample, masked_init, random_lengths, text_init
+from textdiff.cli.common import (
+    add_device_option,
+    add_guidance_options,
+    add_seed_option,
+    add_threads_option,
+    guidance_from_args,
+)
+from textdiff.mcmc.gibbs import (
+    ORDERS,
+    gibbs_sample,
+    masked_init,
+    pseudo_log_likelihood_energy,
+    random_lengths,
+    text_init,
+)
 from textdiff.support import TokenSupport
 
 
@@ -17,7 +30,9 @@ def add_parser(subparsers) -> None:
         description="Batched MLM Gibbs sampling: each step every chain masks one position and redraws it from "
         "the masked LM's conditional (float64 draws; special tokens never drawn, WordPiece ## pieces never open "
         "a sentence). Start from seed sentences "
-        "(--text) or from [MASK]s of a given or random length.",
+        "(--text) or from [MASK]s of a given or random length. With --label (or --reference) every redraw becomes an "
+        "MH proposal for the target exp(-E) w(x)^γ, E the pseudo-log-likelihood energy (Goyal et al.'s MH-corrected "
+        "Gibbs).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model", default=None,
@@ -32,6 +47,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--order", choices=ORDERS, default="random", help="position order")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (changes the law)")
     parser.add_argument("--top-k", type=int, default=None, help="sample from the top-k tokens only (changes the law)")
+    add_guidance_options(parser, diffusion=False)
     add_seed_option(parser)
     add_device_option(parser, default="cpu")
     add_threads_option(parser)
@@ -52,9 +68,11 @@ def run(args) -> int:
                    else random_lengths(args.chains, 8, 32, generator))
         init = masked_init(tokenizer, lengths)
     support = TokenSupport.from_tokenizer(tokenizer, model.config.vocab_size)
+    guidance = guidance_from_args(args, args.device)
+    energy = None if guidance is None else guidance.energy(pseudo_log_likelihood_energy(model, support), tokenizer)
     result = gibbs_sample(model, init, support, steps=args.steps, burn_in=args.burn_in, thin=args.thin,
                           order=args.order, temperature=args.temperature, top_k=args.top_k, generator=generator,
-                          device=args.device, progress=True)
+                          device=args.device, progress=True, energy=energy)
     for chain, samples in enumerate(result.samples):
         for sample in samples:
             print(f"[{chain}] {tokenizer.decode(sample, skip_special_tokens=True)}")

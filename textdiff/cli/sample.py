@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 from pathlib import Path
 
-from textdiff.cli.common import add_device_option, add_seed_option, add_threads_option, default_device
-from textdiff.udm import PROCESSES, Trajectory, X0Draw, forbid_tokens, make_process, process_names, reverse_sample
-from textdiff.udm.deletion import decode, predictor_for, process_for, sample_delete
-from textdiff.udm.sampler import make_template
+from textdiff.cli.common import (
+    add_device_option,
+    add_guidance_options,
+    add_seed_option,
+    add_threads_option,
+    default_device,
+    guidance_from_args,
+)
+from textdiff.sampling import sample_texts
+from textdiff.udm import Trajectory, X0Draw, process_names
 
 
 def add_parser(subparsers) -> None:
@@ -53,78 +58,31 @@ def add_parser(subparsers) -> None:
                    "forbids them")
     p.add_argument("--no-cache", action="store_true", help="call the network at every step (no caching/skipping)")
     p.add_argument("--trajectory", default=None, help="write the denoising trajectory to this HTML file")
+    add_guidance_options(p, diffusion=True)
     add_device_option(p)
     add_threads_option(p)
     p.set_defaults(func=run)
-
-
-def text_template(tokenizer, n: int, length: int, prefix: str | None, device: str):
-    """``[CLS] prefix … [SEP]`` rows (specials and prefix protected) of ``length`` content tokens."""
-    prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
-    head = [tokenizer.cls_token_id] if tokenizer.cls_token_id is not None else []
-    tail = [tokenizer.sep_token_id] if tokenizer.sep_token_id is not None else []
-    if len(prefix_ids) >= length:
-        raise ValueError(f"--prefix has {len(prefix_ids)} tokens; --length must exceed it, got {length}")
-    x = make_template(n, length + len(head) + len(tail), head + prefix_ids, device)
-    if tail:
-        x.ids[:, -1] = tail[0]
-        x.protected[:, -1] = True
-    return x
 
 
 #: options of ``textdiff sample`` that go to the processes whose constructor takes them, with their defaults
 PROCESS_OPTIONS = {"reveal": "random", "kernel": "one_token"}
 
 
-def process_options(process_class, args: argparse.Namespace) -> dict:
-    """The process-specific options the chosen process accepts; ``ValueError`` for one set that it does not."""
-    accepted = inspect.signature(process_class.__init__).parameters
-    options = {name: getattr(args, name) for name in PROCESS_OPTIONS if name in accepted}
-    for name, default in PROCESS_OPTIONS.items():
-        if name not in accepted and getattr(args, name) != default:
-            raise ValueError(f"--{name} does not apply to --process {args.process}")
-    return options
-
-
 def run(args: argparse.Namespace) -> int:
-    if args.length < 1:
-        raise ValueError(f"--length must be >= 1, got {args.length}")
-    if args.num_samples < 1:
-        raise ValueError(f"-n must be >= 1, got {args.num_samples}")
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    steps = args.steps
     device = args.device or default_device()
     draw = X0Draw(args.x0_mode, args.temperature, args.top_k, args.top_p)
     trajectory = Trajectory() if args.trajectory else None
-    from textdiff.models.hub import load_denoiser, load_insertion  # transformers loads with the verb, not --help
-
-    process_class = PROCESSES[args.process]
-    schedule = args.schedule or process_class.default_schedule
-    if process_class.variable_length:
-        model, tokenizer = load_insertion(args.model, device)
-        process = process_for(model, tokenizer, schedule, args.corrector or "posterior")
-        steps = steps or args.length
-        out = sample_delete(predictor_for(model, tokenizer), process, args.num_samples, steps=steps, draw=draw,
-                            seed=args.seed, trajectory=trajectory, progress=True, device=device)
-        texts = decode(tokenizer, out)
-    else:
-        predictor, tokenizer = load_denoiser(args.model, device, subs=process_class.subs_predictor)
-        vocab, mask_id = predictor.model.config.vocab_size, tokenizer.mask_token_id
-        options = process_options(process_class, args)
-        process = make_process(args.process, mask_id=mask_id, vocab_size=vocab, schedule=schedule,
-                               corrector=args.corrector, **options)
-        template = text_template(tokenizer, args.num_samples, args.length, args.prefix, device)
-        steps = steps or int(template.corruptible.sum(-1).max())
-        hooks = [] if args.allow_special else [forbid_tokens(tokenizer.all_special_ids)]
-        out = reverse_sample(process, predictor, template, steps, draw=draw, seed=args.seed,
-                             cache=False if args.no_cache else "auto", logits_hooks=hooks, trajectory=trajectory,
-                             progress=True)
-        texts = tokenizer.batch_decode(out.ids, skip_special_tokens=True)
+    options = {name: getattr(args, name) for name, default in PROCESS_OPTIONS.items()
+               if getattr(args, name) != default}
+    texts, tokenizer = sample_texts(
+        args.num_samples, length=args.length, process=args.process, model=args.model, steps=args.steps,
+        schedule=args.schedule, corrector=args.corrector, prefix=args.prefix,
+        guidance=guidance_from_args(args, device), draw=draw, seed=args.seed, cache=not args.no_cache,
+        allow_special=args.allow_special, trajectory=trajectory, progress=True, device=device, **options)
     for text in texts:
         print(text)
     if trajectory is not None:
         page = trajectory.to_html(lambda i: tokenizer.convert_ids_to_tokens(int(i)),
-                                  title=f"textdiff sample --process {args.process} --steps {steps}")
+                                  title=f"textdiff sample --process {args.process}")
         Path(args.trajectory).write_text(page, encoding="utf-8")
     return 0

@@ -24,9 +24,12 @@ register_method = METHODS.register
 
 
 @register_method("mh")
-def _generate_mh(keyword_sets, n: int = 1, *, lm=None, mlm=None, device="cpu", proposal: str = "mlm", **options):
+def _generate_mh(keyword_sets, n: int = 1, *, lm=None, mlm=None, device="cpu", proposal: str = "mlm", guidance=None,
+                 **options):
     check_settings(n, **options)
     generator = default_generator(lm, mlm, str(checks.device(device)), proposal)
+    if guidance is not None:  # the target becomes π · w^γ (docs/guidance.md#mcmc)
+        options["soft"] = [*options.get("soft", ()), guidance.target_term()]
     return generator.generate_many(keyword_sets, n, **options)
 
 
@@ -38,12 +41,13 @@ def _insertion_model(name, device: str):
 
 
 @register_method("diffusion")
-def _generate_diffusion(keyword_sets, n: int = 1, *, insertion_model=None, device="cpu", **options):
+def _generate_diffusion(keyword_sets, n: int = 1, *, insertion_model=None, device="cpu", guidance=None, **options):
     model, tokenizer = _insertion_model(insertion_model, str(checks.device(device)))
+    hooks = guidance.logits_hooks(tokenizer) if guidance is not None else []  # fill candidates reweighted
     out = []
     for keywords in keyword_sets:
         try:
-            out.append(generate_from_keywords(model, tokenizer, keywords, n, **options))
+            out.append(generate_from_keywords(model, tokenizer, keywords, n, logits_hooks=hooks, **options))
         except ValueError as err:
             out.append(err)
     return out
@@ -66,7 +70,8 @@ def generate(keywords: str | Iterable[str], n: int = 1, *, method: str = "mh", *
     the default models (loaded once per process). ``options`` go to the method: for ``mh`` ``steps``, ``chains``,
     ``seed``, ``inflect``, ``schedule``, ``temperature``, ``final_temperature``, ``output``, ``banned``,
     ``proposal``, ``lm``, ``mlm``, ``device``; for ``diffusion`` ``orders``, ``samples_per_order``, ``steps``,
-    ``fill_mode``, ``seed``, ``insertion_model``, ``device``."""
+    ``fill_mode``, ``seed``, ``insertion_model``, ``device``; for both ``guidance`` (a
+    :class:`textdiff.sampling.Guidance`: steer toward a label or a reference, docs/guidance.md#using-guidance)."""
     run = METHODS.get_checked(method)
     parse_keywords(keywords)
     result = run([keywords], n, **options)[0]

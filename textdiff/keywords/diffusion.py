@@ -21,6 +21,7 @@ from textdiff.padding import pad
 from textdiff.rng import make_generator
 from textdiff.udm.deletion import decode, predictor_for, process_for, pseudo_log_likelihood, sample_delete
 from textdiff.udm.process import Batch, X0Draw
+from textdiff.udm.sampler import LogitsHook
 
 RERANKS = ("pll", "none")
 
@@ -79,6 +80,7 @@ def generate_from_keywords(
     seed: int | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    logits_hooks: Sequence[LogitsHook] = (),
 ) -> list[Sentence]:
     """``n`` distinct sentences containing every keyword, best first (see the module docstring)."""
     words = parse_keywords(keywords)
@@ -97,7 +99,7 @@ def generate_from_keywords(
                          f"got {target!r}")
     t_star = float(process.time_for_survival(torch.tensor(min(m / target, 0.95))))
     out = sample_delete(predictor_for(model, tokenizer, fill_mode), process, start=start, steps=steps, t_start=t_star,
-                        draw=draw, generator=gen, progress=progress)
+                        draw=draw, generator=gen, progress=progress, logits_hooks=logits_hooks)
     rows = len(out.ids)
     scores = (pseudo_log_likelihood(model, out).cpu() if rerank == "pll"
               else -torch.arange(rows, dtype=torch.float64))

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
+from textdiff.mcmc.positions import logits_at
 from textdiff.models.time import time_features
 from textdiff.models.weights import check_safetensors_dir
 from textdiff.support import subs
@@ -187,8 +188,9 @@ class DenoiserPredictor:
 class MaskedLMPredictor:
     """Wraps any HF masked LM (``AutoModelForMaskedLM``) as a masking-process x0 predictor, SUBS-parameterised
     (docs/udm.md#subs-parameterisation-and-time-agnostic-posterior): ``[MASK]`` logit −inf, unmasked positions
-    carried over (a point mass on the visible token).
-    ``subs=False`` returns the network's logits at every position (for the replacement processes)."""
+    carried over (a point mass on the visible token); the output head runs at the masked positions only
+    (:func:`textdiff.mcmc.positions.logits_at`). ``subs=False`` returns the network's logits at every position (for
+    the replacement processes)."""
 
     time_conditioned = False
 
@@ -199,10 +201,12 @@ class MaskedLMPredictor:
 
     @torch.no_grad()
     def __call__(self, x: Batch, t: torch.Tensor) -> torch.Tensor:
-        logits = self.model(input_ids=x.ids, attention_mask=x.attention_mask.long()).logits.float()
-        logits = subs(logits, self.mask_token_id)
+        attention = x.attention_mask.long()
         if not self.subs:
-            return logits
-        visible = x.ids != self.mask_token_id
-        carry = torch.full_like(logits, -math.inf).scatter(-1, x.ids[..., None], 0.0)
-        return torch.where(visible[..., None], carry, logits)
+            return subs(self.model(input_ids=x.ids, attention_mask=attention).logits.float(), self.mask_token_id)
+        masked = x.ids == self.mask_token_id  # the output head runs only here (logits_at)
+        at_masks = subs(logits_at(self.model, x.ids, attention, masked).float(), self.mask_token_id)
+        out = torch.full((*x.ids.shape, at_masks.shape[-1]), -math.inf, device=x.ids.device)
+        out.scatter_(-1, x.ids[..., None], 0.0)  # visible positions: a point mass on their token
+        out[masked] = at_masks
+        return out

@@ -14,6 +14,10 @@ kind           override                default
 ``tokenizer``  ``$TEXTDIFF_TOKENIZER`` ``assets/tokenizers/en-unigram-8k.model``
 =============  ======================  ============================================
 
+Guidance models (docs/guidance.md#shipped-classifiers-and-data): ``load_classifier`` (default: the shipped classifier
+of a label's task, ``assets/models/classifier-<task>``) and ``load_conditional`` (default: the label-conditional
+masked LM ``assets/models/minilm-mlm-cond``); ``$TEXTDIFF_CLASSIFIER_<TASK>`` and ``$TEXTDIFF_MLM_COND`` override.
+
 Weights are safetensors only (:mod:`textdiff.models.weights`). Models come back in ``eval()`` mode with gradients
 off, on the requested device.
 """
@@ -22,12 +26,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from textdiff import checks
-from textdiff.defaults import default_asset
+from textdiff.defaults import LABEL_TASK, default_asset
+from textdiff.models.classifier import SequenceClassifier
 from textdiff.models.denoiser import DenoiserModel, DenoiserPredictor, MaskedLMPredictor
 from textdiff.models.gguf import smollm2_dir
 from textdiff.models.insertion import InsertionModel
@@ -155,3 +161,54 @@ def load_denoiser(name_or_path: str | Path | None = None, device="cpu", *, subs:
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     model, tokenizer = load_mlm(name, device, dtype)
     return MaskedLMPredictor(model, tokenizer.mask_token_id, subs), tokenizer
+
+
+def load_classifier(name_or_path: str | Path | None = None, *, label: str | None = None,
+                    device="cpu") -> SequenceClassifier:
+    """A sequence classifier for guidance: a directory or hub name, or (``None``) the shipped classifier of
+    ``label``'s task; ``ValueError`` if ``label`` is not one of its labels."""
+    from transformers import AutoModelForSequenceClassification
+
+    device = checks.device(device)
+    if name_or_path is None:
+        checks.one_of("label", label, LABEL_TASK)
+        name = _local_weights(resolve(None, f"classifier-{LABEL_TASK[label]}"))
+    else:
+        name = _local_weights(resolve(name_or_path, "classifier"))
+    config = _config(name, "classifier")
+    if not any(a.endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or []):
+        raise ValueError(f"classifier {str(name)!r} is not a sequence classifier (architectures: "
+                         f"{getattr(config, 'architectures', None)})")
+    model = _pretrained(AutoModelForSequenceClassification, name, "classifier", dtype=torch.float32)
+    classifier = SequenceClassifier(_finish(model, device), _load_tokenizer(name, "classifier"))
+    if label is not None:
+        checks.one_of("label", label, classifier.labels)
+    return classifier
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """A conditional model's condition tokens: ``position`` in the sequence, ``ids`` per label, the null ``null_id``."""
+
+    position: int
+    ids: dict[str, int]
+    null_id: int
+
+    def id_of(self, label: str) -> int:
+        checks.one_of("label", label, self.ids)
+        return self.ids[label]
+
+
+def load_conditional(name_or_path: str | Path | None = None, device="cpu"):
+    """``(predictor, tokenizer, Conditions)`` of a label-conditional masked LM trained with a null condition (its
+    config's ``condition_tokens`` and ``condition_position``; default: the shipped ``minilm-mlm-cond``)."""
+    name = resolve(name_or_path, "mlm-cond")
+    config = _config(_local_weights(name), "conditional model")
+    tokens = getattr(config, "condition_tokens", None)
+    if not isinstance(tokens, dict) or "null" not in tokens:
+        raise ValueError(f"conditional model {str(name)!r}: its config.json has no condition_tokens with a 'null' "
+                         "entry, so it was not trained for classifier-free guidance")
+    predictor, tokenizer = load_denoiser(name, device)
+    ids = {label: tokenizer.convert_tokens_to_ids(token) for label, token in tokens.items()}
+    null_id = ids.pop("null")
+    return predictor, tokenizer, Conditions(int(getattr(config, "condition_position", 1)), ids, null_id)

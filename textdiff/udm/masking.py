@@ -87,6 +87,13 @@ class MaskingProcess(ForwardProcess):
         active = reveal.any(-1) if self.corrector == "posterior" else (s < t) & x_t.corruptible.any(-1)
         return RevealPlan(t, s, active, reveal)
 
+    def drawn_positions(self, x_t: Batch, plan: StepPlan) -> torch.Tensor | None:
+        """The revealed set ``R`` (random reveal, posterior corrector); the confidence heuristic and the baseline
+        corrector draw at every masked position."""
+        if self.corrector == "posterior" and self.reveal == "random":
+            return plan.reveal
+        return self.masked(x_t)
+
     def subs(self, logits: torch.Tensor) -> torch.Tensor:
         """SUBS (see the module docs): the ``[MASK]`` logit is ``−inf``."""
         return subs(logits, self.mask_id)

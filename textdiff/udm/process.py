@@ -426,6 +426,11 @@ class ForwardProcess(ABC):
         """Randomness drawn before the predictor is called; default: every row with ``s < t`` is active."""
         return StepPlan(t, s, (s < t) & x_t.corruptible.any(-1))
 
+    def drawn_positions(self, x_t: Batch, plan: StepPlan) -> torch.Tensor | None:
+        """``[B, L]``: the positions whose token this step draws and keeps, for logits hooks that work per position
+        (docs/guidance.md#logits-hooks); ``None`` when the kept draws are not known before the draw (default)."""
+        return None
+
     def apply(self, x_t: Batch, output: Any, plan: StepPlan, draw: X0Draw, generator: torch.Generator) -> Batch:
         """Draw ``x̂0`` from the predictor ``output`` (logits ``[B, L, V]``) and correct ``t → s``
         (predict-then-correct)."""

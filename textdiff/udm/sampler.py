@@ -37,8 +37,10 @@ from textdiff.udm.process import Batch, ForwardProcess, X0Draw, as_batch, time_g
 #: ``hook(logits, x, t, s) -> logits``: ``logits [B', L, V]`` are the token logits a reverse step draws from at the
 #: positions of ``x`` (the batch the network saw), ``t``, ``s [B']`` the step's times of those rows; e.g.
 #: classifier-free mixing or candidate reweighting (docs/guidance.md#classifier-free-guidance,
-#: docs/guidance.md#exact-candidate-reweighting). Hooks must not modify in place.
-LogitsHook = Callable[[torch.Tensor, Batch, torch.Tensor, torch.Tensor], torch.Tensor]
+#: docs/guidance.md#exact-candidate-reweighting). Hooks must not modify in place. A hook with the attribute
+#: ``positional = True`` is called as ``hook(logits, x, t, s, where)``, ``where [B', L]`` the positions whose draws
+#: the step keeps (``None`` when the process cannot say before the draw), so it can limit per-position work to them.
+LogitsHook = Callable[..., torch.Tensor]
 
 
 def forbid_tokens(token_ids: Sequence[int]) -> LogitsHook:
@@ -68,11 +70,17 @@ class StepHooks:
     hooks: tuple[LogitsHook, ...]
     t: torch.Tensor
     s: torch.Tensor
+    where: torch.Tensor | None = None
 
-    def __call__(self, logits: torch.Tensor, x: Batch, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, x: Batch, rows: torch.Tensor | None = None,
+                 where: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the hooks on ``logits`` of ``x`` (step-batch ``rows``, default all); ``where``: the positions drawn
+        (default: the step's ``where``)."""
         t, s = (self.t, self.s) if rows is None else (self.t[rows], self.s[rows])
+        if where is None and self.where is not None:
+            where = self.where if rows is None else self.where[rows]
         for hook in self.hooks:
-            logits = hook(logits, x, t, s)
+            logits = hook(logits, x, t, s, where) if getattr(hook, "positional", False) else hook(logits, x, t, s)
         return logits
 
     def bind(self, output: Any, x: Batch) -> Any:
@@ -282,7 +290,7 @@ def reverse_sample(
         if cache is False or bool(plan.active.any()):
             output = model(x, t)
             if logits_hooks:
-                output = StepHooks(tuple(logits_hooks), t, s).bind(output, x)
+                output = StepHooks(tuple(logits_hooks), t, s, process.drawn_positions(x, plan)).bind(output, x)
             if bool(plan.active.any()):
                 x = process.apply(x, output, plan, draw, gen)
         if trajectory is not None:

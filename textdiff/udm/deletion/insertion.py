@@ -140,7 +140,7 @@ class ModelPrediction:
             barred = now & restricted[rows]
             logits[barred] = forbid(logits[barred], predictor.continuation_ids)
             if self.hooks is not None:
-                logits = self.hooks(logits, sent, rows)
+                logits = self.hooks(logits, sent, rows, where=now)
             ids[rows] = draw.at(logits, now, sent.ids, generator)
         return expanded.with_ids(ids)
 
