@@ -16,8 +16,11 @@ label-conditional masked LM with classifier-free guidance), ``delete`` (deletion
 reweighted), ``mh`` (``textdiff generate`` with keywords, the classifier term in the target), ``gibbs``
 (MH-corrected Gibbs with the tilted pseudo-likelihood energy).
 
-    python recipes/eval_guidance.py --task sentiment --samplers mask mask-cfg mh --scales 0 1 2 4 --n 32 \\
-        --out results/guidance_sentiment.json --plot docs/img/guidance_sentiment.png
+    python recipes/eval_guidance.py --task sentiment --samplers mask mask-cfg --scales 0 1 2 4 8 --n 24 \\
+        --out results/guidance.jsonl
+    python recipes/eval_guidance.py --task sentiment --samplers mh --scales 0 2 8 --n 4 --out results/guidance.jsonl
+    python recipes/eval_guidance.py --task sentiment --samplers --out results/guidance.jsonl \\
+        --plot docs/img/guidance_sentiment.png          # table and plot of every row measured so far
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from eval_classifier import EvalClassifier
 
 from textdiff.defaults import GUIDANCE_TASKS
@@ -42,6 +44,7 @@ from textdiff.sampling import Guidance, sample_texts
 from textdiff.udm import X0Draw
 
 SAMPLERS = Registry("sampler")
+MH_STEPS = 100  # --mh-steps
 #: neutral concept sets for the keyword sampler (``mh``): a label can be written around any of them
 KEYWORD_SETS = ["film story", "actor role", "music scene", "director plot", "book character", "day city",
                 "ending audience", "dialogue camera"]
@@ -80,7 +83,7 @@ def mh_sets(n: int) -> list[str]:
 @SAMPLERS.register("mh")
 def _mh(label: str, scale: float, n: int, seed: int, length: int) -> list[str]:
     guidance = Guidance(label=label, scale=scale) if scale > 0 else None
-    results = generate_many(mh_sets(n), 1, steps=100, chains=4, seed=seed, guidance=guidance)
+    results = generate_many(mh_sets(n), 1, steps=MH_STEPS, chains=4, seed=seed, guidance=guidance)
     return [result[0].text if isinstance(result, list) else "" for result in results]
 
 
@@ -111,7 +114,8 @@ def coverage(texts: list[str], sets: list[str]) -> float:
 
 
 def evaluate(sampler: Callable, name: str, task: str, scales: list[float], n: int, seed: int, length: int,
-             judge: EvalClassifier, lm_scorer: CausalLMScorer) -> list[dict]:
+             judge: EvalClassifier, lm_scorer: CausalLMScorer, out: Path | None) -> list[dict]:
+    """Rows of one sampler, each printed and (``out``) appended to a JSONL file as soon as it is measured."""
     rows = []
     for scale in scales:
         for label in GUIDANCE_TASKS[task]:
@@ -127,6 +131,9 @@ def evaluate(sampler: Callable, name: str, task: str, scales: list[float], n: in
                 row["coverage"] = coverage(texts, mh_sets(n))
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "examples"}), flush=True)
+            if out is not None:
+                with out.open("a", encoding="utf-8") as stream:
+                    stream.write(json.dumps(row) + "\n")
     return rows
 
 
@@ -188,30 +195,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--task", choices=list(GUIDANCE_TASKS), default="sentiment")
-    parser.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), default=["mask", "mask-cfg", "mh"])
+    parser.add_argument("--samplers", nargs="*", choices=list(SAMPLERS), default=["mask", "mask-cfg", "mh"])
     parser.add_argument("--scales", nargs="+", type=float, default=[0.0, 1.0, 2.0, 4.0])
     parser.add_argument("--n", type=int, default=32, help="samples per label and scale")
     parser.add_argument("--length", type=int, default=20, help="tokens per sample (diffusion, Gibbs)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="write rows and summary as JSON here")
+    parser.add_argument("--mh-steps", type=int, default=MH_STEPS, help="MH steps per chain (mh sampler)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSONL file: every measured row is appended; the table and plot cover all its rows of "
+                        "--task (so samplers can be measured in separate runs)")
     parser.add_argument("--plot", type=Path, default=None, help="write the control / fluency curves as PNG here")
     args = parser.parse_args()
     if args.n < 1 or any(s < 0 or not math.isfinite(s) for s in args.scales):
         parser.error("--n must be >= 1 and --scales finite and >= 0")
-    torch.manual_seed(args.seed)
-    judge = EvalClassifier.load(args.task)
-    lm, lm_tokenizer = load_lm()
-    lm_scorer = CausalLMScorer(lm, lm_tokenizer)
+    global MH_STEPS
+    MH_STEPS = args.mh_steps
     rows = []
-    for name in args.samplers:
-        rows += evaluate(SAMPLERS[name], name, args.task, args.scales, args.n, args.seed, args.length, judge,
-                         lm_scorer)
+    if args.samplers:
+        judge = EvalClassifier.load(args.task)
+        lm, lm_tokenizer = load_lm()
+        lm_scorer = CausalLMScorer(lm, lm_tokenizer)
+        for name in args.samplers:
+            rows += evaluate(SAMPLERS[name], name, args.task, args.scales, args.n, args.seed, args.length, judge,
+                             lm_scorer, args.out)
+    if args.out is not None and args.out.exists():
+        rows = [row for row in map(json.loads, args.out.read_text(encoding="utf-8").splitlines())
+                if row["task"] == args.task]
     summary = summarise(rows)
     print(table(summary, args.task))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
-                                        "summary": summary}, indent=1))
     if args.plot:
         plot(summary, args.task, args.plot)
 
