@@ -192,6 +192,7 @@ def plot(summary: list[dict], task: str, path: Path) -> None:
 
 
 def main() -> None:
+    global MH_STEPS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--task", choices=list(GUIDANCE_TASKS), default="sentiment")
@@ -208,7 +209,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.n < 1 or any(s < 0 or not math.isfinite(s) for s in args.scales):
         parser.error("--n must be >= 1 and --scales finite and >= 0")
-    global MH_STEPS
     MH_STEPS = args.mh_steps
     rows = []
     if args.samplers:
