@@ -138,14 +138,15 @@ def test_log_partition_entropy_and_expected_length_match_enumeration(device):
 
 def walk_draws(text: str, tok: UnigramTokenizer, alpha: float, compact: bool, biased: bool = False,
                shared: bool = False) -> Counter:
-    """N_DRAWS paths through the word tables of ``text`` from ``wordcache.walk``: with the predecessor law of the
-    forward pass; ``biased=True``: the edge weights ``e^{alpha v}`` normalised per position without the prefix mass
-    ``Z(s)`` (a plausible shortcut that is not the exact predecessor law); ``shared=True``: one draw reused for every
-    occurrence of the word in the batch (the mistake a cache of word tables invites)."""
+    """N_DRAWS paths through the word tables of ``text`` from ``wordcache.walk`` (with the tables that
+    ``wordcache.TABLE_LIMIT`` gives): with the laws of the forward pass; ``biased=True``: the edge weights
+    ``e^{alpha v}`` normalised per position without the prefix mass ``Z(s)`` (a plausible shortcut that is not the
+    exact predecessor law), and every table uniform over its segmentations; ``shared=True``: one draw reused for
+    every occurrence of the word in the batch (the mistake a cache of word tables invites)."""
     cpu = torch.device("cpu")
     tables = tok._word_tables([text], alpha, cpu)
+    edges, rows = tables.data[wordcache.EDGE], tables.data[wordcache.ROW]
     if biased:
-        edges, rows = tables.data[wordcache.EDGE], tables.data[wordcache.ROW]
         count = torch.diff(torch.cat([rows["first"], torch.tensor([edges["cdf"].numel()])]))
         row_of_edge = torch.repeat_interleave(torch.arange(len(text)), count)
         weight = torch.exp(alpha * tok.vocab.lattice_scores()[edges["piece"].long()].double())
@@ -153,21 +154,32 @@ def walk_draws(text: str, tok: UnigramTokenizer, alpha: float, compact: bool, bi
         before = torch.cat([before.new_zeros(1), before[:-1]])  # weight of the earlier rows
         total = torch.zeros(len(text), dtype=torch.float64).index_add_(0, row_of_edge, weight)
         edges["cdf"] = (torch.cumsum(weight, 0) - before[row_of_edge]) / total[row_of_edge]
+        table_of = torch.repeat_interleave(torch.arange(len(text)), rows["segs"])  # SEG entries by table
+        rank = torch.arange(table_of.numel()) - (torch.cumsum(rows["segs"], 0) - rows["segs"])[table_of]
+        tables.data[wordcache.SEG]["cdf"] = (rank + 1).double() / rows["segs"][table_of]
     store = wordcache.WordStore(wordcache.SAMPLING_FIELDS, cpu, budget=1 << 20)
-    entry = store.ensure([text], lambda words: tables)
+    entry = store.lookup([text], lambda words: tables)
     paths = 1 if shared else N_DRAWS
     out = torch.full((paths * len(text) + 1,), -1, dtype=torch.int64)
     lengths = torch.full((paths,), len(text))
     gen = torch.Generator().manual_seed(7)
-    wordcache.walk(store, entry.repeat(paths), lengths, torch.arange(paths) * len(text), out, torch.zeros_like(out),
-                   gen, len(text), tok._trie("cpu").max_len, compact)
-    chosen = out[:-1].view(paths, len(text)).repeat(N_DRAWS // paths, 1)  # piece at each unit, -1 inside pieces
-    counts = Counter(map(tuple, chosen.tolist()))
-    return Counter({tuple(tok.id_to_piece(i) for i in row if i >= 0): n for row, n in counts.items()})
+    table = wordcache.walk(store, entry.repeat(paths), lengths, torch.arange(paths) * len(text), out,
+                           torch.zeros_like(out), gen, len(text), tok._trie("cpu").max_len, compact)
+    seg_first, seg_count = store.column(wordcache.SEG, "first"), store.column(wordcache.SEG, "count")
+    pieces = store.column(wordcache.PIECE, "piece")
+    counts = Counter()
+    for walked, seg in zip(out[:-1].view(paths, len(text)).tolist(), table.tolist()):  # table pieces, then walked
+        head = pieces[seg_first[seg] : seg_first[seg] + seg_count[seg]].tolist() if seg >= 0 else []
+        counts[tuple(tok.id_to_piece(i) for i in head + [i for i in walked if i >= 0])] += N_DRAWS // paths
+    return counts
 
 
+@pytest.mark.parametrize("limit", [0, 4, wordcache.TABLE_LIMIT])
 @pytest.mark.parametrize("compact", [True, False])
-def test_walk_follows_exact_law_and_biased_variants_fail(compact):
+def test_walk_follows_exact_law_and_biased_variants_fail(compact, limit, monkeypatch):
+    """``limit`` 0: predecessor draws only; 4: draws down to a table of the first units; default: one table draw
+    for the whole word. The biased variants must fail in every form."""
+    monkeypatch.setattr(wordcache, "TABLE_LIMIT", limit)
     tok = ababab()
     law = exact_law("ababab", tok, 1.0)
     p_value, worst = law_test(walk_draws("ababab", tok, 1.0, compact), law)
@@ -175,6 +187,21 @@ def test_walk_follows_exact_law_and_biased_variants_fail(compact):
     for bias in ({"biased": True}, {"shared": True}):
         p_value, worst = law_test(walk_draws("ababab", tok, 1.0, compact, **bias), law)
         assert p_value < 1e-10 and worst > 10, (bias, p_value, worst)
+
+
+def test_tables_hold_every_segmentation_with_its_exact_probability():
+    """A word's table lists each of its segmentations once, with the exact law's probability (first call and from
+    a cache that holds it)."""
+    tok = ababab()
+    law = exact_law("ababab", tok, 0.7)
+    tables = tok._word_tables(["ababab"], 0.7, torch.device("cpu"))
+    seg, piece = tables.data[wordcache.SEG], tables.data[wordcache.PIECE]["piece"]
+    assert tables.data[wordcache.ROW]["segs"].tolist() == [0] * 5 + [len(law)]  # one table: the whole word
+    probability = torch.diff(seg["cdf"], prepend=torch.zeros(1)).tolist()
+    drawn = {tuple(tok.id_to_piece(i) for i in piece[f : f + n].tolist()): p
+             for f, n, p in zip(seg["first"].tolist(), seg["count"].tolist(), probability)}
+    assert drawn.keys() == law.keys() and seg["cdf"][-1] == 1.0
+    assert all(abs(drawn[k] - law[k]) < 1e-14 for k in law)
 
 
 # --- the cached path through the public API --------------------------------------------------------------------------
@@ -203,10 +230,14 @@ def pair_draws(tok: UnigramTokenizer, word: str, alpha: float, seed: int, n: int
     return out
 
 
+@pytest.mark.parametrize("limit", [wordcache.TABLE_LIMIT, 4, 0])
 @pytest.mark.parametrize("cache", ["default", "tiny", "fixed_shapes"])
-def test_cached_occurrences_are_independent_exact_draws(cache, request):
+def test_cached_occurrences_are_independent_exact_draws(cache, limit, request, monkeypatch):
     """Two occurrences of a word in one text, on first sight (misses) and from the cache (hits): their joint law is
-    the product of the exact laws. ``tiny``: a cache that evicts on every call; ``fixed_shapes``: the CUDA loops."""
+    the product of the exact laws. ``tiny``: a cache that evicts on every call; ``fixed_shapes``: the CUDA loops;
+    ``limit``: the word's table (default), predecessor draws down to a table of its first units (4), or predecessor
+    draws only (0)."""
+    monkeypatch.setattr(wordcache, "TABLE_LIMIT", limit)
     if cache == "fixed_shapes":
         request.getfixturevalue("fixed_shapes")
     tok = by_words(ababab(), cache_size=100 if cache == "tiny" else None)  # 100 bytes: less than one word
@@ -223,9 +254,12 @@ def test_cached_occurrences_are_independent_exact_draws(cache, request):
         assert p_value > 1e-3 and worst < 4.5, (p_value, worst)
 
 
-def test_many_small_batches_with_eviction_follow_exact_law():
-    """256-line batches of three words through a cache that holds about one of them: evictions between calls."""
-    tok = by_words(watching(), cache_size=700)
+@pytest.mark.parametrize("limit", [wordcache.TABLE_LIMIT, 0])
+def test_many_small_batches_with_eviction_follow_exact_law(limit, monkeypatch):
+    """256-line batches of three words through a cache that holds about one of them: evictions between calls (with
+    tables, and with predecessor draws only)."""
+    monkeypatch.setattr(wordcache, "TABLE_LIMIT", limit)
+    tok = by_words(watching(), cache_size=900)
     texts = ["watch watching ing"] * 256
     law = exact_law("watching", tok, 0.3)
     counts = Counter()

@@ -138,3 +138,17 @@ def test_word_cache_changes_no_output(sp_model, held_out):
     assert [warm.encode(b, alpha=0.1, seed=i) for i, b in enumerate(batches)] == \
         [tiny.encode(b, alpha=0.1, seed=i) for i, b in enumerate(batches)]
     assert warm.decode(sampled) == warm.decode(viterbi)
+
+
+def test_walk_finishes_path_by_path_with_the_same_draws(sp_model, held_out, monkeypatch):
+    """The Python tail of a compact walk (few paths left) makes the draws the vectorised steps make."""
+    from textdiff.tokenization import wordcache
+
+    tok = UnigramTokenizer.from_sentencepiece(sp_model)
+    lines = held_out[:2000]
+    outputs = []
+    for paths in (0, wordcache.SCALAR_PATHS, 10**9):  # never, by default, after the first step
+        monkeypatch.setattr(wordcache, "SCALAR_PATHS", paths)
+        outputs.append((tok.encode(lines, alpha=0.1, seed=4), [tok.encode(lines[i : i + 256], alpha=0.3, seed=i)
+                                                               for i in range(0, len(lines), 256)]))
+    assert outputs[0] == outputs[1] == outputs[2]

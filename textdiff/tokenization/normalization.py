@@ -6,9 +6,9 @@ Both serialise as JSON, so a saved textdiff tokenizer normalises exactly like it
 
 Chunks are segmented independently (the segmentation law factorises over them). SentencePiece
 models whose pieces hold ``▁`` only in front are cut before every ``▁`` (a boundary no piece spans); tokenizer.json
-files with a pre-tokenizer give one chunk per pre-token, as HF does. :meth:`TextPipeline.chunks` also deduplicates the
-chunks of a batch; for ASCII lines of SentencePiece models it works on the whole batch with single C-level ``bytes``
-calls instead of line by line.
+files with a pre-tokenizer give one chunk per pre-token, as HF does. :meth:`TextPipeline.words` lists the chunks of a
+batch (keys for the word-lattice cache); for ASCII lines of SentencePiece models it works on the whole batch with
+single C-level ``bytes`` calls and one numpy pass instead of line by line.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 from array import array
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tokenizers import PreTokenizedString, Regex, Tokenizer, decoders, normalizers
 from tokenizers.models import WordLevel
@@ -35,6 +36,54 @@ class Chunks:
     chunks: list[str]
     chunk: torch.Tensor
     text: torch.Tensor
+
+
+@dataclass
+class Words:
+    """The chunks of a batch in text order (``text``: the text of every occurrence, int64; ``at``: where each
+    occurrence of ``keys`` / ``code`` belongs in text order, None when they are in text order already).
+
+    Every occurrence has a key: ``code[i]`` when nonzero (a word of at most 8 ASCII bytes taken by the batch route,
+    packed little-endian into a uint64: the bytes ``code[i:i+1].view("S8")``), else the next entry of ``keys``
+    (``bytes`` for a longer word of the batch route, without its ``▁``; the chunk itself otherwise). :func:`word_of`
+    gives the chunk of a key."""
+
+    keys: list[str | bytes]
+    text: torch.Tensor
+    code: np.ndarray | None = None
+    at: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys) if self.code is None else len(self.code)
+
+    def all_keys(self) -> list[str | bytes]:
+        """The key of every occurrence, in the order of ``keys`` / ``code``."""
+        if self.code is None:
+            return self.keys
+        packed = self.code != 0
+        out = np.empty(len(self.code), dtype=object)
+        out[packed] = self.code[packed].view("S8").tolist()
+        out[~packed] = self.keys
+        return out.tolist()
+
+    def in_text_order(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` given per occurrence of ``keys`` / ``code``, in text order."""
+        if self.at is None:
+            return values
+        return torch.empty_like(values).index_copy_(0, self.at.to(values.device), values)
+
+    def chunks(self) -> Chunks:
+        """The distinct chunks and the chunk of every occurrence in text order."""
+        keys = self.all_keys()
+        index = dict.fromkeys(keys)
+        index = dict(zip(index, range(len(index))))
+        chunk = long_tensor(array("q", map(index.__getitem__, keys)))
+        return Chunks([word_of(key) for key in index], self.in_text_order(chunk), self.text)
+
+
+def word_of(key: str | bytes) -> str:
+    """The chunk of a :class:`Words` key."""
+    return METASPACE + key.decode("ascii") if isinstance(key, bytes) else key
 
 
 @dataclass(frozen=True)
@@ -67,29 +116,38 @@ class _ByteRoute:
         """Lines the route cannot take: non-ASCII, holding a trigger or the separator (ascending). Each test runs
         on the joined lines first (one C-level call) and line by line only when it finds something."""
         joined = self.separator.join(texts)
-        slow = set()
+        flags = lambda test: np.fromiter(map(test, texts), dtype=bool, count=len(texts))  # C-level loop
+        slow = np.zeros(len(texts), dtype=bool)
         if not joined.isascii():
-            slow.update(i for i, text in enumerate(texts) if not text.isascii())
+            slow |= ~flags(str.isascii)
         for c in self.triggers:
             if c in joined:
-                slow.update(i for i, text in enumerate(texts) if c in text)
+                slow |= flags(lambda text, c=c: c in text)
         if joined.count(self.separator) != max(len(texts) - 1, 0):
-            slow.update(i for i, text in enumerate(texts) if self.separator in text)
-        return sorted(slow)
+            slow |= flags(lambda text: self.separator in text)
+        return np.flatnonzero(slow).tolist()
 
-    def chunks(self, texts: list[str]) -> Chunks:
-        """The chunks of lines the route takes."""
-        sep = self.separator.encode("ascii")
+    def words(self, texts: list[str]) -> Words:
+        """The words of lines the route takes, found by one numpy pass over the joined bytes: words of up to 8
+        bytes as packed codes, longer ones as ``bytes`` keys (a chunk without its ``▁``)."""
+        sep = ord(self.separator)
         joined = self.separator.join(texts).encode("ascii").translate(self.table, self.delete)
-        words = list(filter(None, joined.replace(sep, b" " + sep + b" ").split(b" ")))
-        index = dict.fromkeys([sep, *words])  # distinct words in order of appearance (C-level), the separator first
-        index = dict(zip(index, range(len(index))))  # the separator gets id 0
-        ids = long_tensor(array("q", map(index.__getitem__, words)))
-        is_sep = ids == 0
-        real = torch.nonzero(~is_sep).squeeze(1)
-        text = torch.cumsum(is_sep, 0).index_select(0, real)  # separators before each word
-        distinct = sep.join(list(index)[1:]).decode("ascii").split(self.separator) if len(index) > 1 else []
-        return Chunks([METASPACE + word for word in distinct], ids.index_select(0, real) - 1, text)
+        buffer = np.frombuffer(joined, dtype=np.uint8)
+        in_word = np.zeros(len(joined) + 2, dtype=bool)  # [i + 1]: byte i belongs to a word
+        np.not_equal(buffer, ord(" "), out=in_word[1:-1])
+        in_word[1:-1] &= buffer != sep
+        begins = np.flatnonzero(in_word[1:-1] > in_word[:-2])
+        ends = np.flatnonzero(in_word[1:-1] > in_word[2:]) + 1
+        text = np.searchsorted(np.flatnonzero(buffer == sep), begins)  # separators before each word
+        length = ends - begins
+        short = np.flatnonzero(length <= 8)
+        window = np.concatenate([buffer, np.zeros(8, dtype=np.uint8)])[begins[short, None] + np.arange(8)]
+        window[np.arange(8) >= length[short, None]] = 0
+        code = np.zeros(len(begins), dtype=np.uint64)
+        code[short] = window.view("<u8").ravel()
+        long = np.flatnonzero(length > 8)
+        keys = [joined[b:e] for b, e in zip(begins[long].tolist(), ends[long].tolist())]
+        return Words(keys, torch.from_numpy(text), code)
 
 
 def long_tensor(values: array) -> torch.Tensor:
@@ -179,6 +237,10 @@ class TextPipeline:
         return self.normalizer.normalize_str(text)
 
     def chunks(self, texts: list[str], split_at: str | None) -> Chunks:
+        """:meth:`words`, deduplicated."""
+        return self.words(texts, split_at).chunks()
+
+    def words(self, texts: list[str], split_at: str | None) -> Words:
         """Cut every text into chunks: its pre-tokens (pipelines with a pre-tokenizer), else the normalised text cut
         before every ``split_at`` character (the lattice cuts there anyway), else the whole normalised text.
 
@@ -189,32 +251,30 @@ class TextPipeline:
         """
         route = self._bytes if split_at == METASPACE and self.pre_tokenizer is None else None
         if route is None:
-            return self._chunks_per_line(texts, split_at)
+            return self._words_per_line(texts, split_at)
         slow = route.slow_lines(texts)
         if not slow:
-            return route.chunks(texts)
+            return route.words(texts)
         if len(slow) == len(texts):
-            return self._chunks_per_line(texts, split_at)
+            return self._words_per_line(texts, split_at)
         fast = list(texts)
         for i in slow:
             fast[i] = ""  # no chunks; the lines keep their numbers
-        head = route.chunks(fast)
-        tail = self._chunks_per_line([texts[i] for i in slow], split_at)  # may repeat chunks of head: harmless
+        head = route.words(fast)
+        tail = self._words_per_line([texts[i] for i in slow], split_at)
         tail_text = torch.tensor(slow, dtype=torch.int64)[tail.text]
         # merge the two text-ordered lists: each entry moves by the number of the other list's entries before it
         head_at = torch.arange(head.text.numel()) + torch.searchsorted(tail_text, head.text)
         tail_at = torch.arange(tail_text.numel()) + torch.searchsorted(head.text, tail_text, right=True)
         at = torch.cat([head_at, tail_at])
-        chunk = torch.empty_like(at).index_copy_(0, at, torch.cat([head.chunk, tail.chunk + len(head.chunks)]))
+        code = np.concatenate([head.code, np.zeros(len(tail), dtype=np.uint64)])
         text = torch.empty_like(at).index_copy_(0, at, torch.cat([head.text, tail_text]))
-        return Chunks(head.chunks + tail.chunks, chunk, text)
+        return Words(head.keys + tail.keys, text, code, at)
 
-    def _chunks_per_line(self, texts: list[str], split_at: str | None) -> Chunks:
-        """:meth:`chunks` one text at a time."""
-        normalized = [self.normalize(text) for text in texts]
-        index: dict[str, int] = {}
-        ids, counts = array("q"), array("q")
-        for text in normalized:
+    def _words_per_line(self, texts: list[str], split_at: str | None) -> Words:
+        """:meth:`words` one text at a time."""
+        keys, counts = [], array("q")
+        for text in map(self.normalize, texts):
             if self.pre_tokenizer is not None:
                 parts = [word for word, _ in self.pre_tokenizer.pre_tokenize_str(text) if word]
             elif split_at is not None:
@@ -222,10 +282,9 @@ class TextPipeline:
                 parts = ([head] if head else []) + [split_at + part for part in rest]
             else:
                 parts = [text] if text else []
-            ids.extend([index.setdefault(part, len(index)) for part in parts])
+            keys += parts
             counts.append(len(parts))
-        text_of = torch.repeat_interleave(torch.arange(len(counts)), long_tensor(counts))
-        return Chunks(list(index), long_tensor(ids), text_of)
+        return Words(keys, torch.repeat_interleave(torch.arange(len(counts)), long_tensor(counts)))
 
     def unit_offsets(self, text: str) -> list[tuple[int, int]]:
         """Original-text character span of every unit (code point) of ``text``'s chunks, in chunk order."""

@@ -6,14 +6,14 @@
 against SentencePiece (identical normalised text, decoded text and Viterbi ids except exact float32 ties): see
 docs/tokenization.md.
 
-Pipeline per batch: normalise and cut into chunks (words), look the distinct chunks up in the word-lattice cache
-(:mod:`~textdiff.tokenization.wordcache`), and build the missing ones: lay them into one code-point stream, find
+Pipeline per batch: normalise and cut into chunks (words), look every occurrence up in the word-lattice cache
+(:mod:`~textdiff.tokenization.wordcache`), and build the missing words: lay them into one code-point stream, find
 candidate edges with a vectorised trie walk, cut the lattice into independent segments, bucket them by length and
 run the forward pass over positions vectorised across rows (float64 log-space for sampling, which also yields every
-position's predecessor CDF; the scores' own precision for decoding). Then walk every occurrence back from its end at
-once, drawing each visited predecessor by inverse CDF from one float64 uniform (decoding: following the best piece).
-Pieces are written into the occurrence stream at their first unit, so its non-empty entries are the output in text
-order.
+position's predecessor CDF; the scores' own precision for decoding); decoding keeps each word's Viterbi
+segmentation, sampling its edges and tables of whole segmentations. Then decoding copies every occurrence's pieces,
+and sampling walks every occurrence back from its end at once, one float64 uniform per path and step drawing either
+a predecessor or, where the position has a table, the rest of the path. The pieces are laid out in text order.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from itertools import accumulate, repeat
@@ -34,8 +33,8 @@ from tokenizers import Tokenizer
 from textdiff import checks, rng
 from textdiff.tokenization import formats, lattice, viterbi, wordcache
 from textdiff.tokenization.encoding import Encoding, Tokens
-from textdiff.tokenization.normalization import METASPACE, Chunks, TextPipeline, long_tensor
-from textdiff.tokenization.sentencepiece_model import CONTROL, UNKNOWN
+from textdiff.tokenization.normalization import METASPACE, Chunks, TextPipeline, word_of
+from textdiff.tokenization.sentencepiece_model import BYTE, CONTROL, UNKNOWN
 from textdiff.tokenization.vocab import BYTE_PIECES, PieceTrie, Vocab, pieces_with_extras
 
 _UNITS_PER_BATCH = 1 << 20
@@ -81,6 +80,7 @@ class UnigramTokenizer:
         self._tries: dict[str, PieceTrie] = {}
         self._scores = vocab.lattice_scores()
         self._byte_ids = torch.tensor(vocab.byte_ids, dtype=torch.int64)
+        self._piece_units = _piece_units(vocab)
         normalizer = self.pipeline.sentencepiece
         escapes = normalizer is not None and normalizer.escape_whitespaces
         splits = escapes and not any(METASPACE in p[1:] for p in vocab.pieces)
@@ -389,44 +389,84 @@ class UnigramTokenizer:
         return Tokens(*(torch.cat([getattr(p, name) for p in parts]) for name in ("count", "piece", "start", "end")))
 
     def _segment_group(self, texts, alpha: float | None, gen, device: torch.device) -> Tokens:
-        """Segment one group of texts: cut them into chunks, look the distinct chunks up in the word-lattice cache
-        (building the missing tables), then walk one path per occurrence (docs/tokenization.md, "Word-lattice
-        cache"). Pieces are written into the occurrence stream at their first unit, so its non-empty entries are the
-        output in text order."""
-        chunks = self.pipeline.chunks(texts, self._split_at)
-        empty = torch.zeros(0, dtype=torch.int64)
-        if chunks.chunk.numel() == 0:
+        """Segment one group of texts: cut them into words, look every occurrence up in the word-lattice cache
+        (building the missing words' tables), draw a segmentation from its word's table (decoding: the word's
+        Viterbi segmentation) or walk one path back (sampling, words with many segmentations), and lay the pieces
+        out in text order (docs/tokenization.md, "Word-lattice cache")."""
+        words = self.pipeline.words(texts, self._split_at)
+        if not len(words):
+            empty = torch.zeros(0, dtype=torch.int64)
             return Tokens(torch.zeros(len(texts), dtype=torch.int64), empty, empty, empty)
         store = self._store(device, alpha)
-        entry = store.ensure(chunks.chunks, lambda words: self._word_tables(words, alpha, device))
-        word_length = long_tensor(array("q", map(len, chunks.chunks)))
-        occ_length = word_length.index_select(0, chunks.chunk)
-        occ_start = torch.cumsum(occ_length, 0) - occ_length
-        text_end = torch.cumsum(torch.zeros(len(texts), dtype=torch.int64).index_add_(0, chunks.text, occ_length), 0)
-        total = int(text_end[-1])
-        picked = torch.full((total + 1,), -1, dtype=torch.int64, device=device)  # last entry: scratch
-        picked_length = torch.zeros_like(picked)
-        occ_entry = entry.index_select(0, chunks.chunk.to(device))
-        occ_start, occ_length, text_end = occ_start.to(device), occ_length.to(device), text_end.to(device)
-        wordcache.walk(store, occ_entry, occ_length, occ_start, picked, picked_length, gen, int(word_length.max()),
-                       self._trie(device).max_len, self._compact(device))
+        build = lambda keys: self._word_tables(keys, alpha, device)
+        entry = words.in_text_order(store.lookup(words.keys, build, words.code))
+        text = words.text.to(device)
+        units = store.sizes(wordcache.UNITS).index_select(0, entry)
+        if alpha is None:  # every word has its Viterbi segmentation
+            table, suffix = store.base[wordcache.SEG].values.index_select(0, entry), None
+        else:
+            table, suffix = self._walk(store, entry, units, gen, device)
+        seg_count = store.column(wordcache.SEG, "count")
+        table_count, sources = torch.zeros_like(entry), []
+        if seg_count.numel():  # the pieces of the drawn tables, then those walked
+            seg = table.clamp(min=0)
+            table_count = torch.where(table >= 0, seg_count.index_select(0, seg).long(), 0)
+            sources.append((store.column(wordcache.SEG, "first").index_select(0, seg), table_count,
+                            store.column(wordcache.PIECE, "piece")))
+        if suffix is not None:
+            sources.append((torch.cumsum(suffix.count, 0) - suffix.count, suffix.count, suffix.piece))
+        count = table_count if suffix is None else table_count + suffix.count
+        out_first = torch.cumsum(count, 0) - count
+        piece = torch.empty(int(count.sum()), dtype=torch.int64, device=device)
+        for source_first, source_count, pieces in sources:  # copy each occurrence's pieces out
+            spread, within = _spread(source_count)
+            at = out_first.index_select(0, spread) + within
+            piece.index_copy_(0, at, pieces.index_select(0, source_first.index_select(0, spread) + within).long())
+            out_first = out_first + source_count
+        text_units = torch.zeros(len(texts), dtype=torch.int64, device=device).index_add_(0, text, units)
+        text_count = torch.zeros(len(texts), dtype=torch.int64, device=device).index_add_(0, text, count)
+        start, end = self._spans(piece, text_units, text_count)
+        store.trim()
+        tokens = Tokens(text_count.cpu(), piece.cpu(), start.cpu(), end.cpu())
+        if self.vocab.unk_id is not None and not self.vocab.byte_fallback:
+            return self._fuse_unknown(tokens)
+        return tokens
 
-        position = torch.nonzero(picked[:-1] >= 0).squeeze(1)  # pieces in text order
+    def _spans(self, piece: torch.Tensor, text_units: torch.Tensor, text_count: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit span in its text of every piece of a segmentation (texts of ``text_units`` units and ``text_count``
+        pieces, end to end): a piece covers its own length, an unk piece one unit, and the byte-fallback pieces of one
+        character share that character's unit."""
+        advance, back, width = (table.index_select(0, piece) for table in self._piece_units.to(piece.device))
+        before = torch.cumsum(advance, 0) - advance - back
+        text_first = torch.cumsum(text_units, 0) - text_units
+        text = torch.repeat_interleave(torch.arange(text_count.numel(), device=piece.device), text_count,
+                                       output_size=piece.numel())
+        start = before - text_first.index_select(0, text)
+        return start, start + width
+
+    def _walk(self, store: wordcache.WordStore, entry: torch.Tensor, length: torch.Tensor,
+              gen: torch.Generator | None, device: torch.device) -> tuple[torch.Tensor, Tokens]:
+        """One path per occurrence (``entry``, ``length`` units) by :func:`~textdiff.tokenization.wordcache.walk`:
+        the ``SEG`` index of the table that ends it (-1: none), and the pieces walked (unit spans in the word, byte
+        fallback spelled out, ``count`` per occurrence)."""
+        base = torch.cumsum(length, 0) - length
+        picked = torch.full((int(length.sum()) + 1,), -1, dtype=torch.int64, device=device)  # last entry: scratch
+        picked_length = torch.zeros_like(picked)
+        table = wordcache.walk(store, entry, length, base, picked, picked_length, gen, int(length.max()),
+                               self._trie(device).max_len, self._compact(device))
+        position = torch.nonzero(picked[:-1] >= 0).squeeze(1)  # pieces in order
         piece = picked.index_select(0, position)
-        count = torch.diff(torch.searchsorted(position, text_end), prepend=text_end.new_zeros(1))
-        text_start = torch.cat([text_end.new_zeros(1), text_end[:-1]])
-        start = position - text_start.index_select(0, torch.repeat_interleave(count))
-        tokens = Tokens(count.cpu(), piece.cpu(), start.cpu(), (start + picked_length.index_select(0, position)).cpu())
+        occurrence = torch.searchsorted(base, position, right=True) - 1
+        start = position - base.index_select(0, occurrence)
+        tokens = Tokens(torch.bincount(occurrence, minlength=entry.numel()), piece, start,
+                        start + picked_length.index_select(0, position))
         if self.vocab.byte_fallback:
             unk = torch.nonzero(piece == self.vocab.unk_id).squeeze(1)
-            at = position.index_select(0, unk)
-            occ = torch.searchsorted(occ_start, at, right=True) - 1
-            row = store.row_base.index_select(0, occ_entry.index_select(0, occ)) + at - occ_start.index_select(0, occ)
-            code_points = store.column(wordcache.ROW, "unit").index_select(0, row).long()
-            store.trim()
-            return self._spell_bytes(tokens, unk.cpu(), code_points.cpu())
-        store.trim()
-        return self._fuse_unknown(tokens) if self.vocab.unk_id is not None else tokens
+            row = store.row_base.index_select(0, entry.index_select(0, occurrence.index_select(0, unk)))
+            code_points = store.column(wordcache.ROW, "unit").index_select(0, row + start.index_select(0, unk)).long()
+            tokens = self._spell_bytes(tokens, unk, code_points)
+        return table, tokens
 
     def _store(self, device: torch.device, alpha: float | None) -> wordcache.WordStore:
         """The word store for ``(device, alpha)``. Chunks are words (cut at ``▁`` or by a pre-tokenizer) for most
@@ -459,10 +499,13 @@ class UnigramTokenizer:
         """Empty the word-lattice cache (statistics included)."""
         self._stores.clear()
 
-    def _word_tables(self, words: list[str], alpha: float | None, device: torch.device) -> wordcache.WordTables:
-        """The cache blocks of ``words`` (distinct): lattice, forward pass over length buckets of independent
-        segments, then per unit of every word its edges with the predecessor CDF in float64 (sampling, longest
-        piece first) or its best last edge (decoding; ties: the longest piece)."""
+    def _word_tables(self, keys: list, alpha: float | None, device: torch.device) -> wordcache.WordTables:
+        """The cache blocks of the words of ``keys`` (distinct): lattice, forward pass over length buckets of
+        independent segments, then per unit of every word its edges with the predecessor CDF in float64 (sampling,
+        longest piece first) or its best last edge (decoding; ties: the longest piece). Decoding keeps the Viterbi
+        segmentation of every word; sampling keeps the edges, and for words with at most
+        ``wordcache.TABLE_LIMIT`` segmentations a table of all of them (docs/tokenization.md)."""
+        words = [word_of(key) for key in keys]
         order = torch.arange(len(words))
         stream = lattice.chunk_stream(Chunks(words, order, torch.zeros_like(order)), device)
         units = stream.units
@@ -497,7 +540,8 @@ class UnigramTokenizer:
         row = end - stream.chunk_of.index_select(0, end)  # unit index without the separators
         rows = {"unit": units[is_unit]}
         sizes = {wordcache.ROW: stream.chunk_len}
-        if alpha is None:
+        n_words = len(words)
+        if alpha is None:  # the Viterbi segmentation of every word, by one walk along the best edges
             best = torch.nonzero(value > 0).squeeze(1)
             row_of_best = row.index_select(0, best)
             rows["piece"] = torch.full_like(rows["unit"], -1).index_copy_(0, row_of_best,
@@ -505,17 +549,82 @@ class UnigramTokenizer:
             rows["length"] = torch.ones_like(rows["unit"]).index_copy_(0, row_of_best,
                                                                          cands.length.index_select(0, best))
             sizes[wordcache.EDGE] = torch.zeros_like(stream.chunk_len)
-            return wordcache.WordTables(sizes, {wordcache.ROW: rows, wordcache.EDGE: {}})
+            best_edges = wordcache.WordStore(wordcache.WALK_DECODING_FIELDS, device, budget=0)
+            entry = best_edges.lookup(keys, lambda _: wordcache.WordTables(sizes, {wordcache.ROW: rows,
+                                                                                   wordcache.EDGE: {}}))
+            _, path = self._walk(best_edges, entry, stream.chunk_len, None, device)
+            return self._segmentation_tables(stream.chunk_len, torch.arange(n_words, device=device), path.count,
+                                             path.piece)
         ordered = torch.argsort(row * (trie.max_len + 1) + trie.max_len - cands.length)  # by row, longest first
         count = torch.bincount(row, minlength=rows["unit"].numel())
         edges_of_word = torch.zeros_like(stream.chunk_len).index_add_(0, word_of_unit, count)
         word_first_edge = torch.cumsum(edges_of_word, 0) - edges_of_word
-        rows["first"] = torch.cumsum(count, 0) - count - word_first_edge.index_select(0, word_of_unit)
+        row_first = torch.cumsum(count, 0) - count
+        rows["first"] = row_first - word_first_edge.index_select(0, word_of_unit)
         rows["last"] = (count - 1).clamp(min=0)  # rows without edges are never visited
         sizes[wordcache.EDGE] = edges_of_word
         edges = {"cdf": value.index_select(0, ordered), "piece": cands.piece.index_select(0, ordered),
                  "length": cands.length.index_select(0, ordered)}
-        return wordcache.WordTables(sizes, {wordcache.ROW: rows, wordcache.EDGE: edges})
+        # tables of all segmentations of short words and of the first units of longer ones, exact probabilities
+        cdf = edges["cdf"]
+        row_start = torch.zeros_like(cdf, dtype=torch.bool).index_fill_(0, row_first[count > 0], True)
+        mass = cdf - torch.where(row_start, 0.0, torch.cat([cdf.new_zeros(1), cdf[:-1]]))  # predecessor law
+        word_rows = torch.cumsum(stream.chunk_len, 0) - stream.chunk_len
+        graph = (row_first, count, mass, edges["length"], word_rows)
+        prefix_word, prefix_length = wordcache.table_prefixes(*graph, stream.chunk_len)
+        node_edge, parent, node_start, leaves, path_prefix, path_count = wordcache.enumerate_paths(
+            *graph, prefix_word, prefix_length)
+        by_prefix = torch.argsort(path_prefix, stable=True)  # paths by prefix, then node order
+        leaves, path_prefix, path_count = (t.index_select(0, by_prefix) for t in (leaves, path_prefix, path_count))
+        node_weight = alpha * self._scores.to(device).double().index_select(
+            0, edges["piece"].index_select(0, node_edge))
+        log_weight = torch.zeros(leaves.numel(), dtype=torch.float64, device=device)
+        nodes = torch.empty(int(path_count.sum()), dtype=torch.int64, device=device)
+        path, node, at = torch.arange(leaves.numel(), device=device), leaves, torch.cumsum(path_count, 0) - path_count
+        while node.numel():  # every path's nodes, first piece first; alpha * scores summed in that order
+            nodes.index_copy_(0, at, node)
+            log_weight.index_add_(0, path, node_weight.index_select(0, node))
+            node = parent.index_select(0, node)
+            more = torch.nonzero(node >= 0).squeeze(1)
+            path, node, at = path.index_select(0, more), node.index_select(0, more), at.index_select(0, more) + 1
+        piece = edges["piece"].index_select(0, node_edge.index_select(0, nodes))
+        path_word = prefix_word.index_select(0, path_prefix)
+        if self.vocab.byte_fallback:  # spell the characters of unk pieces as bytes
+            unk = torch.nonzero(piece == self.vocab.unk_id).squeeze(1)
+            path_of_unk = torch.searchsorted(torch.cumsum(path_count, 0), unk, right=True)
+            at = stream.chunk_begin.index_select(0, path_word.index_select(0, path_of_unk)) \
+                + node_start.index_select(0, nodes.index_select(0, unk))
+            path_count, piece = self._spelled(path_count, piece, unk, stream.units.index_select(0, at))
+        tables = self._segmentation_tables(stream.chunk_len, path_word, path_count, piece,
+                                           _path_cdf(path_prefix, log_weight, prefix_word.numel()))
+        # the row where each prefix ends points at its table
+        paths = torch.bincount(path_prefix, minlength=prefix_word.numel())
+        word_paths = tables.sizes[wordcache.SEG]
+        first_path = torch.cumsum(paths, 0) - paths - (torch.cumsum(word_paths, 0) - word_paths)[prefix_word]
+        prefix_row = word_rows.index_select(0, prefix_word) + prefix_length - 1
+        rows["seg"] = torch.zeros_like(rows["unit"]).index_copy_(0, prefix_row, first_path)
+        rows["segs"] = torch.zeros_like(rows["unit"]).index_copy_(0, prefix_row, paths)
+        tables.sizes.update(sizes)
+        tables.data.update({wordcache.ROW: rows, wordcache.EDGE: edges})
+        return tables
+
+    @staticmethod
+    def _segmentation_tables(word_length: torch.Tensor, path_word: torch.Tensor, count: torch.Tensor,
+                             piece: torch.Tensor, cdf: torch.Tensor | None = None) -> wordcache.WordTables:
+        """``UNITS``, ``SEG`` and ``PIECE`` blocks of words from their segmentations (``count`` pieces per path,
+        byte fallback spelled out, ``piece`` ids end to end; ``path_word`` ascending); ``cdf``: cumulative
+        probability of each path in its table (sampling)."""
+        n_words = word_length.numel()
+        pieces = torch.zeros_like(word_length).index_add_(0, path_word, count)
+        word_first = (torch.cumsum(pieces, 0) - pieces).index_select(0, path_word)
+        first = torch.cumsum(count, 0) - count - word_first  # from the word's first piece
+        seg = {"first": first, "count": count}
+        if cdf is not None:
+            seg["cdf"] = cdf
+        sizes = {wordcache.UNITS: word_length, wordcache.SEG: torch.bincount(path_word, minlength=n_words),
+                 wordcache.PIECE: pieces}
+        data = {wordcache.UNITS: {}, wordcache.SEG: seg, wordcache.PIECE: {"piece": piece}}
+        return wordcache.WordTables(sizes, data)
 
     @staticmethod
     def _compact(device: torch.device) -> bool:
@@ -541,28 +650,78 @@ class UnigramTokenizer:
     def _spell_bytes(self, tokens: Tokens, unk: torch.Tensor, code_points: torch.Tensor) -> Tokens:
         """Byte fallback: the ``unk`` pieces (indices into ``tokens``; their characters' ``code_points``) become the
         ``<0xNN>`` pieces of the characters' UTF-8 bytes (continuation bytes inherit the character's span)."""
+        return Tokens(*self._spelled(tokens.count, tokens.piece, unk, code_points, tokens.start, tokens.end))
+
+    def _spelled(self, count: torch.Tensor, piece: torch.Tensor, unk: torch.Tensor, code_points: torch.Tensor,
+                 *carried: torch.Tensor) -> list[torch.Tensor]:
+        """``count`` (per text), ``piece`` and each of ``carried`` (per piece) with the ``unk`` pieces (ascending
+        indices; their characters' ``code_points``) spelled as the ``<0xNN>`` pieces of the UTF-8 bytes, a
+        ``carried`` value repeated for each byte. Unk pieces are few: the runs between them are copied whole."""
         if unk.numel() == 0:
-            return tokens
+            return [count, piece, *carried]
         n_bytes = _utf8_length(code_points)
-        repeats = torch.ones_like(tokens.piece).index_copy_(0, unk, n_bytes)
         extra = n_bytes - 1
         dest = unk + torch.cumsum(extra, 0) - extra  # where each character's first byte lands
-        count = tokens.count.index_add(0, tokens.text(unk), extra)
-        spread = lambda value: torch.repeat_interleave(value, repeats)
-        out = Tokens(count, spread(tokens.piece), spread(tokens.start), spread(tokens.end))
-        lead = torch.tensor([0, 0, 0xC0, 0xE0, 0xF0])[n_bytes]
+        count = count.index_add(0, torch.searchsorted(torch.cumsum(count, 0), unk, right=True), extra)
+        cuts, sizes = (unk + 1).tolist(), extra.tolist()
+
+        def spread(values: torch.Tensor) -> torch.Tensor:
+            runs = values.tensor_split(cuts)
+            inserted = values.index_select(0, unk).repeat_interleave(extra).split(sizes)
+            return torch.cat([part for pair in zip(runs, inserted) for part in pair] + [runs[-1]])
+
+        piece, *carried = map(spread, (piece, *carried))
+        lead = torch.tensor([0, 0, 0xC0, 0xE0, 0xF0], device=n_bytes.device)[n_bytes]
         for rank in range(4):
             has = n_bytes > rank
             shifted = code_points[has] >> (6 * (n_bytes[has] - 1 - rank))
             byte = lead[has] | shifted if rank == 0 else 0x80 | (shifted & 0x3F)
-            out.piece[dest[has] + rank] = self._byte_ids[byte]
-        return out
+            piece[dest[has] + rank] = self._byte_ids.to(byte.device)[byte]
+        return [count, piece, *carried]
 
     def _output_length(self, cands, units) -> torch.Tensor:
         """Output pieces per candidate edge: UTF-8 length of the character for byte-fallback ``unk`` edges, else 1."""
         if not self.vocab.byte_fallback:
             return torch.ones_like(cands.piece)
         return torch.where(cands.piece == self.vocab.unk_id, _utf8_length(units[cands.start]), 1)
+
+
+def _path_cdf(path_word: torch.Tensor, log_weight: torch.Tensor, n_words: int) -> torch.Tensor:
+    """Cumulative probability of every path within its word (paths grouped by word, ``log_weight`` = alpha * score):
+    ``exp(log_weight - max)`` summed row by row of a ``[word, path]`` grid, so each word's numbers do not depend on
+    the other words; the last path of a word gets exactly 1."""
+    if path_word.numel() == 0:
+        return torch.zeros(0, dtype=torch.float64, device=path_word.device)
+    paths = torch.bincount(path_word, minlength=n_words)
+    rank = torch.arange(path_word.numel(), device=path_word.device) - (torch.cumsum(paths, 0) - paths)[path_word]
+    top = torch.full((n_words,), float("-inf"), dtype=torch.float64, device=path_word.device)
+    top = top.scatter_reduce(0, path_word, log_weight, "amax")
+    width = int(paths.max())
+    grid = torch.zeros((n_words, width), dtype=torch.float64, device=path_word.device)
+    grid[path_word, rank] = torch.exp(log_weight - top.index_select(0, path_word))
+    mass = torch.cumsum(grid, 1)
+    return mass[path_word, rank] / mass[path_word, width - 1]
+
+
+def _piece_units(vocab: Vocab) -> torch.Tensor:
+    """Per piece id, how an output piece covers units: ``(advance, back, width)`` rows, so that a piece after
+    ``u`` units of output starts at unit ``u - back`` and ends at ``+ width``. Lattice pieces cover their length, unk
+    pieces one unit; of the byte pieces that spell a character, the lead byte covers it and the continuation bytes
+    cover it again (``back`` 1)."""
+    units = torch.tensor([[len(p), 0, len(p)] for p in vocab.pieces], dtype=torch.int64).reshape(-1, 3)
+    if vocab.unk_id is not None:
+        units[vocab.unk_id] = torch.tensor([1, 0, 1])
+    for i, (piece, kind) in enumerate(zip(vocab.pieces, vocab.kinds)):
+        if kind == BYTE:
+            units[i] = torch.tensor([0, 1, 1] if 0x80 <= int(piece[3:5], 16) < 0xC0 else [1, 0, 1])
+    return units.T.contiguous()
+
+
+def _spread(count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``count[i]`` items of every group ``i`` laid end to end: each item's group and rank inside it."""
+    total = int(count.sum())
+    group = torch.repeat_interleave(torch.arange(count.numel(), device=count.device), count, output_size=total)
+    return group, torch.arange(total, device=count.device) - (torch.cumsum(count, 0) - count).index_select(0, group)
 
 
 def _utf8_length(code_points: torch.Tensor) -> torch.Tensor:
@@ -594,9 +753,11 @@ def _check_texts(texts: str | Iterable[str]) -> list[str]:
     if not all(map(isinstance, texts, repeat(str))):  # C-level loop; find the culprit only on failure
         i, text = next((i, text) for i, text in enumerate(texts) if not isinstance(text, str))
         raise TypeError(f"texts must be strings; item {i} is a {type(text).__name__}")
-    if _SURROGATE.search("".join(texts)):
+    try:
+        "".join(texts).encode("utf-8")  # fails exactly on lone surrogates; faster than a search
+    except UnicodeEncodeError:
         i, text = next((i, text) for i, text in enumerate(texts) if _SURROGATE.search(text))
         code = ord(_SURROGATE.search(text).group())
         raise ValueError(f"texts[{i}] holds a lone surrogate U+{code:04X} at index {text.index(chr(code))}, "
-                         "which is not Unicode text")
+                         "which is not Unicode text") from None
     return texts

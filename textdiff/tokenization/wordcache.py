@@ -1,21 +1,22 @@
-"""The word-lattice cache: per-word tables from which any occurrence of a word is segmented by one short backward
-walk (docs/tokenization.md, "Word-lattice cache").
+"""The word-lattice cache: per-word tables from which any occurrence of a word is segmented by a table lookup
+(decoding), a table draw, or a short backward walk ending in one (sampling) (docs/tokenization.md, "Word-lattice
+cache").
 
 With whitespace splitting no piece crosses a word boundary, so the segmentation law of a text is the product of its
 words' laws, and everything a draw needs depends on ``(word, alpha)`` only: for every end position of the word, the
-pieces ending there with the cumulative distribution of that position's predecessor (sampling), or the best last
-piece (decoding). The blocks of many words lie end to end in flat tensors: one *row* per unit of a word, and (for
-sampling) the *edges* ending at each row, contiguous, longest piece first.
+pieces ending there with the cumulative distribution of that position's predecessor, and tables of all the
+segmentations of the whole word or of its first units with their cumulative probabilities (sampling), or the Viterbi
+segmentation (decoding). The blocks of many words lie end to end in flat tensors (see :class:`WordTables`).
 
 :class:`WordStore` keeps blocks across calls, least recently used first out, within a byte budget; :func:`walk`
 follows one path per occurrence backwards from the word's end, vectorised over every occurrence of a batch, drawing
-each visited predecessor by inverse CDF from its own float64 uniform (decoding: following the best piece). Two
+each visited predecessor, or the rest of the path from a table, by inverse CDF from its own float64 uniform. Two
 occurrences of one word therefore get independent draws, and the draws do not depend on whether a block was cached.
 """
 
 from __future__ import annotations
 
-from array import array
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,25 +24,43 @@ import numpy as np
 import torch
 
 from textdiff import rng
-from textdiff.tokenization.normalization import long_tensor
 
-ROW, EDGE = "row", "edge"
-SAMPLING_FIELDS = {ROW: {"first": torch.int64, "last": torch.int16, "unit": torch.int32},
-                   EDGE: {"cdf": torch.float64, "piece": torch.int32, "length": torch.int16}}
-DECODING_FIELDS = {ROW: {"piece": torch.int32, "length": torch.int16, "unit": torch.int32}, EDGE: {}}
+ROW, EDGE, UNITS, SEG, PIECE = "row", "edge", "units", "seg", "piece"
+_SEGMENTATIONS = {UNITS: {}, PIECE: {"piece": torch.int32}}  # UNITS: sizes only, the units of each word
+WALK_FIELDS = {ROW: {"first": torch.int64, "last": torch.int16, "unit": torch.int32},
+               EDGE: {"cdf": torch.float64, "piece": torch.int32, "length": torch.int16}}
+SAMPLING_FIELDS = {ROW: {**WALK_FIELDS[ROW], "seg": torch.int32, "segs": torch.int16}, EDGE: WALK_FIELDS[EDGE],
+                   **_SEGMENTATIONS, SEG: {"cdf": torch.float64, "first": torch.int32, "count": torch.int16}}
+DECODING_FIELDS = {**_SEGMENTATIONS, SEG: {"first": torch.int32, "count": torch.int32}}
+WALK_DECODING_FIELDS = {ROW: {"piece": torch.int32, "length": torch.int16, "unit": torch.int32}, EDGE: {}}
+TABLE_LIMIT = 64  # sampling: words with at most this many segmentations get a table of all of them
+TABLE_UNITS = 16  # ... and at most this many units (bounds the counting pass)
+SCALAR_PATHS = 128  # a compact walk finishes path by path in Python once at most this many paths are left
 ENTRY_OVERHEAD = 200  # bytes per cached word besides its blocks: dict slot, key string, bookkeeping (estimate)
-_POINTER = "first"  # the row field that indexes edges
+_POINTERS = {ROW: {"first": EDGE, "seg": SEG}, SEG: {"first": PIECE}}  # fields that index another group
 _LOW_WATER = 0.75  # eviction frees the cache down to this fraction of its budget, leaving room to append
 
 
 @dataclass
 class WordTables:
-    """Blocks of a list of words, end to end: ``sizes[g][w]`` entries of group ``g`` (``ROW``: units, ``EDGE``:
-    edges) belong to word ``w``; ``data[g][field]`` holds the values. A row's edges are ``first .. first + last``;
-    here ``first`` counts from the word's own first edge, in a store from the store's first edge."""
+    """Blocks of a list of words, end to end: ``sizes[g][w]`` entries of group ``g`` belong to word ``w``;
+    ``data[g][field]`` holds the values. Groups: ``UNITS`` (sizes only: units per word), ``SEG`` (segmentations of
+    the word or of its first units: the cumulative probability ``cdf`` within its table when sampling, the
+    ``count`` of its pieces from ``first``), ``PIECE`` (their pieces, byte fallback spelled out), and when sampling
+    ``ROW`` (per unit: its edges ``first .. first + last``, the table of the word's segmentations up to there
+    ``seg .. seg + segs - 1``, none when ``segs`` is 0) and ``EDGE`` (predecessor ``cdf``, piece, length). Pointers
+    (``first``, ``seg``) count from the word's own first entry here, from the store's first entry in a store."""
 
     sizes: dict[str, torch.Tensor]
     data: dict[str, dict[str, torch.Tensor]]
+
+
+class _Index(dict):
+    """Entry id of every cached key; -1 for a missing key (so that a C-level ``map`` of ``__getitem__`` looks a
+    whole batch up)."""
+
+    def __missing__(self, key) -> int:
+        return -1
 
 
 class _Buffer:
@@ -76,9 +95,9 @@ def _exclusive_cumsum(values: torch.Tensor) -> torch.Tensor:
 class WordStore:
     """Blocks of words keyed by the word, in flat tensors on one device; at most ``budget`` bytes between calls.
 
-    :meth:`ensure` returns the entry of every word of a call, building the missing blocks with ``build``; it never
+    :meth:`lookup` returns the entry of every word of a call, building the missing blocks with ``build``; it never
     evicts a word of the current call, so a call whose own words exceed the budget holds them until :meth:`trim`.
-    ``row_base[e]`` / ``edge_base[e]`` locate entry ``e``'s blocks."""
+    ``base[g]`` (``row_base`` for ``ROW``) locates every entry's block of group ``g``."""
 
     def __init__(self, fields: dict[str, dict[str, torch.dtype]], device: torch.device, budget: int) -> None:
         self.fields, self.device, self.budget = fields, device, budget
@@ -89,13 +108,14 @@ class WordStore:
     def _lay_out(self, words: list[str], capacity: dict[str, int], tables: WordTables | None = None,
                  ticks: torch.Tensor | None = None) -> None:
         """Start afresh with room for ``capacity`` entries per group, holding ``words`` with blocks ``tables``."""
-        self.words = words
-        self.index = {word: i for i, word in enumerate(words)}
+        self.words, self.index = [], _Index()
+        self._codes, self._code_entry = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+        self._add_keys(words)
         self.data = {g: {name: _Buffer(dtype, self.device, capacity[g]) for name, dtype in f.items()}
                      for g, f in self.fields.items()}
         self.capacity = dict(capacity)
         self.tail = {g: 0 for g in self.fields}
-        self.size = {g: _Buffer(torch.int64, torch.device("cpu")) for g in self.fields}
+        self.size = {g: _Buffer(torch.int64, self.device) for g in self.fields}
         self.base = {g: _Buffer(torch.int64, self.device) for g in self.fields}
         self.tick = _Buffer(torch.int64, torch.device("cpu"))
         self.live_bytes = 0
@@ -105,10 +125,6 @@ class WordStore:
     @property
     def row_base(self) -> torch.Tensor:
         return self.base[ROW].values
-
-    @property
-    def edge_base(self) -> torch.Tensor:
-        return self.base[EDGE].values
 
     def column(self, group: str, field: str) -> torch.Tensor:
         return self.data[group][field].values
@@ -121,27 +137,66 @@ class WordStore:
     def _entry_bytes(self, sizes: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(sizes[g] * self._unit[g] for g in self.fields) + ENTRY_OVERHEAD
 
-    def ensure(self, words: list[str], build: Callable[[list[str]], WordTables]) -> torch.Tensor:
-        """Entry ids (int64, on the store's device) of ``words`` (distinct), building the missing ones."""
+    def _pointers(self, group: str) -> dict[str, str]:
+        """The fields of ``group`` that index another group, and that group."""
+        return {name: target for name, target in _POINTERS.get(group, {}).items() if name in self.fields[group]}
+
+    def sizes(self, group: str) -> torch.Tensor:
+        return self.size[group].values
+
+    def lookup(self, keys: list, build: Callable[[list], WordTables], code: np.ndarray | None = None
+               ) -> torch.Tensor:
+        """Entry ids (int64, on the store's device) of every occurrence (repeats allowed), building the missing
+        words' blocks with ``build`` (given each missing key once). Occurrences as in
+        :class:`~textdiff.tokenization.normalization.Words`: ``code[i]`` when nonzero (a packed short word, looked up
+        in a sorted table), else the next key (looked up in a dict)."""
         self._clock += 1
-        get = self.index.get
-        ids = long_tensor(array("q", [get(word, -1) for word in words]))
-        missing = torch.nonzero(ids < 0).squeeze(1)
-        self.misses += missing.numel()
-        self.hits += len(words) - missing.numel()
+        looked_up = np.fromiter(map(self.index.__getitem__, keys), dtype=np.int64, count=len(keys))
+        if code is None:
+            ids = looked_up
+        else:
+            ids = np.full(len(code), -1, dtype=np.int64)
+            packed = code != 0
+            ids[~packed] = looked_up
+            at = np.minimum(np.searchsorted(self._codes, code), max(len(self._codes) - 1, 0))
+            found = packed & (self._codes[at] == code) if len(self._codes) else np.zeros_like(packed)
+            ids[found] = self._code_entry[at[found]]
         hit = ids >= 0
-        self.tick.values[ids[hit]] = self._clock  # the words of this call are never evicted during it
-        if missing.numel():
-            new_words = [words[i] for i in missing.tolist()]
-            tables = build(new_words)
+        tick = self.tick.values.numpy()
+        tick[ids[hit]] = self._clock  # the words of this call are never evicted during it
+        self.hits += int(np.count_nonzero(tick == self._clock))
+        missing = np.flatnonzero(~hit)
+        if missing.size:
+            missed = np.empty(len(ids), dtype=object)
+            if code is None:
+                missed[:] = keys
+            else:
+                missed[~packed] = keys
+                missed[packed] = code[packed].view("S8").tolist()
+            missed = missed[missing].tolist()
+            new_keys = list(dict.fromkeys(missed))
+            self.misses += len(new_keys)
+            tables = build(new_keys)
             remap = self._make_room({g: int(s.sum()) for g, s in tables.sizes.items()})
             if remap is not None:
-                ids[hit] = remap[ids[hit]]
-            ids[missing] = torch.arange(len(self.words), len(self.words) + len(new_words))
-            self.words += new_words
-            self.index.update(zip(new_words, ids[missing].tolist()))
-            self._append(tables, torch.full((len(new_words),), self._clock, dtype=torch.int64))
-        return ids.to(self.device)
+                ids[hit] = remap.numpy()[ids[hit]]
+            self._add_keys(new_keys)
+            self._append(tables, torch.full((len(new_keys),), self._clock, dtype=torch.int64))
+            ids[missing] = np.fromiter(map(self.index.__getitem__, missed), dtype=np.int64, count=len(missed))
+        return torch.from_numpy(ids).to(self.device)
+
+    def _add_keys(self, keys: list) -> None:
+        """Give ``keys`` the next entry ids: in the dict, and short ``bytes`` keys also in the sorted code table."""
+        first = len(self.words)
+        self.index.update(zip(keys, range(first, first + len(keys))))
+        self.words += keys
+        short = [i for i, key in enumerate(keys) if isinstance(key, bytes) and len(key) <= 8]
+        if short:
+            codes = np.array([keys[i] for i in short], dtype="S8").view("<u8")
+            codes = np.concatenate([self._codes, codes])
+            entries = np.concatenate([self._code_entry, np.asarray(short, dtype=np.int64) + first])
+            order = np.argsort(codes, kind="stable")
+            self._codes, self._code_entry = codes[order], entries[order]
 
     def _append(self, tables: WordTables, ticks: torch.Tensor) -> None:
         base = {}
@@ -149,11 +204,12 @@ class WordStore:
             base[g] = self.tail[g] + _exclusive_cumsum(sizes.to(self.device))
             self.base[g].append(base[g])
             self.tail[g] += int(sizes.sum())
-            self.size[g].append(sizes.cpu())
+            self.size[g].append(sizes.to(self.device))
         for g, sizes in tables.sizes.items():
             for name, values in tables.data[g].items():
-                if name == _POINTER:  # relative to the word's edges -> absolute
-                    values = values + torch.repeat_interleave(base[EDGE], sizes.to(self.device))
+                target = self._pointers(g).get(name)
+                if target is not None:  # relative to the word's entries -> absolute
+                    values = values + torch.repeat_interleave(base[target], sizes.to(self.device))
                 self.data[g][name].append(values.to(self.fields[g][name]))
         self.tick.append(ticks)
         self.live_bytes += int(self._entry_bytes({g: s.cpu() for g, s in tables.sizes.items()}).sum())
@@ -178,7 +234,7 @@ class WordStore:
         bytes are live, then lay the rest out again (see :meth:`_compact`)."""
         ticks = self.tick.values
         order = torch.argsort(ticks, stable=True)  # least recently used first; this call's words last
-        freed_before = _exclusive_cumsum(self._entry_bytes({g: s.values for g, s in self.size.items()})[order])
+        freed_before = _exclusive_cumsum(self._entry_bytes({g: s.values.cpu() for g, s in self.size.items()})[order])
         drop = self.live_bytes - freed_before > target  # still over target after dropping all earlier words
         if only_stale:
             drop &= ticks[order] < self._clock
@@ -190,7 +246,7 @@ class WordStore:
         """Keep the ``keep`` entries, laid out end to end, with capacity for ``need`` more entries per group and
         spare room up to the budget (at most doubling). Returns the map from old to new entry ids."""
         kept = torch.nonzero(keep).squeeze(1)
-        sizes = {g: self.size[g].values[kept] for g in self.fields}
+        sizes = {g: self.size[g].values.cpu()[kept] for g in self.fields}
         tight = sum((int(sizes[g].sum()) + need[g]) * self._unit[g] for g in self.fields)
         spare = min(2.0, max(1.0, (self.budget - ENTRY_OVERHEAD * kept.numel()) / max(tight, 1)))
         data = {}
@@ -199,9 +255,8 @@ class WordStore:
             start = self.base[g].values[kept.to(self.device)] - _exclusive_cumsum(size)
             source = torch.arange(int(size.sum()), device=self.device) + torch.repeat_interleave(start, size)
             data[g] = {name: self.data[g][name].values[source] for name in fields}
-            if _POINTER in fields:  # absolute -> relative to the word's edges
-                edge_base = self.base[EDGE].values[kept.to(self.device)]
-                data[g][_POINTER] -= torch.repeat_interleave(edge_base, size)
+            for name, target in self._pointers(g).items():  # absolute -> relative to the word's entries
+                data[g][name] -= torch.repeat_interleave(self.base[target].values[kept.to(self.device)], size)
         capacity = {g: int((int(sizes[g].sum()) + need[g]) * spare) for g in self.fields}
         self._lay_out([self.words[i] for i in kept.tolist()], capacity, WordTables(sizes, data),
                       self.tick.values[kept])
@@ -227,58 +282,221 @@ class _Backend:
             out.index_copy_(0, at, values.to(out.dtype))
 
 
+def bisect(xp, cdf, first, count, u, rounds: int):
+    """Inverse-CDF draws from tables (``xp``: numpy or torch): ``first`` + the number of entries ``<= u`` among
+    ``cdf[first : first + count - 1]``, i.e. the first entry whose cumulative probability exceeds ``u`` when the
+    table's last entry is 1 > ``u``; ``rounds`` branch-free bisection steps cover tables of up to ``2**rounds``
+    entries. ``first + count - 1`` must index ``cdf``."""
+    last = first + count - 1  # never compared: its cdf is 1 > u
+    for shift in reversed(range(rounds)):
+        probe = xp.minimum(first + ((1 << shift) - 1), last)
+        first = first + ((probe < last) & (cdf[probe] <= u)) * (1 << shift)
+    return first
+
+
+def _edge_sampler(be: _Backend, store: WordStore, width: int):
+    """``draw(row, u, compact) -> (piece, length)``: per row, the first edge whose cumulative probability
+    exceeds ``u`` (the last edge's is exactly 1 > u); compact: a window as wide as this step's widest row."""
+    first_of, last_of = be.array(store.column(ROW, "first")), be.array(store.column(ROW, "last"))
+    cdf, piece, length = (be.array(store.column(EDGE, name)) for name in ("cdf", "piece", "length"))
+    offsets = be.arange(width)
+
+    def draw(row, u, compact: bool):
+        first, last = first_of[row], last_of[row]
+        span = int(last.max()) + 1 if compact else width
+        window = cdf[first[:, None] + be.xp.minimum(offsets[:span], last[:, None])]
+        edge = first + (window <= u[:, None]).sum(1)  # #{cdf <= u}
+        return piece[edge], length[edge]
+
+    return draw
+
+
 def walk(store: WordStore, entry: torch.Tensor, length: torch.Tensor, out_base: torch.Tensor, picked: torch.Tensor,
          picked_length: torch.Tensor, generator: torch.Generator | None, steps: int, width: int,
-         compact: bool = True) -> None:
+         compact: bool = True) -> torch.Tensor:
     """One path per occurrence, from the word's end back to 0: occurrence ``i`` is a word of ``length[i]`` units
     with cache entry ``entry[i]``; its piece ``(s, e)`` is written as ``picked[out_base[i] + s] = piece`` and
     ``picked_length[...] = e - s`` (the last entry of both is scratch space).
 
-    With a ``generator`` (sampling store) every visited predecessor is the first edge whose cumulative probability
-    exceeds a fresh float64 uniform, an exact draw from ``Z(s) e^{alpha v} / Z(e)``; draws are independent across
-    positions and occurrences, so the path has the exact law (docs/tokenization.md). Without (decoding store) the
+    With a ``generator`` (sampling store) each step draws one fresh float64 uniform per path. At a position ``e``
+    whose row has a table of the segmentations of the word's first ``e`` units, the uniform draws one of them by
+    inverse CDF and the path ends there: that segmentation's ``SEG`` index is returned (-1 for paths that end
+    without one). Elsewhere it draws the predecessor, the first edge whose cumulative probability exceeds it, an
+    exact draw from ``Z(s) e^{alpha v} / Z(e)``. Given the position reached, the rest of a path has the law of the
+    segmentations of the word's first ``e`` units, which the table holds; draws are independent across steps and
+    occurrences, so every path has the exact law (docs/tokenization.md). Without a generator (decoding store) the
     path follows each position's best piece. ``width``: the most edges a row can hold (the longest piece).
     ``steps``: the longest word (in units). ``compact=True`` (CPU, numpy) drops finished paths after every step and
     stops when none is left; ``compact=False`` (CUDA, torch) keeps fixed shapes for ``steps`` steps and never reads
     a device value on the host.
     """
-    if entry.numel() == 0:
-        return
     be = _Backend(compact and entry.device.type == "cpu", entry.device)
+    table = torch.full((entry.numel(),), -1, dtype=torch.int64, device=entry.device)
+    if entry.numel() == 0:
+        return table
     column = lambda group, name: be.array(store.column(group, name))
-    out, out_length = be.array(picked), be.array(picked_length)
+    out, out_length, drawn = be.array(picked), be.array(picked_length), be.array(table)
     scratch = picked.numel() - 1
-    end, base = be.array(length), be.array(out_base)
+    end, base, occurrence = be.array(length), be.array(out_base), be.arange(entry.numel())
     row = be.array(store.row_base)[be.array(entry)] + end - 1  # row of every path's current end
     if generator is not None:
-        first_of, last_of = column(ROW, "first"), column(ROW, "last")
-        cdf, edge_piece, edge_length = (column(EDGE, name) for name in ("cdf", "piece", "length"))
-        offsets = be.arange(width)
+        seg_of, segs_of, seg_cdf = column(ROW, "seg"), column(ROW, "segs"), column(SEG, "cdf")
+        draw_edges = _edge_sampler(be, store, width)
     else:
         row_piece, row_length = column(ROW, "piece"), column(ROW, "length")
     for _ in range(steps):
+        ended = None  # paths that this step ends with a table draw
         if generator is not None:
-            first, last = first_of[row], last_of[row]
-            span = int(last.max()) + 1 if compact else width
-            window = cdf[first[:, None] + be.xp.minimum(offsets[:span], last[:, None])]
-            u = be.array(rng.uniform((len(row), 1), generator, entry.device))
-            edge = first + (window <= u).sum(1)  # #{cdf <= u}: the last edge's cdf is exactly 1 > u
-            piece, piece_length = edge_piece[edge], edge_length[edge]
+            u = be.array(rng.uniform((len(row),), generator, entry.device))
+            tables = segs_of[row]
+            if compact:  # table draws, then predecessor draws for the other paths
+                ended, rest = be.nonzero(tables > 0), be.nonzero(tables == 0)
+                piece_length = end.copy()  # the table covers the rest: nothing is written
+                piece = np.zeros_like(end)
+                if len(ended):
+                    count = tables[ended].astype(np.int64)
+                    drawn[occurrence[ended]] = bisect(np, seg_cdf, seg_of[row[ended]].astype(np.int64), count,
+                                                      u[ended], int(count.max() - 1).bit_length())
+                if len(rest):
+                    piece[rest], piece_length[rest] = draw_edges(row[rest], u[rest], True)
+            else:
+                ended = (tables > 0) & (end > 0)
+                first = seg_of[row].long().clamp(max=max(len(seg_cdf) - 1, 0))
+                count = tables.long().clamp(min=1).minimum(len(seg_cdf) - first)
+                if len(seg_cdf):
+                    pick = bisect(torch, seg_cdf, first, count, u, (TABLE_LIMIT - 1).bit_length())
+                    drawn.copy_(torch.where(ended, pick, drawn))
+                piece, piece_length = draw_edges(row, u, False)
+                piece_length = torch.where(ended, end, piece_length)
         else:
             piece, piece_length = row_piece[row], row_length[row]
         if compact:
             end = end - piece_length
-            be.put(out, base + end, piece)
-            be.put(out_length, base + end, piece_length)
+            at = base + end
+            if ended is not None:
+                at[ended] = scratch
+            be.put(out, at, piece)
+            be.put(out_length, at, piece_length)
             alive = be.nonzero(end > 0)
             if len(alive) == 0:
                 break
             row, end, base = (row - piece_length)[alive], end[alive], base[alive]
+            occurrence = occurrence[alive]
+            if generator is not None and len(row) <= SCALAR_PATHS:
+                _finish_scalar(store, row, end, base, occurrence, out, out_length, drawn, generator)
+                break
         else:  # finished paths (end 0) stay on their first row and write to the scratch entry
             live = end > 0
+            written = live if ended is None else live & ~ended
             piece_length = be.xp.where(live, piece_length, 0)
             end = end - piece_length
-            at = be.xp.where(live, base + end, scratch)
+            at = be.xp.where(written, base + end, scratch)
             be.put(out, at, piece)
             be.put(out_length, at, piece_length)
             row = row - piece_length
+    return table
+
+
+def _finish_scalar(store: WordStore, row, end, base, occurrence, out, out_length, drawn,
+                   generator: torch.Generator) -> None:
+    """The rest of a compact sampling walk, path by path in Python (numpy arrays in, CPU): the same draws from the
+    same uniforms as the vectorised steps (one per path and step, in path order), without their fixed cost per
+    step, which dominates once few paths are left."""
+    column = lambda group, name: memoryview(store.column(group, name).numpy())  # Python numbers, no copy
+    seg_of, segs_of, seg_cdf = column(ROW, "seg"), column(ROW, "segs"), column(SEG, "cdf")
+    first_of, last_of = column(ROW, "first"), column(ROW, "last")
+    cdf, edge_piece, edge_length = column(EDGE, "cdf"), column(EDGE, "piece"), column(EDGE, "length")
+    paths = list(zip(row.tolist(), end.tolist(), base.tolist(), occurrence.tolist()))
+    while paths:
+        uniforms = rng.uniform((len(paths),), generator, torch.device("cpu")).tolist()
+        left = []
+        for (r, e, b, o), u in zip(paths, uniforms):
+            if segs_of[r]:  # #{cdf <= u} among the table's entries but its last (cdf 1 > u)
+                drawn[o] = bisect_right(seg_cdf, u, seg_of[r], seg_of[r] + segs_of[r] - 1)
+                continue
+            edge = bisect_right(cdf, u, first_of[r], first_of[r] + last_of[r])
+            length = edge_length[edge]
+            e -= length
+            out[b + e], out_length[b + e] = edge_piece[edge], length
+            if e > 0:
+                left.append((r - length, e, b, o))
+        paths = left
+
+
+def table_prefixes(row_first: torch.Tensor, row_count: torch.Tensor, edge_mass: torch.Tensor,
+                   edge_length: torch.Tensor, word_rows: torch.Tensor, word_length: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(word, units)`` of the prefixes that get a table of all their segmentations, by word then length: the whole
+    word when it has at most ``TABLE_LIMIT`` of them, else its first 1, 2, ... units while the tables hold at most
+    ``TABLE_LIMIT`` segmentations in all (within ``TABLE_UNITS`` units). Segmentations are counted over the edges of
+    positive predecessor mass (the paths a walk can take). Rows: the units of all words end to end (word ``w``'s
+    first at ``word_rows[w]``); row ``r``'s edges ``row_first[r] ..`` (``row_count[r]`` of them)."""
+    device = row_first.device
+    n_words = word_length.numel()
+    base = word_rows + torch.arange(n_words, device=device)  # position (w, e) at base[w] + e
+    paths = torch.zeros(int(word_length.sum()) + n_words, dtype=torch.int64, device=device)
+    paths.index_fill_(0, base, 1)  # one way to reach each word's start
+    row_word = torch.repeat_interleave(torch.arange(n_words, device=device), word_length)
+    edge_row = torch.repeat_interleave(torch.arange(row_count.numel(), device=device), row_count)
+    edge_word = row_word.index_select(0, edge_row)
+    end = edge_row - word_rows.index_select(0, edge_word) + 1  # end unit in the word
+    edge_end = base.index_select(0, edge_word) + end
+    usable = torch.nonzero((edge_mass > 0) & (end <= TABLE_UNITS)).squeeze(1)
+    usable = usable.index_select(0, torch.argsort(end.index_select(0, usable), stable=True))  # by end position
+    target = edge_end.index_select(0, usable)
+    source = target - edge_length.index_select(0, usable)
+    bounds = torch.cumsum(torch.bincount(end.index_select(0, usable), minlength=TABLE_UNITS + 1), 0).tolist()
+    for e in range(1, TABLE_UNITS + 1):  # number of paths to every position, by end position
+        step = slice(bounds[e - 1], bounds[e])
+        paths.index_add_(0, target[step], paths.index_select(0, source[step]))
+    units = torch.arange(1, TABLE_UNITS + 1, device=device)
+    inside = units[None, :] <= word_length[:, None]
+    counts = torch.where(inside, paths[(base[:, None] + units[None, :]).clamp(max=paths.numel() - 1)], 0)
+    whole = (word_length <= TABLE_UNITS) & (counts.gather(1, (word_length - 1).clamp(max=TABLE_UNITS - 1)[:, None])
+                                            .squeeze(1) <= TABLE_LIMIT)
+    prefix = inside & (units[None, :] < word_length[:, None]) & (torch.cumsum(counts, 1) <= TABLE_LIMIT)
+    chosen = torch.where(whole[:, None], units[None, :] == word_length[:, None], prefix & ~whole[:, None])
+    word, length = torch.nonzero(chosen).unbind(1)
+    return word, length + 1
+
+
+def enumerate_paths(row_first: torch.Tensor, row_count: torch.Tensor, edge_mass: torch.Tensor,
+                    edge_length: torch.Tensor, word_rows: torch.Tensor, prefix_word: torch.Tensor,
+                    prefix_length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                          torch.Tensor, torch.Tensor]:
+    """Every segmentation of each prefix (its word's first ``prefix_length`` units), walking back from its end over
+    the edges of positive predecessor mass (rows and edges as in :func:`table_prefixes`). Returns ``(edge, parent,
+    start)`` per path node: its edge, the node of the next piece (-1 at the prefix's end) and the edge's first unit;
+    and ``(leaf, prefix, depth)`` per path: its node starting at 0 (first piece; ascending), its prefix and its
+    number of pieces."""
+    device = row_first.device
+    edges, parents, starts, leaves, leaf_prefixes, depths = [], [], [], [], [], []
+    prefix, at = torch.arange(prefix_word.numel(), device=device), prefix_length
+    node = torch.full_like(prefix, -1)
+    depth = 1
+    count = 0
+    while prefix.numel():  # expand every open path by the usable edges into its current start
+        row = word_rows.index_select(0, prefix_word.index_select(0, prefix)) + at - 1
+        n_edges = row_count.index_select(0, row)
+        spread = torch.repeat_interleave(torch.arange(row.numel(), device=device), n_edges)
+        edge = row_first.index_select(0, row).index_select(0, spread) + torch.arange(spread.numel(), device=device) \
+            - (torch.cumsum(n_edges, 0) - n_edges).index_select(0, spread)
+        keep = torch.nonzero(edge_mass.index_select(0, edge) > 0).squeeze(1)
+        spread, edge = spread.index_select(0, keep), edge.index_select(0, keep)
+        owner = prefix.index_select(0, spread)
+        start = at.index_select(0, spread) - edge_length.index_select(0, edge)
+        edges.append(edge)
+        parents.append(node.index_select(0, spread))
+        starts.append(start)
+        ids = count + torch.arange(edge.numel(), device=device)
+        count += edge.numel()
+        done = start == 0
+        ended, open_ = torch.nonzero(done).squeeze(1), torch.nonzero(~done).squeeze(1)
+        leaves.append(ids.index_select(0, ended))
+        leaf_prefixes.append(owner.index_select(0, ended))
+        depths.append(torch.full_like(ended, depth))
+        depth += 1
+        prefix, at, node = owner.index_select(0, open_), start.index_select(0, open_), ids.index_select(0, open_)
+    empty = torch.zeros(0, dtype=torch.int64, device=device)
+    cat = lambda parts: torch.cat(parts) if parts else empty
+    return cat(edges), cat(parents), cat(starts), cat(leaves), cat(leaf_prefixes), cat(depths)
