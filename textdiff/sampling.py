@@ -81,7 +81,7 @@ class Guidance:
     drawn position in diffusion."""
 
     label: str | None = None
-    scale: float = 2.0
+    scale: float = 4.0
     kind: str = "classifier"
     reference: str | Sequence[str] | None = None
     classifier: str | None = None

@@ -74,7 +74,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def add_guidance_options(parser: argparse.ArgumentParser, *, diffusion: bool, default_scale: float = 2.0) -> None:
+def add_guidance_options(parser: argparse.ArgumentParser, *, diffusion: bool, default_scale: float = 4.0) -> None:
     """``--label``, ``--reference``, ``--guidance`` (the registered kinds; those that replace the model only for
     ``diffusion``), ``--guidance-scale``, ``--classifier``, and for ``diffusion`` ``--guidance-top-k``
     (docs/guidance.md#using-guidance); :func:`guidance_from_args` reads them."""
