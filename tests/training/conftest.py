@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 WORDS = "the a cat dog sat ran on mat log and big small red blue".split()
 
@@ -29,3 +30,12 @@ def toy_data(tmp_path_factory):
                  f"the {rng.choice(['red', 'blue'])} {rng.choice(['mat', 'log'])}" for _ in range(n)]
         (root / f"{name}.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (restored afterwards): training numbers then do not depend on the machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -58,13 +58,6 @@ def labeled(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_bert(tokenizer):
     from transformers import BertConfig, BertForMaskedLM

@@ -35,13 +35,6 @@ def make_trainer(toy_data, tmp_path, objective="mask", **overrides):
                    device="cpu"), train
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("objective", ["mask", "ar"])
 def test_one_batch_overfit(toy_data, tmp_path, objective, one_thread):
