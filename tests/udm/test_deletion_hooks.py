@@ -130,3 +130,28 @@ def test_hooks_need_an_output_that_draws_from_logits():
                       logits_hooks=[forbid_tokens([4])])
     out = sample_delete(lambda x, t: DeltaPrediction([4, 5], x), process, 4, steps=2, seed=0)
     assert isinstance(out, Batch) and out.ids.tolist() == [[4, 5]] * 4
+
+
+def test_classifier_free_insertion_mixes_both_heads_and_samples(random_model, tokenizer):
+    """CFG for the deletion process (docs/guidance.md#classifier-free-guidance): the slot-count head and the fill head
+    are both mixed with the null-condition pass; w = 0 is the network itself; the mixture samples like a network."""
+    from textdiff.guidance import ClassifierFreeInsertion, mix_log_probs
+
+    condition, null = tokenizer.convert_tokens_to_ids(["[unused1]", "[unused0]"])
+    ids = torch.tensor([[condition, 2000, 2001, 0], [condition, 2002, 0, 0]])
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    t = torch.tensor([0.5, 0.7])
+    nulled = ids.clone()
+    nulled[:, 0] = null
+    with torch.no_grad():
+        heads = [(lambda i: random_model.count_logits(i, mask, t)), (lambda i: random_model.token_logits(i, mask))]
+        plain = ClassifierFreeInsertion(random_model, position=0, null_id=null, scale=0.0)
+        guided = ClassifierFreeInsertion(random_model, position=0, null_id=null, scale=2.0)
+        for head, name in zip(heads, ("count_logits", "token_logits")):
+            args = (ids, mask, t) if name == "count_logits" else (ids, mask)
+            assert torch.equal(getattr(plain, name)(*args), head(ids))
+            assert torch.allclose(getattr(guided, name)(*args), mix_log_probs(head(ids), head(nulled), 2.0), atol=1e-5)
+    start = Batch(torch.full((3, 1), condition), torch.ones(3, 1, dtype=torch.bool), torch.ones(3, 1, dtype=torch.bool))
+    out = sample_delete(predictor_for(guided, tokenizer), process_for(guided, tokenizer), start=start, steps=4,
+                        t_start=0.9, seed=0)
+    assert ((out.ids == condition) & out.protected).sum(-1).tolist() == [1, 1, 1]  # the condition is kept

@@ -7,8 +7,9 @@ Scores (:mod:`~textdiff.guidance.scores`) say how much a state fits; the sampler
 
 from textdiff.guidance.candidates import CandidateReweighting
 from textdiff.guidance.energy import target_term, tilted_energy
-from textdiff.guidance.free import ClassifierFreePredictor, mix_log_probs
+from textdiff.guidance.free import ClassifierFreeInsertion, ClassifierFreePredictor, mix_log_probs
 from textdiff.guidance.scores import ClassifierScore, GuidanceScore, SimilarityScore, require_same_vocabulary
 
-__all__ = ["CandidateReweighting", "ClassifierFreePredictor", "ClassifierScore", "GuidanceScore", "SimilarityScore",
-           "mix_log_probs", "require_same_vocabulary", "target_term", "tilted_energy"]
+__all__ = ["CandidateReweighting", "ClassifierFreeInsertion", "ClassifierFreePredictor", "ClassifierScore",
+           "GuidanceScore", "SimilarityScore", "mix_log_probs", "require_same_vocabulary", "target_term",
+           "tilted_energy"]
