@@ -3,13 +3,19 @@
 For every concept set: one sentence (``--inflect`` on, as CommonGen allows inflected concepts), and the metrics
 * coverage: share of concepts present as a word of the output, any form from ``textdiff.keywords.inflections``;
 * corpus BLEU-4 against all references of each set, computed by sacrebleu (default settings: 13a tokenisation);
-* scorer perplexity: SmolLM2 with the target's prompt (the model the sampler optimises);
-* judge perplexities: (a) SmolLM2 conditioned on BOS only (a different prompt; same weights, so not independent),
-  (b) MiniLM MLM pseudo-perplexity (each word piece masked in turn);
-* wall time per set.
-The human references (first reference of each set) are scored by the same judges as a yardstick.
+* perplexity under SmolLM2 with the plain prompt (an empty assistant turn, the issue-15 fluency judge: it does not
+  see the keywords, unlike the instruction target), and (a second judge) conditioned on BOS only;
+* MiniLM MLM pseudo-perplexity (each word piece masked in turn);
+* wall time and CPU time (this process) per set.
+The human references (first reference of each set; its BLEU is leave-one-out, against the other references) are
+scored by the same judges as a yardstick.
 
-    python recipes/eval_commongen.py [--sets 40] [--steps 200] [--chains 4] [--seed 0] [--out results.jsonl]
+``--target plain --drafts 0 --steps 200`` is the target and start of ``textdiff generate`` before issue 15
+(``γ · log p(text | empty assistant turn) + λ · #tokens``, keyword-order starts). ``--out`` gets one JSON line per
+set as it finishes; ``--score FILE...`` prints the metrics of finished runs on the sets they all share.
+
+    python recipes/eval_commongen.py [--sets 100] [--preset default] [--target instruction] [--batch] --out f.jsonl
+    python recipes/eval_commongen.py --score old.jsonl new.jsonl
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from textdiff.keywords import KeywordGenerator, inflections
+from textdiff.keywords.mh import GAMMA, LENGTH_BONUS, scoring_prefix
+from textdiff.keywords.presets import PRESETS
 from textdiff.mcmc.targets import CausalLMScorer
 from textdiff.metrics import perplexity
 from textdiff.models import load_lm, load_mlm
@@ -76,53 +84,98 @@ def pseudo_perplexity(mlm, tokenizer, texts: list[str]) -> float:
     return math.exp(-total / count)
 
 
+def spread_sets(count: int) -> list[tuple[list[str], list[str]]]:
+    """``count`` dev concept sets spread evenly over the file (the issue-15 evaluation sets)."""
+    sets = load_sets("dev")
+    return sets[:: max(1, len(sets) // count)][:count]
+
+
+def generate_rows(args, picked, lm, lm_tok, mlm, mlm_tok) -> None:
+    """Generate one sentence per set and append its row to ``args.out`` as it finishes."""
+    before = {"instruction": None, "gamma": 0.8, "length_bonus": 1.5, "distinct_keywords": False}
+    instruction = {} if args.target == "instruction" else before
+    gen = KeywordGenerator(lm, lm_tok, mlm, mlm_tok, **instruction)
+    options = PRESETS[args.preset].options(1, steps=args.steps, chains=args.chains, drafts=args.drafts)
+    options.update(inflect=not args.no_inflect)
+    out = open(args.out, "a")
+
+    def write(k: int, concepts: list[str], refs: list[str], text: str, seconds: float, cpu: float) -> None:
+        row = {"k": k, "concepts": concepts, "output": text, "coverage": coverage(text, concepts),
+               "seconds": seconds, "cpu_seconds": cpu, "references": refs}
+        out.write(json.dumps(row) + "\n")
+        out.flush()
+
+    if args.batch:  # one population for all sets (textdiff generate --input), one seed
+        t0, c0 = time.perf_counter(), time.process_time()
+        results = gen.generate_many([c for c, _ in picked], 1, seed=args.seed, **options)
+        seconds, cpu = (time.perf_counter() - t0) / len(picked), (time.process_time() - c0) / len(picked)
+        for k, ((concepts, refs), result) in enumerate(zip(picked, results)):
+            write(k, concepts, refs, result[0].text, seconds, cpu)
+        return
+    for k, (concepts, refs) in enumerate(tqdm(picked, desc="concept sets")):
+        t0, c0 = time.perf_counter(), time.process_time()
+        text = gen.generate(concepts, seed=args.seed + k, **options)[0].text
+        write(k, concepts, refs, text, time.perf_counter() - t0, time.process_time() - c0)
+
+
+def report(runs: dict[str, list[dict]], lm, lm_tok, mlm, mlm_tok) -> None:
+    """Metrics of each run, and of the first human references, on the sets every run finished."""
+    shared = set.intersection(*(set(r["k"] for r in rows) for rows in runs.values()))
+    runs = {name: sorted((r for r in rows if r["k"] in shared), key=lambda r: r["k"]) for name, rows in runs.items()}
+    rows = next(iter(runs.values()))
+    references = [r["references"] for r in rows]
+    concepts = [r["concepts"] for r in rows]
+    judges = (CausalLMScorer(lm, lm_tok, prefix_ids=scoring_prefix(lm_tok, None)), CausalLMScorer(lm, lm_tok))
+    print(f"CommonGen dev: {len(rows)} concept sets (k = {sorted(shared)}); threads={torch.get_num_threads()}")
+    print(f"{'':24s} {'coverage':>8s} {'BLEU-4':>7s} {'PPL plain':>9s} {'PPL BOS':>8s} {'MLM PPPL':>8s} "
+          f"{'s/set':>6s} {'CPU s/set':>9s}")
+    columns = {name: ([r["output"] for r in rows], references, [r["seconds"] for r in rows],
+                      [r["cpu_seconds"] for r in rows]) for name, rows in runs.items()}
+    columns["human reference #1"] = ([refs[0] for refs in references], [refs[1:] or refs for refs in references],
+                                     None, None)
+    for name, (texts, refs, seconds, cpu) in columns.items():
+        cov = sum(coverage(t, c) for t, c in zip(texts, concepts)) / len(texts)
+        timing = f"{sum(seconds) / len(seconds):6.1f} {sum(cpu) / len(cpu):9.1f}" if seconds else ""
+        print(f"{name[:24]:24s} {100 * cov:7.1f}% {corpus_bleu(texts, refs):7.2f} "
+              f"{perplexity(judges[0], texts):9.1f} {perplexity(judges[1], texts):8.1f} "
+              f"{pseudo_perplexity(mlm, mlm_tok, texts):8.1f} {timing}")
+    print("(reference BLEU: reference #1 against the other references of its set)")
+    for k, row in enumerate(rows[:10]):
+        print(f"  {' '.join(row['concepts']):30s}" + "".join(f" | {rows_[k]['output']}" for rows_ in runs.values()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", type=int, default=40, help="concept sets, spread evenly over the dev set")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--sets", type=int, default=100, help="concept sets, spread evenly over the dev set")
+    parser.add_argument("--first", type=int, default=None, help="only the first N of the spread sets")
+    parser.add_argument("--preset", choices=list(PRESETS), default="default")
+    parser.add_argument("--target", choices=["instruction", "plain"], default="instruction",
+                        help=f"instruction: the keyword-conditioned target (γ {GAMMA}, λ {LENGTH_BONUS}); plain: the "
+                        "target before issue 15 (empty assistant turn, γ 0.8, λ 1.5, keywords may repeat)")
+    parser.add_argument("--steps", type=int, default=None, help="override the preset's steps")
+    parser.add_argument("--chains", type=int, default=None, help="override the preset's chains")
+    parser.add_argument("--drafts", type=int, default=None, help="override the preset's drafts")
+    parser.add_argument("--batch", action="store_true", help="all sets in one population (generate_many), one seed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mlm", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-inflect", action="store_true", help="keep the concepts' lemma forms")
-    parser.add_argument("--out", default=None, help="write one JSON line per set here")
+    parser.add_argument("--out", default=None, help="append one JSON line per set here (needed to generate)")
+    parser.add_argument("--score", nargs="+", default=None, metavar="FILE",
+                        help="no generation: the metrics of these finished runs (--out files)")
     args = parser.parse_args()
+    if not (args.score or args.out):
+        parser.error("give --out FILE (the rows of this run) or --score FILE...")
 
-    sets = load_sets("dev")
-    picked = sets[:: max(1, len(sets) // args.sets)][: args.sets]
     lm, lm_tok = load_lm(None, device=args.device)
     mlm, mlm_tok = load_mlm(args.mlm, device=args.device)
-    gen = KeywordGenerator(lm, lm_tok, mlm, mlm_tok)
-    hypotheses, rows = [], []
-    start = time.perf_counter()
-    for k, (concepts, refs) in enumerate(tqdm(picked, desc="concept sets")):
-        t0 = time.perf_counter()
-        sentence = gen.generate(concepts, steps=args.steps, chains=args.chains, seed=args.seed + k,
-                                inflect=not args.no_inflect)[0]
-        rows.append({"concepts": concepts, "output": sentence.text, "coverage": coverage(sentence.text, concepts),
-                     "seconds": time.perf_counter() - t0, "references": refs})
-        hypotheses.append(sentence.text)
-    wall = time.perf_counter() - start
-
-    judge_bos = CausalLMScorer(lm, lm_tok)
-    references = [refs for _, refs in picked]
-    first_refs = [refs[0] for refs in references]
-    print(f"CommonGen dev: {len(picked)} of {len(sets)} concept sets; steps={args.steps} chains={args.chains} "
-          f"inflect={not args.no_inflect} device={args.device} threads={torch.get_num_threads()}")
-    print(f"{'':22s} {'coverage':>8s} {'BLEU-4':>7s} {'scorer PPL':>10s} {'judge PPL (BOS)':>15s} "
-          f"{'MLM pseudo-PPL':>14s}")
-    for name, texts in (("textdiff generate", hypotheses), ("human reference #1", first_refs)):
-        cov = sum(coverage(t, c) for t, (c, _) in zip(texts, picked)) / len(texts)
-        bleu = corpus_bleu(texts, references if name.startswith("textdiff") else
-                           [refs[1:] or refs for refs in references])
-        print(f"{name:22s} {100 * cov:7.1f}% {bleu:7.2f} {perplexity(gen.scorer, texts):10.1f} "
-              f"{perplexity(judge_bos, texts):15.1f} {pseudo_perplexity(mlm, mlm_tok, texts):14.1f}")
-    print(f"wall time {wall:.0f} s, {wall / len(picked):.1f} s per set")
-    print("(reference BLEU: reference #1 against the other references of its set)")
-    for row in rows[:8]:
-        print(f"  {' '.join(row['concepts']):32s} -> {row['output']}")
-    if args.out:
-        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if args.score:
+        runs = {Path(f).stem: [json.loads(line) for line in Path(f).read_text().splitlines()] for f in args.score}
+        report(runs, lm, lm_tok, mlm, mlm_tok)
+        return
+    generate_rows(args, spread_sets(args.sets)[: args.first], lm, lm_tok, mlm, mlm_tok)
+    rows = [json.loads(line) for line in Path(args.out).read_text().splitlines()]
+    report({Path(args.out).stem: rows}, lm, lm_tok, mlm, mlm_tok)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from textdiff.cli.common import (
     guidance_from_args,
 )
 from textdiff.keywords import METHODS, generate_many, parse_keywords
+from textdiff.keywords.presets import PRESETS, preset
 from textdiff.mcmc.proposals import PROPOSALS
 
 
@@ -37,8 +38,16 @@ def add_parser(subparsers) -> None:
                         help="--method mh: chains in flight at once; the chains of several keyword sets share every "
                         "forward pass (a set's seeded output does not depend on the batch)")
     parser.add_argument("-n", type=int, default=1, help="number of distinct sentences to print")
-    parser.add_argument("--steps", type=int, default=200, help="MH steps per chain")
-    parser.add_argument("--chains", type=int, default=None, help="parallel chains (default: max(n, 4))")
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--fast", dest="preset", action="store_const", const="fast", default="default",
+                       help=f"--method mh: the fast preset ({describe('fast')})")
+    speed.add_argument("--quality", dest="preset", action="store_const", const="quality",
+                       help=f"--method mh: the quality preset ({describe('quality')})")
+    parser.add_argument("--steps", type=int, default=None, help="MH steps per chain (default: the preset's; "
+                        f"default preset: {describe('default')})")
+    parser.add_argument("--chains", type=int, default=None, help="parallel chains (default: max(n, the preset's))")
+    parser.add_argument("--drafts", type=int, default=None,
+                        help="LM drafts sampled per set as start states (default: the preset's; 0: none)")
     add_seed_option(parser)
     add_device_option(parser, default="cpu")
     add_threads_option(parser)
@@ -70,6 +79,12 @@ def add_parser(subparsers) -> None:
                            help="fill inserted tokens at once (factorised) or one at a time (exact given exact "
                            "conditionals)")
     parser.set_defaults(func=run)
+
+
+def describe(name: str) -> str:
+    """A preset's settings, for ``--help``."""
+    settings = PRESETS[name]
+    return f"{settings.steps} steps, {settings.chains} chains, {settings.drafts} drafts"
 
 
 def orders_option(text: str) -> str | int:
@@ -110,7 +125,9 @@ def run(args) -> int:
         options = dict(insertion_model=args.insertion_model, orders=args.orders,
                        samples_per_order=args.samples_per_order, steps=args.diffusion_steps, fill_mode=args.fill_mode)
     else:
-        options = dict(lm=args.lm, mlm=args.mlm, proposal=args.proposal, steps=args.steps, chains=args.chains,
+        options = dict(lm=args.lm, mlm=args.mlm, proposal=args.proposal,
+                       **preset(args.preset).options(args.n, steps=args.steps, chains=args.chains,
+                                                     drafts=args.drafts),
                        inflect=args.inflect, schedule=args.schedule, temperature=args.temperature,
                        final_temperature=args.final_temperature, output=args.output, banned=args.ban,
                        batch_size=checks.positive_int("--batch-size", args.batch_size))

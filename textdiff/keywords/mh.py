@@ -3,20 +3,25 @@ docs/mcmc.md#metropolis-hastings-constrained-generation).
 
 ``KeywordGenerator`` wires the engine's pieces: a registered proposal (masked LM by default, or the causal LM as in
 Su's CGMH), the target ``γ · log p_LM(text + EOS | prompt) + λ · #tokens`` under SmolLM2 (``ConstrainedLMTarget``),
-keyword blocks (``KeywordMeasure``), annealing and batched chains (``MetropolisHastings``). Chains start from the
-best-scoring keyword orders (and, with ``inflect``, inflected forms); each keeps the best state it visits. Why these
-defaults (γ 0.8, λ 1.5, top-20 proposals, the chat prompt): docs/mcmc.md#defaults-of-textdiff-generate.
+with by default one prompt per keyword set, an instruction naming its keywords
+(docs/mcmc.md#keyword-conditioned-target), keyword blocks (``KeywordMeasure``), annealing and batched chains
+(``MetropolisHastings``). Chains start from the best-scoring of the keyword orders (and, with ``inflect``,
+inflected forms) and of the LM's drafts with the missing keywords inserted (docs/mcmc.md#drafts-as-start-states);
+each keeps the best state it visits. Why these defaults: docs/mcmc.md#defaults-of-textdiff-generate.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
 from textdiff import checks, rng
+from textdiff.keywords.drafts import INSTRUCTION, blocks_in_order, instruction_prefix, locate_keywords, sample_drafts
 from textdiff.keywords.parse import capitalize, detokenize, inflections, parse_keywords
 from textdiff.keywords.result import Sentence
 from textdiff.mcmc.mh import ChainStreams, MetropolisHastings, MHResult, State, temperature_schedule
@@ -24,8 +29,12 @@ from textdiff.mcmc.proposals import PROPOSALS, ProposalModels
 from textdiff.mcmc.targets import CausalLMScorer, ConstrainedLMTarget, KeywordMeasure, keyword_spans
 
 MAX_STARTS = 64
+GAMMA, LENGTH_BONUS = 1.0, 0.75  # calibrated for the instruction target (docs/mcmc.md#defaults-of-textdiff-generate)
+STEPS, DRAFTS = 30, 8  # the default preset (textdiff.keywords.presets)
 CHAT_PROMPT = "<|im_start|>assistant\n"
 OUTPUTS = ("best", "final")
+WORD = re.compile(r"[^\W\d_]+")
+Insertion = tuple[tuple[int, ...], int]  # a keyword span and the slot it goes before
 
 
 def scoring_prefix(tokenizer, prompt: str | None) -> list[int] | None:
@@ -36,11 +45,12 @@ def scoring_prefix(tokenizer, prompt: str | None) -> list[int] | None:
     return None if prompt is None else tokenizer.encode(prompt, add_special_tokens=False)
 
 
-def check_settings(n: int = 1, steps: int = 200, chains: int | None = None, temperature: float = 1.0,
-                   final_temperature: float = 0.05, output: str = "best", **_) -> None:
+def check_settings(n: int = 1, steps: int = STEPS, chains: int | None = None, temperature: float = 1.0,
+                   final_temperature: float = 0.05, output: str = "best", drafts: int = DRAFTS, **_) -> None:
     """``ValueError`` naming the first out-of-range generation setting (cheap; runs before models load)."""
     checks.positive_int("n", n)
     checks.positive_int("steps", steps)
+    checks.positive_int("drafts", drafts, minimum=0)
     if chains is not None:
         checks.positive_int("chains", chains)
     checks.positive_float("temperature", temperature)
@@ -74,18 +84,60 @@ def candidate_starts(spans: Sequence[Sequence[Sequence[int]]], limit: int, gener
     return [[tuple(s) for s in combo] for combo in dict.fromkeys(tuple(map(tuple, c)) for c in combos)]
 
 
+def repeats_a_keyword(state: State, text: str, decode: Callable[[Sequence[int]], str]) -> bool:
+    """Whether a word of a keyword block occurs again in ``text``, as itself or as one of the forms
+    :func:`inflections` links it with (lemma ↔ inflected form; docs/mcmc.md#keyword-conditioned-target)."""
+    words = Counter(WORD.findall(text.lower()))
+    for span in keyword_spans(state):
+        for key in WORD.findall(decode(span).lower()):
+            if sum(n for word, n in words.items() if word == key or word in inflections(key)
+                   or key in inflections(word)) > 1:
+                return True
+    return False
+
+
+def with_block(state: State, span: tuple[int, ...], slot: int) -> State:
+    """``state`` with the keyword ``span`` inserted as a new protected block before position ``slot`` (blocks
+    renumbered in sentence order)."""
+    t, b = state.tokens, state.blocks
+    return State(t[:slot] + span + t[slot:], blocks_in_order(b[:slot] + (max(b, default=-1) + 1,) * len(span)
+                                                             + b[slot:]), state.group)
+
+
+def best_insertions(pending: Sequence[tuple[State, list[int]]], options: Sequence[list[Insertion]],
+                    target: KeywordMeasure) -> list[Insertion]:
+    """Per pending state, the ``(span, slot)`` of its options whose insertion ``target`` scores best (one batch)."""
+    candidates = [with_block(state, span, slot) for (state, _), row in zip(pending, options) for span, slot in row]
+    scores = target.log_prob(candidates).tolist()
+    best, offset = [], 0
+    for row in options:
+        best.append(row[max(range(len(row)), key=lambda i: scores[offset + i])])
+        offset += len(row)
+    return best
+
+
 class KeywordGenerator:
     """Generate sentences containing keywords with MH chains (models loaded once, reused across calls).
 
     ``proposal`` names a registered proposal (:data:`textdiff.mcmc.proposals.PROPOSALS`; ``mlm`` or ``lm``);
-    ``top_k`` applies to the masked-LM proposal, ``lm_top_k`` to the causal-LM one.
+    ``top_k`` applies to the masked-LM proposal, ``lm_top_k`` to the causal-LM one. ``instruction`` (a template
+    with ``{keywords}``) makes the target of each set ``log p_LM(text | that set's instruction)``; ``None`` scores
+    every set under the fixed ``prompt`` (the empty assistant turn by default), the target before issue 15.
+    ``distinct_keywords`` forbids (a hard constraint) sentences that repeat a keyword outside its block ("The costume
+    is a costume of a dancer"), a mode of the instruction target.
     """
 
-    def __init__(self, lm, lm_tokenizer, mlm=None, mlm_tokenizer=None, *, proposal: str = "mlm", gamma: float = 0.8,
-                 length_bonus: float = 1.5, max_length: int = 24, end: str = ".", top_k: int | None = 20,
-                 epsilon: float = 0.0, lm_top_k: int = 64, prompt: str | None = None):
+    def __init__(self, lm, lm_tokenizer, mlm=None, mlm_tokenizer=None, *, proposal: str = "mlm", gamma: float = GAMMA,
+                 length_bonus: float = LENGTH_BONUS, max_length: int = 24, end: str = ".", top_k: int | None = 20,
+                 epsilon: float = 0.0, lm_top_k: int = 64, prompt: str | None = None,
+                 instruction: str | None = INSTRUCTION, distinct_keywords: bool = True):
         proposal_class = PROPOSALS.get_checked(proposal)
         checks.positive_int("max_length", max_length)
+        checks.positive_float("gamma", gamma)
+        checks.finite_float("length_bonus", length_bonus)
+        if instruction is not None:
+            instruction_prefix(lm_tokenizer, ["x"], instruction)  # ValueError naming a malformed instruction
+        self.instruction, self.distinct_keywords = instruction, distinct_keywords
         prefix = scoring_prefix(lm_tokenizer, prompt)
         self.scorer = CausalLMScorer(lm, lm_tokenizer, prefix_ids=prefix)
         self.lm_tokenizer = lm_tokenizer
@@ -132,17 +184,28 @@ class KeywordGenerator:
         return spans
 
     # --- generation ---------------------------------------------------------------------------------------------
-    def make_target(self, min_length: int, banned: Sequence[str], soft: Sequence[Callable]) -> KeywordMeasure:
+    def repeats_a_keyword(self, state: State, text: str) -> bool:
+        """The ``distinct_keywords`` rule: a keyword's word (or a linked form) occurs outside its block."""
+        return repeats_a_keyword(state, text, lambda span: detokenize(self.tokenizer.decode(list(span))))
+
+    def set_prompt(self, words: Sequence[str]) -> list[int] | None:
+        """The scorer prefix of a keyword set: its instruction's chat prompt, or ``None`` (the fixed prompt)."""
+        return None if self.instruction is None else instruction_prefix(self.lm_tokenizer, words, self.instruction)
+
+    def make_target(self, min_length: int, banned: Sequence[str], soft: Sequence[Callable],
+                    prompts: dict[int, list[int]] | None = None) -> KeywordMeasure:
+        """The target of a run; ``prompts`` maps each state's ``group`` (its set) to that set's scorer prefix."""
         return KeywordMeasure(ConstrainedLMTarget(
             self.scorer, self.decode, self.to_lm_ids, gamma=self.gamma, length_bonus=self.length_bonus,
-            min_length=min_length, max_length=self.max_length, banned=banned, soft=soft),
+            min_length=min_length, max_length=self.max_length, banned=banned, soft=soft, prompts=prompts,
+            forbidden=[self.repeats_a_keyword] if self.distinct_keywords else []),
             continuation=self.proposal.support.continuation_ids)
 
-    def start_states(self, keywords: str | Iterable[str], chains: int, generator: torch.Generator, inflect: bool,
-                     banned: Sequence[str], target: KeywordMeasure) -> list[State]:
-        """``chains`` start states of one keyword set: its best-scoring keyword orders (and, with ``inflect``,
-        forms), drawn from ``generator``; ``ValueError`` naming what makes the set impossible."""
-        words = parse_keywords(keywords)
+    def start_states(self, words: Sequence[str], chains: int, generator: torch.Generator, inflect: bool,
+                     banned: Sequence[str], target: KeywordMeasure, group: int = 0, drafts: int = 0) -> list[State]:
+        """``chains`` start states of one keyword set (states of ``group``): the best-scoring of its keyword orders
+        (and, with ``inflect``, forms), drawn from ``generator``, and of ``drafts`` LM drafts completed by
+        :meth:`draft_states`; ``ValueError`` naming what makes the set impossible."""
         clash = sorted({b for b in banned for w in words if b.lower() == w.lower()})
         if clash:
             raise ValueError(f"banned words {clash} are also keywords; a sentence cannot both hold and avoid them")
@@ -151,36 +214,81 @@ class KeywordGenerator:
         if needed > self.max_length:
             raise ValueError(f"max_length={self.max_length} is smaller than the {needed} keyword tokens; raise "
                              "max_length or use fewer keywords")
-        starts = [State.from_keywords(spans) for spans in candidate_starts(forms, MAX_STARTS, generator)]
-        starts = [s for s in starts if len(s.tokens) <= self.max_length]
+        starts = [State.from_keywords(spans, group) for spans in candidate_starts(forms, MAX_STARTS, generator)]
+        if drafts:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            starts += self.draft_states(words, forms, drafts, seed, target, group)
+        starts = list(dict.fromkeys(s for s in starts if len(s.tokens) <= self.max_length))
         ranked = torch.argsort(target.log_prob(starts), descending=True, stable=True).tolist()
         return [starts[ranked[c % len(ranked)]] for c in range(chains)]
 
-    def run_many(self, keyword_sets: Sequence[str | Iterable[str]], *, steps: int = 200, chains: int = 4,
+    def draft_states(self, words: Sequence[str], forms: Sequence[Sequence[tuple[int, ...]]], count: int, seed: int,
+                     target: KeywordMeasure, group: int = 0) -> list[State]:
+        """Valid states from ``count`` LM drafts (docs/mcmc.md#drafts-as-start-states): the keyword forms a draft
+        holds become protected blocks, and each missing keyword is inserted, at the word boundary and then in the
+        form that ``target`` scores best, one keyword per round for all drafts at once."""
+        prompt = self.set_prompt(words) or self.scorer.prefix_ids
+        continuation = frozenset(self.proposal.support.continuation_ids)
+        pending: list[tuple[State, list[int]]] = []
+        for text in sample_drafts(self.scorer.model, self.lm_tokenizer, prompt, count, seed):
+            tokens = tuple(self.proposal.keyword_ids(text))
+            found = locate_keywords(tokens, forms, continuation)
+            missing = [k for k, hit in enumerate(found) if hit is None]
+            if not tokens or len(tokens) + sum(len(forms[k][0]) for k in missing) > self.max_length:
+                continue
+            blocks = [-1] * len(tokens)
+            for k, hit in enumerate(found):
+                if hit is not None:
+                    blocks[hit[0]: hit[0] + len(hit[1])] = [k] * len(hit[1])
+            pending.append((State(tokens, blocks_in_order(blocks), group), missing))
+        done: list[State] = []
+        while True:
+            done += [state for state, missing in pending if not missing]
+            pending = [(state, missing) for state, missing in pending if missing]
+            if not pending:
+                return done
+            slots = [[(forms[missing[0]][0], j) for j in state.insertion_slots()
+                      if j == len(state.tokens) or state.tokens[j] not in continuation] for state, missing in pending]
+            at = [slot for _, slot in best_insertions(pending, slots, target)]
+            best = best_insertions(pending, [[(span, slot) for span in forms[missing[0]]]
+                                             for slot, (_, missing) in zip(at, pending)], target)
+            pending = [(with_block(state, *choice), missing[1:]) for choice, (state, missing) in zip(best, pending)]
+
+    def run_many(self, keyword_sets: Sequence[str | Iterable[str]], *, steps: int = STEPS, chains: int = 4,
                  seed: int | None = None, inflect: bool = False, schedule: str = "geometric",
                  temperature: float = 1.0, final_temperature: float = 0.05, min_length: int = 1,
                  banned: str | Sequence[str] = (), soft: Sequence[Callable] = (), batch_size: int = 64,
-                 progress: bool = False) -> list[MHResult | ValueError]:
-        """The annealed MH chains of many keyword sets, ``chains`` per set; the chains of several sets share one
-        population (every proposal and scoring forward pass), at most ``batch_size`` chains at a time.
+                 drafts: int = DRAFTS, progress: bool = False) -> list[MHResult | ValueError]:
+        """The annealed MH chains of many keyword sets, ``chains`` per set, started from the best of the keyword
+        orders and ``drafts`` LM drafts; the chains of several sets share one population (every proposal and
+        scoring forward pass; each chain scored under its own set's prompt), at most ``batch_size`` chains at a
+        time.
 
-        Each set draws from its own generator seeded with ``seed``, so a set's chains are those of
+        Each set draws from its own generator seeded with ``seed`` (its drafts too), so a set's chains are those of
         :meth:`run` on that set alone, whatever other sets share its batch. A set that cannot run (a keyword the
         models cannot write, a banned keyword…) gets its ``ValueError`` in place of a result.
         """
-        check_settings(steps=steps, chains=chains, temperature=temperature, final_temperature=final_temperature)
+        check_settings(steps=steps, chains=chains, temperature=temperature, final_temperature=final_temperature,
+                       drafts=drafts)
         checks.positive_int("batch_size", batch_size)
         banned = [banned] if isinstance(banned, str) else list(banned)
-        target = self.make_target(min_length, banned, soft)
         results: list[MHResult | ValueError | None] = [None] * len(keyword_sets)
-        ready: list[tuple[int, list[State], torch.Generator]] = []
+        words_of: dict[int, list[str]] = {}
         for index, keywords in enumerate(keyword_sets):
-            generator = rng.make_generator(seed)
             try:
-                ready.append((index, self.start_states(keywords, chains, generator, inflect, banned, target),
-                              generator))
+                words_of[index] = parse_keywords(keywords)
             except (ValueError, TypeError) as err:
                 results[index] = err if isinstance(err, ValueError) else ValueError(str(err))
+        prompts = None if self.instruction is None else {i: self.set_prompt(w) for i, w in words_of.items()}
+        target = self.make_target(min_length, banned, soft, prompts)
+        ready: list[tuple[int, list[State], torch.Generator]] = []
+        for index, words in words_of.items():
+            generator = rng.make_generator(seed)
+            try:
+                ready.append((index, self.start_states(words, chains, generator, inflect, banned, target, index,
+                                                       drafts), generator))
+            except ValueError as err:
+                results[index] = err
         sampler = MetropolisHastings(self.proposal, target, max_length=self.max_length)
         temperatures = temperature_schedule(steps, schedule, temperature, final_temperature)
         per_batch = max(1, batch_size // chains)
@@ -200,15 +308,18 @@ class KeywordGenerator:
             raise result
         return result
 
-    def sentences(self, result: MHResult, n: int, output: str = "best") -> list[Sentence]:
-        """The ``n`` best distinct sentences of a set's chains (their ``best`` or ``final`` states)."""
+    def sentences(self, result: MHResult, n: int, output: str = "best", prompt: Sequence[int] | None = None
+                  ) -> list[Sentence]:
+        """The ``n`` best distinct sentences of a set's chains (their ``best`` or ``final`` states); ``lm_log_prob``
+        is conditioned on ``prompt`` (the set's scorer prefix, :meth:`set_prompt`; ``None``: the fixed one)."""
         chains = len(result.final)
         states, scores = (result.best, result.best_log_pi) if output == "best" else (result.final, result.final_log_pi)
         order = [c for c in sorted(range(chains), key=lambda c: -scores[c]) if scores[c] > float("-inf")]
         if not order:
             raise ValueError("no chain reached a sentence that satisfies the constraints; try more steps or fewer "
                              "constraints")
-        lm_scores = self.scorer.log_prob_ids([self.to_lm_ids(states[c].tokens) for c in order])
+        lm_ids = [self.to_lm_ids(states[c].tokens) for c in order]
+        lm_scores = self.scorer.log_prob_ids(lm_ids, None if prompt is None else [prompt] * len(lm_ids))
         sentences, seen = [], set()
         for rank, c in enumerate(order):
             text = self.decode(states[c].tokens)
@@ -218,7 +329,7 @@ class KeywordGenerator:
             used = [detokenize(self.tokenizer.decode(list(s))).strip() for s in keyword_spans(states[c])]
             sentences.append(Sentence(text, used, "mh", scores[c], c, log_pi=scores[c],
                                       lm_log_prob=float(lm_scores[rank]),
-                                      lm_tokens=len(self.to_lm_ids(states[c].tokens)) + 1,
+                                      lm_tokens=len(lm_ids[rank]) + 1,
                                       acceptance=result.accepted[c] / result.proposed[c]))
         return sentences[:n]
 
@@ -229,9 +340,10 @@ class KeywordGenerator:
         check_settings(n=n, chains=chains, output=output)
         results = self.run_many(keyword_sets, chains=max(n, 4) if chains is None else chains, **options)
         out: list[list[Sentence] | ValueError] = []
-        for result in results:
+        for keywords, result in zip(keyword_sets, results):
             try:
-                out.append(result if isinstance(result, ValueError) else self.sentences(result, n, output))
+                out.append(result if isinstance(result, ValueError) else
+                           self.sentences(result, n, output, self.set_prompt(parse_keywords(keywords))))
             except ValueError as err:
                 out.append(err)
         return out

@@ -36,17 +36,20 @@ FAITHFUL_MODES = (None, "su")
 
 @dataclass(frozen=True)
 class State:
-    """A token sequence and the keyword index of each position (-1 = free token)."""
+    """A token sequence, the keyword index of each position (-1 = free token) and the chain's ``group``: the index
+    of its keyword set, which a target may read to score it under that set's prompt
+    (docs/mcmc.md#keyword-conditioned-target); moves never change it."""
 
     tokens: tuple[int, ...]
     blocks: tuple[int, ...]
+    group: int = 0
 
     @classmethod
-    def from_keywords(cls, spans: Sequence[Sequence[int]]) -> State:
+    def from_keywords(cls, spans: Sequence[Sequence[int]], group: int = 0) -> State:
         """Keyword blocks concatenated in the given order (the initial state of the keyword rules)."""
         tokens = tuple(t for span in spans for t in span)
         blocks = tuple(k for k, span in enumerate(spans) for _ in span)
-        return cls(tokens, blocks)
+        return cls(tokens, blocks, group)
 
     def free_positions(self) -> list[int]:
         """``D(x)``: deletable = replaceable positions (the free tokens)."""
@@ -71,10 +74,10 @@ def apply_move(x: State, move: Move) -> State:
     """The state a move leads to; inserted and replacing tokens are free."""
     t, b, i = x.tokens, x.blocks, move.position
     if move.kind == "replace":
-        return State(t[:i] + (move.token,) + t[i + 1:], b)
+        return State(t[:i] + (move.token,) + t[i + 1:], b, x.group)
     if move.kind == "insert":
-        return State(t[:i] + (move.token,) + t[i:], b[:i] + (-1,) + b[i:])
-    return State(t[:i] + t[i + 1:], b[:i] + b[i + 1:])
+        return State(t[:i] + (move.token,) + t[i:], b[:i] + (-1,) + b[i:], x.group)
+    return State(t[:i] + t[i + 1:], b[:i] + b[i + 1:], x.group)
 
 
 def masked_context(x: State, position: int, placeholder: int) -> Context:

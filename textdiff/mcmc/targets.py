@@ -9,9 +9,9 @@ Design decisions (docs/numerics.md#d8):
   an optional length bonus ``λ`` per scored token (a soft term) counters the LM's preference for short texts.
   The state lives in the proposal model's token space; ``to_lm_ids`` maps it to the scorer's ids (re-tokenising the
   decoded text when the spaces differ, the identity when the proposal is the causal LM itself).
-* Hard constraints (length bounds, banned words) give ``-inf``; keywords are guaranteed by protection
-  (docs/mcmc.md#keyword-and-protected-token-rules) and kept whole words by ``KeywordMeasure(continuation=...)`` (no
-  word-continuing token right after a keyword block).
+* Hard constraints (length bounds, banned words, ``forbidden`` rules on (state, text)) give ``-inf``; keywords are
+  guaranteed by protection (docs/mcmc.md#keyword-and-protected-token-rules) and kept whole words by
+  ``KeywordMeasure(continuation=...)`` (no word-continuing token right after a keyword block).
 * Soft terms: any callables ``texts -> sequence of floats`` added to ``log π``.
 * ``KeywordMeasure``: the chain lives on (sequence, protection mask) pairs, so its sequence marginal is
   ``π(x) N_K(x)``; dividing by ``N_K`` makes the sequence marginal ``π`` (docs/mcmc.md#target-on-pairs).
@@ -22,7 +22,8 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -34,11 +35,14 @@ class CausalLMScorer:
     docs/numerics.md#log-space-arithmetic).
 
     ``log_prob_ids(seqs)`` returns ``Σ_j log p(x_j | prefix, x_{<j})`` over the tokens of each sequence followed by
-    EOS, conditioned on ``prefix_ids`` (default: the BOS token). The prefix runs once; its KV cache is re-used for
-    every batch (right padding + attention masks), so only the sentence tokens cost a forward pass.
+    EOS, conditioned on ``prefix_ids`` (default: the BOS token), or per row on ``prefixes[i]`` (one prompt per keyword
+    set, docs/mcmc.md#keyword-conditioned-target). Each prefix runs once; its KV cache (the last ``max_prefixes``
+    are kept) is re-used for every batch (right padding + attention masks), so only the sentence tokens cost a
+    forward pass. Rows are scored in groups that share a prefix, so a row's score never depends on its batchmates.
     """
 
-    def __init__(self, model, tokenizer, prefix_ids: Sequence[int] | None = None, max_batch_tokens: int = 4096):
+    def __init__(self, model, tokenizer, prefix_ids: Sequence[int] | None = None, max_batch_tokens: int = 4096,
+                 max_prefixes: int = 64):
         self.model, self.tokenizer = model, tokenizer
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.prefix_ids = list(prefix_ids) if prefix_ids is not None else [bos]
@@ -46,10 +50,10 @@ class CausalLMScorer:
             raise ValueError("prefix_ids must hold at least one token (e.g. BOS)")
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens, self.max_prefixes = max_batch_tokens, max_prefixes
         self.device = next(model.parameters()).device
         self.tokens_scored = 0
-        self.prefix_cache, self.first_log_probs = None, None
+        self.prefix_states: OrderedDict[tuple[int, ...], tuple] = OrderedDict()
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of ``texts`` without special tokens."""
@@ -59,28 +63,47 @@ class CausalLMScorer:
         """``log p(text + EOS | prefix)`` for each text (float64)."""
         return self.log_prob_ids(self.encode(texts))
 
+    def prefix_state(self, prefix: Sequence[int]) -> tuple:
+        """``(KV cache, log p(· | prefix))`` of a prefix, computed on first use and kept (least recently used
+        dropped first)."""
+        key = tuple(prefix)
+        if key not in self.prefix_states:
+            if not key:
+                raise ValueError("prefixes must hold at least one token each (e.g. BOS)")
+            out = self.model(input_ids=torch.tensor([key], device=self.device), use_cache=True)
+            self.prefix_states[key] = (out.past_key_values, torch.log_softmax(out.logits[0, -1].double(), -1).cpu())
+            while len(self.prefix_states) > self.max_prefixes:
+                self.prefix_states.popitem(last=False)
+        self.prefix_states.move_to_end(key)
+        return self.prefix_states[key]
+
     @torch.no_grad()
-    def log_prob_ids(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
-        """``log p(ids + EOS | prefix)`` for each id sequence (float64), in chunks of ``max_batch_tokens``."""
-        if self.prefix_cache is None:
-            prefix = torch.tensor([self.prefix_ids], device=self.device)
-            out = self.model(input_ids=prefix, use_cache=True)
-            self.prefix_cache = out.past_key_values
-            self.first_log_probs = torch.log_softmax(out.logits[0, -1].double(), -1).cpu()
+    def log_prob_ids(self, seqs: Sequence[Sequence[int]], prefixes: Sequence[Sequence[int]] | None = None
+                     ) -> torch.Tensor:
+        """``log p(ids + EOS | prefix)`` for each id sequence (float64), in chunks of ``max_batch_tokens``; the
+        prefix of row ``i`` is ``prefixes[i]`` when given, else ``prefix_ids``."""
+        if prefixes is not None and len(prefixes) != len(seqs):
+            raise ValueError(f"prefixes must hold one prefix per sequence, got {len(prefixes)} for {len(seqs)}")
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i in range(len(seqs)):
+            groups.setdefault(tuple(self.prefix_ids if prefixes is None else prefixes[i]), []).append(i)
         full = [list(seq) + [self.eos_id] for seq in seqs]
         out = torch.empty(len(full), dtype=torch.float64)
-        for width, chunk in by_width([len(f) for f in full], max_tokens=self.max_batch_tokens):
-            out[chunk] = self._score([full[i] for i in chunk], width)
+        for prefix, rows in groups.items():
+            for width, chunk in by_width([len(full[i]) for i in rows], max_tokens=self.max_batch_tokens):
+                chunk = [rows[i] for i in chunk]
+                out[chunk] = self._score([full[i] for i in chunk], width, prefix)
         return out
 
-    def _score(self, full: list[list[int]], width: int) -> torch.Tensor:
+    def _score(self, full: list[list[int]], width: int, prefix: tuple[int, ...]) -> torch.Tensor:
         """Scores of rows padded to ``width`` (fixed by the rows' own lengths, so batchmates never change them)."""
+        prefix_cache, first_log_probs = self.prefix_state(prefix)
         ids, mask = pad(full, self.pad_id, width=width)
-        (n, width), p, mask = ids.shape, len(self.prefix_ids), mask.long()
-        first = self.first_log_probs[ids[:, 0]]
+        (n, width), p, mask = ids.shape, len(prefix), mask.long()
+        first = first_log_probs[ids[:, 0]]
         if width == 1:
             return first
-        cache = copy.deepcopy(self.prefix_cache)
+        cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(n)
         attention = torch.cat([torch.ones(n, p, dtype=torch.long), mask], 1).to(self.device)
         positions = (p + torch.arange(width)).expand(n, width).to(self.device)
@@ -149,12 +172,15 @@ class KeywordMeasure:
 
 
 class ConstrainedLMTarget:
-    """``log π(x) = γ · log p_LM(x) + λ · (LM tokens + 1) + Σ soft terms``, ``-inf`` outside the hard constraints
-    (docs/mcmc.md#objective-and-target; ``λ = length_bonus`` nats per scored token, default 0).
+    """``log π(x) = γ · log p_LM(x | prompt) + λ · (LM tokens + 1) + Σ soft terms``, ``-inf`` outside the hard
+    constraints (docs/mcmc.md#objective-and-target; ``λ = length_bonus`` nats per scored token, default 0).
+
+    The prompt is the scorer's own prefix, or with ``prompts`` the prefix ``prompts[state.group]`` of the state's
+    keyword set (docs/mcmc.md#keyword-conditioned-target): one declared ``π`` per set.
 
     ``decode`` maps state tokens to text (for banned words and soft terms); ``to_lm_ids`` maps state tokens to the
-    scorer's ids. Hard constraints: ``min_length <= len(tokens) <= max_length`` and no banned word (whole words,
-    case-insensitive) in the decoded text.
+    scorer's ids. Hard constraints: ``min_length <= len(tokens) <= max_length``, no banned word (whole words,
+    case-insensitive) in the decoded text, and no rule of ``forbidden`` (``(state, text) -> bool``) true.
     """
 
     def __init__(
@@ -168,6 +194,8 @@ class ConstrainedLMTarget:
         max_length: int = 10**9,
         banned: Sequence[str] = (),
         soft: Sequence[Callable[[list[str]], Sequence[float]]] = (),
+        prompts: Mapping[int, Sequence[int]] | None = None,
+        forbidden: Sequence[Callable[[object, str], bool]] = (),
     ):
         if not gamma > 0:
             raise ValueError(f"gamma must be > 0, got {gamma}")
@@ -179,7 +207,7 @@ class ConstrainedLMTarget:
         self.scorer, self.decode, self.to_lm_ids = scorer, decode, to_lm_ids
         self.gamma, self.length_bonus, self.min_length, self.max_length = gamma, length_bonus, min_length, max_length
         self.banned = re.compile(r"\b(" + "|".join(map(re.escape, banned)) + r")\b", re.I) if banned else None
-        self.soft = list(soft)
+        self.soft, self.prompts, self.forbidden = list(soft), prompts, list(forbidden)
 
     def log_prob(self, states) -> torch.Tensor:
         out = torch.full((len(states),), -math.inf, dtype=torch.float64)
@@ -188,12 +216,16 @@ class ConstrainedLMTarget:
             i for i, (s, text) in enumerate(zip(states, texts))
             if self.min_length <= len(s.tokens) <= self.max_length
             and not (self.banned and self.banned.search(text))
+            and not any(rule(s, text) for rule in self.forbidden)
         ]
         if not allowed:
             return out
         lm_ids = [self.to_lm_ids(states[i].tokens) for i in allowed]
         lengths = torch.tensor([len(ids) + 1 for ids in lm_ids], dtype=torch.float64)
-        values = self.gamma * self.scorer.log_prob_ids(lm_ids) + self.length_bonus * lengths
+        prefixes = None if self.prompts is None else [self.prompts[states[i].group] for i in allowed]
+        lm_log_probs = self.scorer.log_prob_ids(lm_ids) if prefixes is None else self.scorer.log_prob_ids(
+            lm_ids, prefixes)
+        values = self.gamma * lm_log_probs + self.length_bonus * lengths
         for term in self.soft:
             values = values + torch.as_tensor(list(term([texts[i] for i in allowed])), dtype=torch.float64)
         out[allowed] = values
