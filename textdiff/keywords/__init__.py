@@ -68,10 +68,11 @@ def generate_many(keyword_sets: Sequence[str | Iterable[str]], n: int = 1, *, me
 def generate(keywords: str | Iterable[str], n: int = 1, *, method: str = "mh", **options) -> list[Sentence]:
     """``n`` distinct sentences containing every keyword, best first, by ``method`` (``mh`` or ``diffusion``) on
     the default models (loaded once per process). ``options`` go to the method: for ``mh`` ``steps``, ``chains``,
-    ``seed``, ``inflect``, ``schedule``, ``temperature``, ``final_temperature``, ``output``, ``banned``,
-    ``proposal``, ``lm``, ``mlm``, ``device``; for ``diffusion`` ``orders``, ``samples_per_order``, ``steps``,
-    ``fill_mode``, ``seed``, ``insertion_model``, ``device``; for both ``guidance`` (a
-    :class:`textdiff.sampling.Guidance`: steer toward a label or a reference, docs/guidance.md#using-guidance)."""
+    ``drafts`` (LM drafts as start states; presets in ``textdiff.keywords.presets``), ``seed``, ``inflect``,
+    ``schedule``, ``temperature``, ``final_temperature``, ``output``, ``banned``, ``proposal``, ``lm``, ``mlm``,
+    ``device``; for ``diffusion`` ``orders``, ``samples_per_order``, ``steps``, ``fill_mode``, ``seed``,
+    ``insertion_model``, ``device``; for both ``guidance`` (a :class:`textdiff.sampling.Guidance`: steer toward a
+    label or a reference, docs/guidance.md#using-guidance)."""
     run = METHODS.get_checked(method)
     parse_keywords(keywords)
     result = run([keywords], n, **options)[0]
