@@ -33,7 +33,8 @@ GAMMA, LENGTH_BONUS = 1.0, 0.75  # calibrated for the instruction target (docs/m
 STEPS, DRAFTS = 30, 8  # the default preset (textdiff.keywords.presets)
 CHAT_PROMPT = "<|im_start|>assistant\n"
 OUTPUTS = ("best", "final")
-WORD = re.compile(r"[^\W\d_]+")
+#: a word for the distinct-keywords rule: letters, with inner hyphens and apostrophes ("t-shirt", "don't" are one)
+WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 Insertion = tuple[tuple[int, ...], int]  # a keyword span and the slot it goes before
 
 
