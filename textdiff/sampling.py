@@ -114,19 +114,20 @@ class Guidance:
 
     def target_term(self) -> Callable[[Sequence[str]], object]:
         """MH generation: the soft term ``γ · log w(text)`` of the target."""
-        score = self.score()
-        if score is None:
-            raise ValueError("cfg guidance needs a conditional diffusion model; use --guidance classifier or "
-                             "similarity with this sampler")
-        return target_term(score, self.scale)
+        return target_term(self._state_score(None), self.scale)
 
     def energy(self, base, tokenizer):
         """MH-corrected Gibbs: the energy ``E − γ · log w``."""
+        return tilted_energy(base, self._state_score(tokenizer), self.scale)
+
+    def _state_score(self, tokenizer) -> GuidanceScore:
+        """:meth:`score` for samplers that can only tilt their target; ``ValueError`` for a kind that replaces the
+        model."""
         score = self.score(tokenizer)
         if score is None:
-            raise ValueError("cfg guidance needs a conditional diffusion model; use --guidance classifier or "
+            raise ValueError(f"{self.kind} guidance needs a conditional diffusion model; use --guidance classifier or "
                              "similarity with this sampler")
-        return tilted_energy(base, score, self.scale)
+        return score
 
     def conditional_predictor(self, name: str | None = None):
         """``cfg``: ``(predictor, tokenizer, condition_id)`` of the conditional masked LM mixed with scale ``w``."""
