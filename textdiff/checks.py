@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a check needs it, so `textdiff --help` starts without it
+    import torch
+
+#: seeds are integers in [0, SEED_LIMIT)
+SEED_LIMIT = 2**64
+#: ``dtype`` names of model forwards; ``auto`` is bfloat16 on CUDA and float32 elsewhere (docs/design.md, "Precision")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class ArgumentTypeError(TypeError, ValueError):
@@ -57,6 +64,8 @@ def device(value, *, name: str = "device") -> torch.device:
 
     Unknown device names, CUDA without a GPU and out-of-range CUDA indices give one clear ``ValueError``.
     """
+    import torch
+
     if isinstance(value, bool) or not isinstance(value, (str, int, torch.device)):
         raise TypeError(f"{name} must be a string such as 'cpu' or 'cuda', got {value!r}")
     try:
@@ -74,3 +83,18 @@ def device(value, *, name: str = "device") -> torch.device:
     elif dev.type != "cpu":
         raise ValueError(f"{name} must be 'cpu', 'cuda' or 'cuda:N', got {value!r}")
     return dev
+
+
+def dtype(value, device=None, *, name: str = "dtype") -> torch.dtype:
+    """The ``torch.dtype`` of model forwards on ``device`` from one of :data:`DTYPES` or a floating ``torch.dtype``:
+    ``auto`` (and ``None``) is bfloat16 on CUDA, float32 elsewhere (docs/design.md, "Precision")."""
+    import torch
+
+    if value is None or value == "auto":
+        on_cuda = device is not None and torch.device(device).type == "cuda"
+        return torch.bfloat16 if on_cuda else torch.float32
+    if isinstance(value, str) and value in DTYPES:
+        return getattr(torch, value)
+    if isinstance(value, torch.dtype) and value in (torch.float32, torch.bfloat16, torch.float16):
+        return value
+    raise ValueError(f"{name} must be one of {', '.join(DTYPES)}; got {value!r}")

@@ -15,8 +15,8 @@ import math
 import torch
 
 from textdiff import checks
+from textdiff.checks import SEED_LIMIT
 
-SEED_LIMIT = 2**64
 _TINY = torch.finfo(torch.float64).tiny
 _ONE_MINUS_ULP = 1.0 - 2.0**-53
 

@@ -49,7 +49,8 @@ GUIDANCE = Registry("guidance")
 def _classifier_score(guidance: Guidance, tokenizer) -> GuidanceScore:
     from textdiff.models.hub import load_classifier
 
-    classifier = load_classifier(guidance.classifier, label=guidance.label, device=guidance.device)
+    classifier = load_classifier(guidance.classifier, label=guidance.label, device=guidance.device,
+                                 dtype=guidance.dtype)
     if tokenizer is not None:
         require_same_vocabulary(tokenizer, classifier.tokenizer, "classifier")
     return ClassifierScore(classifier, guidance.label)
@@ -59,7 +60,7 @@ def _classifier_score(guidance: Guidance, tokenizer) -> GuidanceScore:
 def _similarity_score(guidance: Guidance, tokenizer) -> GuidanceScore:
     from textdiff.models.sentence_encoder import SentenceEncoder
 
-    encoder = SentenceEncoder.from_pretrained(guidance.encoder, device=guidance.device)
+    encoder = SentenceEncoder.from_pretrained(guidance.encoder, device=guidance.device, dtype=guidance.dtype)
     if tokenizer is not None:
         require_same_vocabulary(tokenizer, encoder.tokenizer, "sentence encoder")
     return SimilarityScore(encoder, guidance.reference)
@@ -78,7 +79,8 @@ class Guidance:
     """What to steer toward (``label`` or ``reference``), how (``kind``) and how hard (``scale``: ``γ`` for a
     score, ``w`` for ``cfg``); a label is checked against the model that reads it when that model loads.
     ``classifier`` / ``encoder``: a directory or hub name instead of the default; ``top_k``: candidates reweighted per
-    drawn position in diffusion."""
+    drawn position in diffusion; ``device``, ``dtype``: where and in which precision its models run (``auto``:
+    bfloat16 on CUDA, float32 elsewhere)."""
 
     label: str | None = None
     scale: float = 4.0
@@ -88,11 +90,13 @@ class Guidance:
     encoder: str | None = None
     top_k: int = 16
     device: str = "cpu"
+    dtype: str = "auto"
 
     def __post_init__(self):
         checks.one_of("guidance", self.kind, GUIDANCE)
         checks.finite_float("guidance_scale", self.scale, low=0)
         checks.positive_int("guidance_top_k", self.top_k)
+        checks.dtype(self.dtype)
         if self.kind == "similarity" and not self.reference:
             raise ValueError("similarity guidance needs a reference text")
         if self.kind != "similarity" and self.label is None:
@@ -133,7 +137,7 @@ class Guidance:
         """``cfg``: ``(predictor, tokenizer, condition_id)`` of the conditional masked LM mixed with scale ``w``."""
         from textdiff.models.hub import load_conditional
 
-        predictor, tokenizer, conditions = load_conditional(name, self.device)
+        predictor, tokenizer, conditions = load_conditional(name, self.device, self.dtype)
         condition = conditions.id_of(self.label)
         mixed = ClassifierFreePredictor(predictor, position=conditions.position, null_id=conditions.null_id,
                                         scale=self.scale)
@@ -168,12 +172,13 @@ def sample_texts(n: int = 8, *, length: int = 32, process: str = "mask", model: 
                  steps: int | None = None, schedule: str | None = None, corrector: str | None = None,
                  prefix: str | None = None, guidance: Guidance | None = None, draw: X0Draw | None = None,
                  seed: int | None = 0, cache: bool = True, allow_special: bool = False,
-                 trajectory: Trajectory | None = None, progress: bool = False, device="cpu",
+                 trajectory: Trajectory | None = None, progress: bool = False, device="cpu", dtype="auto",
                  **process_options) -> tuple[list[str], object]:
     """``(texts, tokenizer)``: ``n`` samples of the reverse ``process`` (``mask``, ``replace_*``: ``length`` tokens,
     ``prefix`` kept; ``delete``: grown from the empty sequence, ``steps`` default ``length``) on ``model`` (default:
     the shipped one of the process), optionally steered by ``guidance``. ``process_options``: ``reveal`` (mask),
-    ``kernel`` (replace_diff). Special tokens are never drawn unless ``allow_special``."""
+    ``kernel`` (replace_diff). Special tokens are never drawn unless ``allow_special``. Model forwards run in ``dtype``
+    (``auto``: bfloat16 on CUDA, float32 elsewhere; a ``guidance``'s models use its own ``dtype``)."""
     checks.positive_int("length", length)
     checks.positive_int("n", n)
     if steps is not None:
@@ -183,12 +188,13 @@ def sample_texts(n: int = 8, *, length: int = 32, process: str = "mask", model: 
     from textdiff.models.hub import load_denoiser, load_insertion  # transformers loads on first use
 
     device = checks.device(device)
+    dtype = checks.dtype(dtype, device)
     schedule = schedule or process_class.default_schedule
     free = guidance is not None and guidance.conditional_model
     if free and process != "mask":
         raise ValueError("cfg guidance needs process 'mask' (the shipped conditional model is a masking denoiser)")
     if process_class.variable_length:
-        network, tokenizer = load_insertion(model, device)
+        network, tokenizer = load_insertion(model, device, dtype)
         steps = steps or length
         hooks = guidance.logits_hooks(tokenizer) if guidance else []
         out = sample_delete(predictor_for(network, tokenizer), process_for(network, tokenizer, schedule,
@@ -199,7 +205,7 @@ def sample_texts(n: int = 8, *, length: int = 32, process: str = "mask", model: 
         predictor, tokenizer, condition = guidance.conditional_predictor(model)
         network, banned = predictor.predictor, [*tokenizer.all_special_ids, condition, predictor.null_id]
     else:
-        predictor, tokenizer = load_denoiser(model, device, subs=process_class.subs_predictor)
+        predictor, tokenizer = load_denoiser(model, device, subs=process_class.subs_predictor, dtype=dtype)
         network, condition, banned = predictor, None, tokenizer.all_special_ids
     chosen = make_process(process, mask_id=tokenizer.mask_token_id, vocab_size=network.model.config.vocab_size,
                           schedule=schedule, corrector=corrector, **process_options)

@@ -130,3 +130,8 @@ def test_empty_weights_file_in_an_otherwise_valid_directory(tmp_path):
     save_file({}, str(model / "model.safetensors"))
     outcome = run_cli_here("gibbs", "--model", str(model), "--steps", "2", "--burn-in", "0")
     assert outcome.code != 0 and "Traceback" not in outcome.err, outcome.err
+
+
+@pytest.mark.parametrize("verb", [["generate", "-k", "dog"], ["gibbs"], ["sample"]])
+def test_unknown_dtype(verb):
+    assert_clean_failure(run_cli_here(*verb, "--dtype", "int8"), "--dtype", "invalid choice")

@@ -79,3 +79,29 @@ def test_smollm2_cache_is_a_safetensors_directory():
     with torch.no_grad():
         logits = model(torch.tensor([[tok.bos_token_id, *ids]])).logits
     assert torch.isfinite(logits).all() and model.config.vocab_size == 49152
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", torch.bfloat16])
+def test_loaders_give_the_requested_precision(tiny_dirs, dtype):
+    root, bert, llama = tiny_dirs
+    model, _ = hub.load_mlm(root / "mlm", dtype=dtype)
+    lm, _ = hub.load_lm(str(root / "lm"), dtype=dtype)
+    wanted = dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype)
+    assert {p.dtype for p in model.parameters()} == {p.dtype for p in lm.parameters()} == {wanted}
+    ids = torch.tensor([[2, 5, 6, 7, 8, 3]])
+    low = model(input_ids=ids).logits.float()
+    full = hub.load_mlm(root / "mlm")[0](input_ids=ids).logits  # auto on CPU: float32, the stored weights exactly
+    assert full.dtype == torch.float32 and torch.equal(hub.load_mlm(root / "mlm")[0].cls.predictions.decoder.weight,
+                                                       bert.cls.predictions.decoder.weight)
+    assert (low - full).abs().max() < 0.05 * full.abs().max() and not torch.equal(low, full)
+
+
+def test_auto_precision_is_bfloat16_on_cuda_only():
+    from textdiff import checks
+
+    assert checks.dtype("auto", "cpu") is torch.float32 and checks.dtype(None) is torch.float32
+    assert checks.dtype("auto", torch.device("cuda", 0)) is torch.bfloat16
+    assert checks.dtype("float16", "cuda") is torch.float16
+    for bad in ("int8", "fp32", torch.int64, 16):
+        with pytest.raises(ValueError, match="dtype must be one of auto, float32, bfloat16, float16"):
+            checks.dtype(bad, "cpu")

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from textdiff import checks
-from textdiff.rng import SEED_LIMIT
+from textdiff.checks import SEED_LIMIT
 
 
 def _argument_type(convert):
@@ -46,6 +46,12 @@ def add_device_option(parser: argparse.ArgumentParser, default: str | None = Non
     parser.add_argument("--device", type=_argument_type(_device), default=default,
                         help="torch device: cpu, cuda or cuda:N"
                         + ("" if default else " (default: cuda when available)"))
+
+
+def add_dtype_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=checks.DTYPES, default="auto",
+                        help="precision of the model forwards (default: auto = bfloat16 on CUDA, float32 on CPU); "
+                        "log-probabilities and draws stay float64")
 
 
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
@@ -120,4 +126,5 @@ def guidance_from_args(args: argparse.Namespace, device: str):
 
     kind = args.guidance or ("similarity" if args.label is None else args.guidance_kinds[0])
     return Guidance(label=args.label, scale=args.guidance_scale, kind=kind, reference=args.reference,
-                    classifier=args.classifier, top_k=getattr(args, "guidance_top_k", 16), device=device)
+                    classifier=args.classifier, top_k=getattr(args, "guidance_top_k", 16), device=device,
+                    dtype=args.dtype)

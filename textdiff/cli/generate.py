@@ -9,6 +9,7 @@ import sys
 from textdiff import checks
 from textdiff.cli.common import (
     add_device_option,
+    add_dtype_option,
     add_guidance_options,
     add_seed_option,
     add_threads_option,
@@ -50,6 +51,7 @@ def add_parser(subparsers) -> None:
                         help="LM drafts sampled per set as start states (default: the preset's; 0: none)")
     add_seed_option(parser)
     add_device_option(parser, default="cpu")
+    add_dtype_option(parser)
     add_threads_option(parser)
     parser.add_argument("--inflect", action="store_true", help="allow inflected keyword forms (dogs, caught, ...)")
     parser.add_argument("--proposal", choices=list(PROPOSALS), default="mlm",
@@ -134,7 +136,8 @@ def run(args) -> int:
     options["guidance"] = guidance_from_args(args, args.device)
     inputs = [(parse_keywords(args.keywords), args.keywords)] if args.keywords is not None else read_sets(args.input)
     runnable = [keywords for keywords, _ in inputs if not isinstance(keywords, ValueError)]
-    results = iter(generate_many(runnable, args.n, method=args.method, device=args.device, seed=args.seed,
+    results = iter(generate_many(runnable, args.n, method=args.method, device=args.device, dtype=args.dtype,
+                                 seed=args.seed,
                                  progress=True, **options) if runnable else [])
     failed = 0
     for number, (keywords, raw) in enumerate(inputs, 1):

@@ -7,6 +7,7 @@ import argparse
 from textdiff import rng
 from textdiff.cli.common import (
     add_device_option,
+    add_dtype_option,
     add_guidance_options,
     add_seed_option,
     add_threads_option,
@@ -50,6 +51,7 @@ def add_parser(subparsers) -> None:
     add_guidance_options(parser, diffusion=False)
     add_seed_option(parser)
     add_device_option(parser, default="cpu")
+    add_dtype_option(parser)
     add_threads_option(parser)
     parser.set_defaults(func=run)
 
@@ -57,7 +59,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from textdiff.models.hub import load_mlm  # transformers loads with the verb, not with --help
 
-    model, tokenizer = load_mlm(args.model, device=args.device)
+    model, tokenizer = load_mlm(args.model, device=args.device, dtype=args.dtype)
     generator = rng.make_generator(args.seed, device=args.device)
     if args.text:
         init = text_init(tokenizer, args.text)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from textdiff.cli.common import (
     add_device_option,
+    add_dtype_option,
     add_guidance_options,
     add_seed_option,
     add_threads_option,
@@ -60,6 +61,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--trajectory", default=None, help="write the denoising trajectory to this HTML file")
     add_guidance_options(p, diffusion=True)
     add_device_option(p)
+    add_dtype_option(p)
     add_threads_option(p)
     p.set_defaults(func=run)
 
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         args.num_samples, length=args.length, process=args.process, model=args.model, steps=args.steps,
         schedule=args.schedule, corrector=args.corrector, prefix=args.prefix,
         guidance=guidance_from_args(args, device), draw=draw, seed=args.seed, cache=not args.no_cache,
-        allow_special=args.allow_special, trajectory=trajectory, progress=True, device=device, **options)
+        allow_special=args.allow_special, trajectory=trajectory, progress=True, device=device, dtype=args.dtype,
+        **options)
     for text in texts:
         print(text)
     if trajectory is not None:

@@ -24,25 +24,28 @@ register_method = METHODS.register
 
 
 @register_method("mh")
-def _generate_mh(keyword_sets, n: int = 1, *, lm=None, mlm=None, device="cpu", proposal: str = "mlm", guidance=None,
-                 **options):
+def _generate_mh(keyword_sets, n: int = 1, *, lm=None, mlm=None, device="cpu", dtype="auto", proposal: str = "mlm",
+                 guidance=None, **options):
     check_settings(n, **options)
-    generator = default_generator(lm, mlm, str(checks.device(device)), proposal)
+    device = checks.device(device)
+    generator = default_generator(lm, mlm, str(device), proposal, checks.dtype(dtype, device))
     if guidance is not None:  # the target becomes π · w^γ (docs/guidance.md#mcmc)
         options["soft"] = [*options.get("soft", ()), guidance.target_term()]
     return generator.generate_many(keyword_sets, n, **options)
 
 
 @functools.lru_cache(maxsize=2)
-def _insertion_model(name, device: str):
+def _insertion_model(name, device: str, dtype):
     from textdiff.models.hub import load_insertion  # on first use: transformers is not imported with the CLI
 
-    return load_insertion(name, device)
+    return load_insertion(name, device, dtype)
 
 
 @register_method("diffusion")
-def _generate_diffusion(keyword_sets, n: int = 1, *, insertion_model=None, device="cpu", guidance=None, **options):
-    model, tokenizer = _insertion_model(insertion_model, str(checks.device(device)))
+def _generate_diffusion(keyword_sets, n: int = 1, *, insertion_model=None, device="cpu", dtype="auto", guidance=None,
+                        **options):
+    device = checks.device(device)
+    model, tokenizer = _insertion_model(insertion_model, str(device), checks.dtype(dtype, device))
     hooks = guidance.logits_hooks(tokenizer) if guidance is not None else []  # fill candidates reweighted
     out = []
     for keywords in keyword_sets:
@@ -70,9 +73,10 @@ def generate(keywords: str | Iterable[str], n: int = 1, *, method: str = "mh", *
     the default models (loaded once per process). ``options`` go to the method: for ``mh`` ``steps``, ``chains``,
     ``drafts`` (LM drafts as start states; presets in ``textdiff.keywords.presets``), ``seed``, ``inflect``,
     ``schedule``, ``temperature``, ``final_temperature``, ``output``, ``banned``, ``proposal``, ``lm``, ``mlm``,
-    ``device``; for ``diffusion`` ``orders``, ``samples_per_order``, ``steps``, ``fill_mode``, ``seed``,
-    ``insertion_model``, ``device``; for both ``guidance`` (a :class:`textdiff.sampling.Guidance`: steer toward a
-    label or a reference, docs/guidance.md#using-guidance)."""
+    ``device``, ``dtype``; for ``diffusion`` ``orders``, ``samples_per_order``, ``steps``, ``fill_mode``, ``seed``,
+    ``insertion_model``, ``device``, ``dtype`` (model forwards; ``auto``: bfloat16 on CUDA, float32 elsewhere); for
+    both ``guidance`` (a :class:`textdiff.sampling.Guidance`: steer toward a label or a reference,
+    docs/guidance.md#using-guidance)."""
     run = METHODS.get_checked(method)
     parse_keywords(keywords)
     result = run([keywords], n, **options)[0]

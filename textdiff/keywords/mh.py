@@ -358,13 +358,13 @@ class KeywordGenerator:
 
 
 @functools.lru_cache(maxsize=4)
-def default_generator(lm: str | None = None, mlm: str | None = None, device: str = "cpu", proposal: str = "mlm"
-                      ) -> KeywordGenerator:
+def default_generator(lm: str | None = None, mlm: str | None = None, device: str = "cpu", proposal: str = "mlm",
+                      dtype="auto") -> KeywordGenerator:
     """A ``KeywordGenerator`` on the default (or named) models, loaded once per process (the loaders, and
     transformers with them, are imported on first use, so the CLI starts fast)."""
     from textdiff.models.hub import load_lm, load_mlm
 
-    lm_model, lm_tok = load_lm(lm, device=device)
+    lm_model, lm_tok = load_lm(lm, device=device, dtype=dtype)
     needs_mlm = PROPOSALS.get_checked(proposal).needs_mlm
-    mlm_model, mlm_tok = load_mlm(mlm, device=device) if needs_mlm else (None, None)
+    mlm_model, mlm_tok = load_mlm(mlm, device=device, dtype=dtype) if needs_mlm else (None, None)
     return KeywordGenerator(lm_model, lm_tok, mlm_model, mlm_tok, proposal=proposal)

