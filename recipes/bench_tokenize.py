@@ -10,7 +10,10 @@ textdiff / SentencePiece and textdiff / 🤗 ratios. CUDA is measured when prese
 How it is measured: every system gets the same list of corpus lines in one call each (``tok.encode(lines)``,
 ``sp.encode(lines, num_threads=T)``, ``hf.encode_batch(lines)`` with ``RAYON_NUM_THREADS=T``), in the same process
 with the same thread count. The ``b256`` rows encode 256-line batches, as a training collator does, returning lists
-or (``pt``) ``return_tensors="pt"`` padded tensors on the device, the device sync included. ``cold`` clears the
+or (``pt``) ``return_tensors="pt"`` padded tensors on the device, the device sync included. The ``bytes`` rows
+run the device pipeline (``encode_bytes``) from the Arrow string array of the same lines (``pyarrow.array(lines)``,
+as a ``datasets`` column holds them) to padded ids on the device, whole or in 256-line slices, the buffer
+conversion and the host-to-device copy included. ``cold`` clears the
 word-lattice cache of a second textdiff tokenizer before every call (the first pass over new text); the other rows
 run with the cache that the warm-up call filled (a training run after its first batches). The ``loader`` rows run
 a ``DataLoader`` with ``--workers`` workers over the lines in 256-line batches, each system inside the collate
@@ -73,7 +76,10 @@ def same_law(ours: Counter, theirs: Counter) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(REPO / "data/tokenizers/en-unigram-8k.model"),
+    default_model = REPO / "data/tokenizers/en-unigram-8k.model"
+    if not default_model.is_file():
+        default_model = REPO / "textdiff/assets/tokenizers/en-unigram-8k.model"
+    parser.add_argument("--model", default=str(default_model),
                         help="SentencePiece unigram .model")
     parser.add_argument("--corpus", default=str(REPO.parent / "shared/data/corpus/en"), help="folder of .txt files")
     parser.add_argument("--lines", type=int, default=40000, help="number of corpus lines (shuffled, seed 0)")
@@ -85,12 +91,14 @@ def main() -> None:
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("RAYON_NUM_THREADS", str(args.threads))  # read when 🤗 tokenizers starts its pool
+    import pyarrow as pa
     import sentencepiece as spm
     import tokenizers
     import torch
 
     from textdiff.padding import pad
     from textdiff.tokenization import UnigramTokenizer
+    from textdiff.tokenization.bytes_input import arrow_text
 
     torch.set_num_threads(args.threads)
     lines = []
@@ -146,8 +154,24 @@ def main() -> None:
         "sentencepiece normalize": lambda: [sp.normalize(line) for line in lines],
         "textdiff normalize cpu": lambda: [tok.normalize(line) for line in lines],
     }
+    column = pa.array(lines)  # a datasets column's Arrow strings: bytes -> padded ids, no Python string per line
+    column_batches = [column.slice(i, 256) for i in range(0, len(lines), 256)]
+
+    def from_bytes(device: str, alpha: float | None, parts: list) -> int:
+        """Tokens of ``encode_bytes`` over Arrow arrays (Arrow buffers to tensors, to the device, padded ids out);
+        the count syncs the device inside the timing."""
+        total = 0
+        for part in parts:
+            data, offsets = arrow_text(part)
+            out = tok.encode_bytes(data.to(device), offsets, alpha=alpha, seed=0, device=device)
+            total += int(out["attention_mask"].sum())
+        return total
+
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
+        systems[f"textdiff viterbi {device} bytes"] = lambda d=device: from_bytes(d, None, [column])
+        systems[f"textdiff sample {device} bytes"] = lambda d=device: from_bytes(d, args.alpha, [column])
+        systems[f"textdiff sample {device} b256 bytes"] = lambda d=device: from_bytes(d, args.alpha, column_batches)
         if device == "cuda":
             systems["textdiff viterbi cuda"] = lambda: tok.encode(lines, device="cuda")
             systems["textdiff sample cuda"] = lambda: tok.encode(lines, alpha=args.alpha, seed=0, device="cuda")

@@ -31,7 +31,7 @@ import torch
 from tokenizers import Tokenizer
 
 from textdiff import checks, rng
-from textdiff.tokenization import formats, lattice, viterbi, wordcache
+from textdiff.tokenization import bytes_input, formats, lattice, viterbi, wordcache
 from textdiff.tokenization.encoding import Encoding, Tokens
 from textdiff.tokenization.normalization import METASPACE, Chunks, TextPipeline, word_of
 from textdiff.tokenization.sentencepiece_model import BYTE, CONTROL, UNKNOWN
@@ -85,6 +85,7 @@ class UnigramTokenizer:
         escapes = normalizer is not None and normalizer.escape_whitespaces
         splits = escapes and not any(METASPACE in p[1:] for p in vocab.pieces)
         self._split_at = METASPACE if splits else None  # boundaries before "▁" are lattice cuts: chunk there
+        self._byte_tables: dict[str, bytes_input.ByteRouteTables] = {}  # per device, for encode_bytes
 
     # ------------------------------------------------------------------------------------------- constructors
     @classmethod
@@ -238,6 +239,30 @@ class UnigramTokenizer:
         if return_offsets:
             return ids, encoding.offsets[0] if single else encoding.offsets
         return ids
+
+    def encode_bytes(
+        self,
+        data: torch.Tensor,
+        offsets: torch.Tensor,
+        alpha: float | None = None,
+        seed: int | None = None,
+        device: str | torch.device = "cpu",
+        generator: torch.Generator | None = None,
+        pad_id: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Padded ``input_ids`` and ``attention_mask`` (``[lines, longest]`` long tensors on ``device``) of lines
+        given as UTF-8 bytes: line ``i`` is ``data[offsets[i] : offsets[i + 1]]`` (``data`` a 1-D uint8 tensor,
+        ``offsets`` a non-decreasing 1-D int64 tensor; :func:`~textdiff.tokenization.bytes_input.arrow_text` gives
+        both for an Arrow / ``datasets`` string column). Same law as :meth:`encode` with ``return_tensors="pt"``:
+        identical ids for decoding (``alpha`` None or < 0), an exact sample otherwise; ``alpha``, ``seed``,
+        ``generator`` and ``pad_id`` as there.
+
+        Word boundaries, word lookup in the cache, draws and padding run on ``device``: for SentencePiece models with
+        the default whitespace rules, on the lines that are ASCII and hold no character that starts a
+        multi-character normalisation rule or user-defined symbol. Other lines (and every line of other models)
+        are decoded and segmented by the host pipeline, in the same call; bytes that are not UTF-8 there raise
+        ``ValueError``. See docs/tokenization.md, "Device pipeline"."""
+        return bytes_input.encode_bytes(self, data, offsets, alpha, seed, device, generator, pad_id)
 
     def tokenize(self, texts, alpha=None, seed=None, device="cpu", generator=None) -> list[list[str]] | list[str]:
         """Like :meth:`encode`, with pieces as strings (byte-fallback pieces read ``<0xNN>``)."""
@@ -400,10 +425,22 @@ class UnigramTokenizer:
         store = self._store(device, alpha)
         build = lambda keys: self._word_tables(keys, alpha, device)
         entry = words.in_text_order(store.lookup(words.keys, build, words.code))
-        text = words.text.to(device)
+        tokens = self._segment_words(store, entry, words.text.to(device), len(texts), alpha, gen, device)
+        store.trim()
+        return tokens
+
+    def _segment_words(self, store: wordcache.WordStore, entry: torch.Tensor, text: torch.Tensor, n_texts: int,
+                       alpha: float | None, gen, device: torch.device, spans: bool = True,
+                       split_tables: bool = False) -> Tokens:
+        """The pieces of every word occurrence (cache ``entry`` and ``text`` of each, in text order) laid out in
+        text order: each word's Viterbi segmentation (decoding), else a draw from its table or a walk back
+        (:meth:`_walk`; ``split_tables``: :meth:`_split_walk`). ``spans=False`` leaves ``start`` / ``end`` empty
+        (padded ids need none). Tokens on the CPU, or on ``device`` without ``spans``."""
         units = store.sizes(wordcache.UNITS).index_select(0, entry)
         if alpha is None:  # every word has its Viterbi segmentation
             table, suffix = store.base[wordcache.SEG].values.index_select(0, entry), None
+        elif split_tables:
+            table, suffix = self._split_walk(store, entry, units, gen, device)
         else:
             table, suffix = self._walk(store, entry, units, gen, device)
         seg_count = store.column(wordcache.SEG, "count")
@@ -423,11 +460,13 @@ class UnigramTokenizer:
             at = out_first.index_select(0, spread) + within
             piece.index_copy_(0, at, pieces.index_select(0, source_first.index_select(0, spread) + within).long())
             out_first = out_first + source_count
-        text_units = torch.zeros(len(texts), dtype=torch.int64, device=device).index_add_(0, text, units)
-        text_count = torch.zeros(len(texts), dtype=torch.int64, device=device).index_add_(0, text, count)
-        start, end = self._spans(piece, text_units, text_count)
-        store.trim()
-        tokens = Tokens(text_count.cpu(), piece.cpu(), start.cpu(), end.cpu())
+        text_count = torch.zeros(n_texts, dtype=torch.int64, device=device).index_add_(0, text, count)
+        if spans:
+            text_units = torch.zeros(n_texts, dtype=torch.int64, device=device).index_add_(0, text, units)
+            start, end = self._spans(piece, text_units, text_count)
+            tokens = Tokens(text_count.cpu(), piece.cpu(), start.cpu(), end.cpu())
+        else:
+            tokens = Tokens(text_count, piece, piece, piece)  # start / end: placeholders
         if self.vocab.unk_id is not None and not self.vocab.byte_fallback:
             return self._fuse_unknown(tokens)
         return tokens
@@ -467,6 +506,34 @@ class UnigramTokenizer:
             code_points = store.column(wordcache.ROW, "unit").index_select(0, row + start.index_select(0, unk)).long()
             tokens = self._spell_bytes(tokens, unk, code_points)
         return table, tokens
+
+    def _split_walk(self, store: wordcache.WordStore, entry: torch.Tensor, length: torch.Tensor,
+                    gen: torch.Generator, device: torch.device) -> tuple[torch.Tensor, Tokens]:
+        """:meth:`_walk` for loops of fixed shape: the occurrences of words with a table of all their segmentations
+        draw from it at once (one uniform each), and only the others walk, for as many steps as the longest of them
+        needs. Which occurrences walk depends on their words only, and every draw has its own uniform, so the law
+        is the walk's (docs/tokenization.md, "Device pipeline")."""
+        end_row = store.row_base.index_select(0, entry) + length - 1
+        segs = store.column(wordcache.ROW, "segs").index_select(0, end_row).long()
+        whole = segs > 0
+        table = torch.full_like(entry, -1)
+        drawn = torch.nonzero(whole).squeeze(1)
+        walked = torch.nonzero(~whole).squeeze(1)
+        if drawn.numel():
+            count = segs.index_select(0, drawn)
+            first = store.column(wordcache.ROW, "seg").index_select(0, end_row.index_select(0, drawn)).long()
+            u = rng.uniform((drawn.numel(),), gen, device)
+            rounds = int(count.max() - 1).bit_length()
+            table.index_copy_(0, drawn, wordcache.bisect(torch, store.column(wordcache.SEG, "cdf"), first, count, u,
+                                                         rounds))
+        if walked.numel() == 0:
+            empty = torch.zeros(0, dtype=torch.int64, device=device)
+            return table, Tokens(torch.zeros_like(entry), empty, empty, empty)
+        walked_table, suffix = self._walk(store, entry.index_select(0, walked), length.index_select(0, walked), gen,
+                                          device)
+        table.index_copy_(0, walked, walked_table)
+        count = torch.zeros_like(entry).index_copy_(0, walked, suffix.count)
+        return table, Tokens(count, suffix.piece, suffix.start, suffix.end)
 
     def _store(self, device: torch.device, alpha: float | None) -> wordcache.WordStore:
         """The word store for ``(device, alpha)``. Chunks are words (cut at ``▁`` or by a pre-tokenizer) for most

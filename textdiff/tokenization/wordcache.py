@@ -103,6 +103,7 @@ class WordStore:
         self.fields, self.device, self.budget = fields, device, budget
         self._unit = {g: sum(torch.empty(0, dtype=t).element_size() for t in f.values()) for g, f in fields.items()}
         self.hits = self.misses = self._clock = 0
+        self.device_index = None  # the device pipeline's hash index of the keys (textdiff.tokenization.bytes_input)
         self._lay_out([], {g: 0 for g in fields})
 
     def _lay_out(self, words: list[str], capacity: dict[str, int], tables: WordTables | None = None,
@@ -150,7 +151,6 @@ class WordStore:
         words' blocks with ``build`` (given each missing key once). Occurrences as in
         :class:`~textdiff.tokenization.normalization.Words`: ``code[i]`` when nonzero (a packed short word, looked up
         in a sorted table), else the next key (looked up in a dict)."""
-        self._clock += 1
         looked_up = np.fromiter(map(self.index.__getitem__, keys), dtype=np.int64, count=len(keys))
         if code is None:
             ids = looked_up
@@ -161,29 +161,52 @@ class WordStore:
             at = np.minimum(np.searchsorted(self._codes, code), max(len(self._codes) - 1, 0))
             found = packed & (self._codes[at] == code) if len(self._codes) else np.zeros_like(packed)
             ids[found] = self._code_entry[at[found]]
-        hit = ids >= 0
-        tick = self.tick.values.numpy()
-        tick[ids[hit]] = self._clock  # the words of this call are never evicted during it
-        self.hits += int(np.count_nonzero(tick == self._clock))
-        missing = np.flatnonzero(~hit)
-        if missing.size:
+
+        def missed_keys(missing: np.ndarray) -> list:
             missed = np.empty(len(ids), dtype=object)
             if code is None:
                 missed[:] = keys
             else:
                 missed[~packed] = keys
                 missed[packed] = code[packed].view("S8").tolist()
-            missed = missed[missing].tolist()
+            return missed[missing].tolist()
+
+        ids, _ = self.resolve(ids, missed_keys, build)
+        return torch.from_numpy(ids).to(self.device)
+
+    def resolve(self, ids: np.ndarray, missed_keys: Callable[[np.ndarray], list], build: Callable[[list], WordTables]
+                ) -> tuple[np.ndarray, torch.Tensor | None]:
+        """One call's lookups, completed: ``ids`` holds the entry of every occurrence found so far (-1: not found;
+        modified in place), ``missed_keys(missing)`` the keys of the occurrences at ``missing``. Found entries are
+        marked as used by this call (never evicted during it); keys not found are looked up in the dict, the rest
+        built with ``build`` (each key once) and appended. Returns the completed ids and the map from old to new
+        entry ids when appending moved the store (None when nothing moved): entries found before this call must be
+        mapped through it."""
+        self._clock += 1
+        tick = self.tick.values.numpy()
+        hit = ids >= 0
+        tick[ids[hit]] = self._clock  # the words of this call are never evicted during it
+        missing = np.flatnonzero(~hit)
+        remap = None
+        if missing.size:
+            missed = missed_keys(missing)
+            known = np.fromiter(map(self.index.__getitem__, missed), dtype=np.int64, count=len(missed))
+            ids[missing] = known
+            tick[known[known >= 0]] = self._clock
+            missing, missed = missing[known < 0], [key for key, i in zip(missed, known.tolist()) if i < 0]
+        self.hits += int(np.count_nonzero(tick == self._clock))
+        if missing.size:
             new_keys = list(dict.fromkeys(missed))
             self.misses += len(new_keys)
             tables = build(new_keys)
             remap = self._make_room({g: int(s.sum()) for g, s in tables.sizes.items()})
+            hit = ids >= 0
             if remap is not None:
                 ids[hit] = remap.numpy()[ids[hit]]
             self._add_keys(new_keys)
             self._append(tables, torch.full((len(new_keys),), self._clock, dtype=torch.int64))
             ids[missing] = np.fromiter(map(self.index.__getitem__, missed), dtype=np.int64, count=len(missed))
-        return torch.from_numpy(ids).to(self.device)
+        return ids, remap
 
     def _add_keys(self, keys: list) -> None:
         """Give ``keys`` the next entry ids: in the dict, and short ``bytes`` keys also in the sorted code table."""
