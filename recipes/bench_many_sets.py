@@ -2,12 +2,13 @@
 
 Loads SmolLM2 + the MiniLM MLM once, then writes sentences for the first ``--sets`` distinct CommonGen dev concept
 sets (a) one set at a time (``KeywordGenerator.generate``), (b) all sets in one MH population
-(``KeywordGenerator.generate_many``: every forward pass shared, ``--batch-size`` chains in flight). Same seed, steps
-and chains; model loading excluded. Prints wall times, sets per second, the ratio, and whether (b) gave the very same
+(``KeywordGenerator.generate_many``: every forward pass shared, ``--batch-size`` chains in flight). Same seed and
+preset (``--preset``, default: the default preset, LM drafts included; ``--steps``/``--chains``/``--drafts``
+override it); model loading excluded. Prints wall times, sets per second, the ratio, and whether (b) gave the very same
 sentences as (a) (it should: each set draws from its own generator, and rows are padded to widths fixed by their own
 length).
 
-    python recipes/bench_many_sets.py [--sets 8] [--steps 50] [--chains 4] [--batch-size 64] [--device cpu]
+    python recipes/bench_many_sets.py [--sets 8] [--preset default] [--steps N] [--batch-size 64] [--device cpu]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from textdiff.keywords import KeywordGenerator
+from textdiff.keywords.presets import PRESETS, preset
 from textdiff.models import load_lm, load_mlm
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "commongen" / "commongen.dev.src_alpha.txt"
@@ -27,8 +29,10 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "commongen" / "commongen.d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--preset", choices=list(PRESETS), default="default")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--chains", type=int, default=None)
+    parser.add_argument("--drafts", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -37,8 +41,9 @@ def main() -> None:
     lm, lm_tok = load_lm(None, device=args.device)
     mlm, mlm_tok = load_mlm(None, device=args.device)
     generator = KeywordGenerator(lm, lm_tok, mlm, mlm_tok)
-    options = dict(steps=args.steps, chains=args.chains, seed=args.seed)
-    generator.generate(sets[0], steps=2, chains=2, seed=0)  # warm-up
+    options = dict(seed=args.seed, inflect=True,
+                   **preset(args.preset).options(steps=args.steps, chains=args.chains, drafts=args.drafts))
+    generator.generate(sets[0], steps=2, chains=2, drafts=1, seed=0)  # warm-up
     start = time.perf_counter()
     alone = [generator.generate(keywords, 1, **options) for keywords in sets]
     one_by_one = time.perf_counter() - start
@@ -47,7 +52,8 @@ def main() -> None:
     batched = time.perf_counter() - start
     same = [[s.text for s in a] for a in alone] == [[s.text for s in t] for t in together]
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, {len(sets)} CommonGen dev sets, "
-          f"{args.steps} steps x {args.chains} chains each, batch {args.batch_size} chains (model loading excluded)")
+          f"preset {args.preset}: {options['steps']} steps x {options['chains']} chains, {options['drafts']} drafts "
+          f"each, batch {args.batch_size} chains (model loading excluded)")
     print("| run | wall s | sets/s | ratio |\n|---|---|---|---|")
     print(f"| one set at a time | {one_by_one:.1f} | {len(sets) / one_by_one:.3f} | 1.00x |")
     print(f"| all sets in one population | {batched:.1f} | {len(sets) / batched:.3f} | {one_by_one / batched:.2f}x |")
