@@ -17,6 +17,12 @@ import torch
 _SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def run_whole(model: torch.nn.Module) -> None:
+    """Make :func:`logits_at` run ``model`` whole (the output head on every position), as before this module's split:
+    the reference path of benchmarks."""
+    _SPLITS[model] = None
+
+
 def _split(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     base = getattr(model, "base_model", None)
     if not isinstance(model, torch.nn.Module) or base is None or base is model:
