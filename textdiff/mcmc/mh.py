@@ -9,9 +9,12 @@ docs/mcmc.md#exact-acceptance-ratios: position-set sizes ``|D(x)|``, ``|S(x)|`` 
 equal free tokens; ``faithful="su"`` uses Su's simplified ratios instead (not reversible; a negative control,
 docs/mcmc.md#faithful-reference-modes). Rejection is a self-loop; ``log u < min(0, log ratio)``.
 
-One step for ``B`` chains: draw moves and positions, one batched proposal call for all contexts, token draws in
-float64, a second proposal call only for the rare extra run contexts, one batched target call for the proposed
-states. ``transitions`` enumerates the same moves with the same ratio functions (used to build exact kernels).
+The sampler keeps the chains as padded tensors on the proposal's device (:class:`~textdiff.mcmc.chains.Chains`).
+One step for ``B`` chains: draw moves and positions on the device, one batched proposal call for all contexts, token
+draws in float64, a second proposal call only for the rare extra run contexts, one batched target call for the
+proposed states, the acceptance test on the device. The tuple functions below (``apply_move``,
+``log_proposal_pair``, ``transitions``) are the reference kernel: ``transitions`` enumerates the same moves with the
+same ratios and builds the exact kernels the tests compare the tensor step with.
 
 Design decisions: move probabilities 1/3 each, ``max_length`` bounds insertions (docs/numerics.md#d8); the annealing
 schedule ``temperature_schedule`` (geometric ``τ0 = 1 → 0.05`` at 80 % of the steps) scales only the target term
@@ -28,7 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from textdiff import checks, rng
-from textdiff.mcmc.proposals import Context
+from textdiff.mcmc.chains import INSERT, REPLACE, Chains, nth_true
+from textdiff.mcmc.proposals import Context, context_log_probs
 
 MOVES = ("replace", "insert", "delete")
 FAITHFUL_MODES = (None, "su")
@@ -234,11 +238,18 @@ def temperature_schedule(steps: int, kind: str = "geometric", tau0: float = 1.0,
     raise ValueError(f"schedule must be one of constant, linear, geometric; got {kind!r}")
 
 
+def categorical(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One index per row of ``logits [N, K]`` by float64 Gumbel-max: the draw of ``rng.sample_categorical``, without
+    its check for all-``-inf`` rows (a host sync; every row drawn here has support)."""
+    logits = logits.double()
+    return torch.argmax(logits + rng.gumbel(logits.shape, generator, logits.device), dim=-1)
+
+
 class ChainStreams:
     """Consecutive groups of chains with a generator each: ``[(chains, generator), ...]`` in chain order.
 
-    Every draw of a step is made group by group, each group drawing its chains' values in one call on its own
-    generator, in the same order as a run of that group alone; with one group this is a single-generator run.
+    Every draw of a step is made group by group, each group drawing all its chains' values in one call on its own
+    generator, so a group's draws never depend on the other groups; with one group this is a single-generator run.
     """
 
     def __init__(self, groups: Sequence[tuple[int, torch.Generator]]):
@@ -252,29 +263,31 @@ class ChainStreams:
     def total(self) -> int:
         return self.bounds[-1]
 
-    def draw(self, make: Callable[[int, torch.Generator], torch.Tensor], only: Sequence[int] | None = None
-             ) -> torch.Tensor:
-        """``make(k, generator)`` for each group of ``k`` chains, concatenated in chain order; with ``only`` (chain
-        indices), groups holding none of them draw nothing (zeros stand in), as they would in a run alone."""
-        wanted = None if only is None else set(only)
+    def on(self, device: torch.device) -> ChainStreams:
+        """The same groups with generators on ``device``: a generator elsewhere seeds a new one there with one draw
+        of its own, so each group still draws from its own generator only."""
+        def moved(g: torch.Generator) -> torch.Generator:
+            if torch.device(g.device).type == device.type:
+                return g
+            return rng.make_generator(int(torch.randint(0, 2**62, (1,), generator=g)), device=device)
+
+        return ChainStreams([(k, moved(g)) for k, g in self.groups])
+
+    def draw(self, make: Callable[..., torch.Tensor], rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``make(k, generator)`` for each group of ``k`` chains, or with ``rows`` (one per chain)
+        ``make(rows of the group, generator)``; concatenated in chain order."""
         parts = []
         for (k, g), low, high in zip(self.groups, self.bounds[:-1], self.bounds[1:]):
-            if wanted is None or any(low <= c < high for c in wanted):
-                parts.append(make(k, g))
-            else:
-                parts.append(torch.zeros(k, dtype=torch.float64))
+            parts.append(make(k, g) if rows is None else make(rows[low:high], g))
         return torch.cat(parts)
 
-    def draw_rows(self, chains: Sequence[int], make: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-                  ) -> torch.Tensor:
-        """Values for the listed ``chains`` (ascending), ``make(row_indices, generator)`` per group that has any."""
-        chains = torch.as_tensor(list(chains), dtype=torch.long)
-        parts = []
-        for (_, g), low, high in zip(self.groups, self.bounds[:-1], self.bounds[1:]):
-            rows = ((chains >= low) & (chains < high)).nonzero().squeeze(1)
-            if rows.numel():
-                parts.append(make(rows, g))
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+def log_acceptances(log_pi_x: torch.Tensor, log_pi_y: torch.Tensor, log_q_fwd: torch.Tensor,
+                    log_q_bwd: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """:func:`log_acceptance` of every row, with the same ``-inf`` guards."""
+    ratio = ((log_pi_y - log_pi_x) / tau + log_q_bwd - log_q_fwd).clamp(max=0.0)
+    ratio = torch.where(log_pi_x == -math.inf, 0.0, ratio)
+    return torch.where((log_pi_y == -math.inf) | (log_q_bwd == -math.inf), -math.inf, ratio)
 
 
 @dataclass
@@ -302,10 +315,11 @@ class MHResult:
 
 class MetropolisHastings:
     """Batched MH chains with exact acceptance (docs/mcmc.md#exact-acceptance-ratios) over a proposal model and a
-    target.
+    target, the chains held as :class:`~textdiff.mcmc.chains.Chains` tensors on the proposal's device.
 
-    ``proposal.log_probs(contexts) -> [N, V]`` float64 log ``g`` and ``proposal.placeholder``;
-    ``target.log_prob(states) -> [B]`` float64 log π.
+    ``proposal.placeholder`` and either ``proposal.log_probs_at(ids, lengths, slots) -> [N, V]`` float64 log ``g``
+    on the device, or ``proposal.log_probs(contexts)`` (tuples; a host round trip per call). ``target.log_prob(states)
+    -> [B]`` float64 log π, or ``target.log_prob_tensors(tokens, lengths, blocks, group) -> [B]`` on the device.
     """
 
     def __init__(self, proposal, target, move_probs: MoveProbs | Sequence[float] = MoveProbs(),
@@ -316,47 +330,92 @@ class MetropolisHastings:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         self.proposal, self.target, self.faithful, self.max_length = proposal, target, faithful, max_length
         self.probs = move_probs if isinstance(move_probs, MoveProbs) else MoveProbs(*move_probs)
-        self.log_move_probs = torch.tensor([self.probs.log(k) for k in MOVES], dtype=torch.float64)
+        self.device = torch.device(getattr(proposal, "device", "cpu"))
+        self.log_move_probs = torch.tensor([self.probs.log(k) for k in MOVES], dtype=torch.float64,
+                                           device=self.device)
 
-    def step(self, states: list[State], log_pi: list[float], tau: float, streams: ChainStreams):
-        """One MH step of every chain; returns (new states, their log π, which chains accepted a move).
+    def log_pi(self, chains: Chains, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B]`` log π of the chains (with ``rows``: of those rows, ``-inf`` elsewhere). A target with
+        ``log_prob_tensors`` scores every row on the device; one with ``log_prob(states)`` only gets the rows as
+        ``State`` tuples (a host sync: a text-based target needs the host anyway)."""
+        tensors = getattr(self.target, "log_prob_tensors", None)
+        if tensors is not None:
+            out = tensors(chains.tokens, chains.lengths, chains.blocks, chains.group)
+            return out if rows is None else out.masked_fill(~rows, -math.inf)
+        if rows is None:
+            return self.target.log_prob(chains.to_states()).to(self.device, torch.float64)
+        out = torch.full(rows.shape, -math.inf, dtype=torch.float64, device=self.device)
+        index = rows.nonzero()[:, 0]
+        if len(index):
+            out[index] = self.target.log_prob(chains.index(index).to_states()).to(out)
+        return out
 
-        Each group of chains in ``streams`` draws from its own generator, so a group's chains take the same steps
-        whatever other groups share the batch."""
-        n = len(states)
-        kinds = streams.draw(lambda k, g: rng.sample_categorical(self.log_move_probs.expand(k, 3), g)).tolist()
-        u_pos = streams.draw(lambda k, g: rng.uniform((k,), g)).tolist()
-        edits = {}
-        for c, x in enumerate(states):
-            positions = available_positions(x, MOVES[kinds[c]], self.max_length)
-            if positions:
-                edits[c] = (MOVES[kinds[c]], positions[min(int(u_pos[c] * len(positions)), len(positions) - 1)])
-        accepted = [False] * n
-        if not edits:
-            return states, log_pi, accepted
-        placeholder = self.proposal.placeholder
-        chains = list(edits)
-        contexts = [proposal_context(states[c], *edits[c], placeholder) for c in chains]
-        rows = self.proposal.log_probs(contexts)
-        table = {ctx: rows[k] for k, ctx in enumerate(contexts)}
-        drawn = streams.draw_rows(chains, lambda idx, g: rng.sample_categorical(rows[idx], g)).tolist()
-        moves = {c: Move(kind, pos, None if kind == "delete" else drawn[k])
-                 for k, (c, (kind, pos)) in enumerate(zip(chains, edits.values()))}
-        extra = list({ctx for c in chains for ctx in ratio_contexts(states[c], moves[c], placeholder, self.faithful)
-                      if ctx not in table})
-        if extra:
-            table.update(zip(extra, self.proposal.log_probs(extra)))
-        proposed = {c: apply_move(states[c], moves[c]) for c in chains}
-        changed = [c for c in chains if proposed[c] != states[c]]
-        scores = self.target.log_prob([proposed[c] for c in changed]).tolist() if changed else []
-        log_u = streams.draw(lambda k, g: rng.log_uniform((k,), g), only=chains).tolist()
-        new_states, new_log_pi = list(states), list(log_pi)
-        for c, log_pi_y in zip(changed, scores):
-            fwd, bwd = log_proposal_pair(states[c], moves[c], table.__getitem__, self.probs, placeholder,
-                                         self.faithful)
-            if log_u[c] < log_acceptance(log_pi[c], log_pi_y, fwd, bwd, tau):
-                new_states[c], new_log_pi[c], accepted[c] = proposed[c], log_pi_y, True
-        return new_states, new_log_pi, accepted
+    def log_insertions(self, long: Chains, short: Chains, position: torch.Tensor, token: torch.Tensor,
+                       lo: torch.Tensor, hi: torch.Tensor, rows: torch.Tensor, needed: torch.Tensor
+                       ) -> torch.Tensor:
+        """``[B]`` ``log Σ_k g(token | long with k masked)`` over the slots ``k`` of the run ``lo..hi`` in ``S(short)``
+        (``insertion_contexts``). The slot ``position`` is the drawn context (``rows``); the others, needed only
+        for runs longer than 1 (rare), go to a second proposal call: sizing it is a host sync each step."""
+        j, at = long.columns()[None], position[:, None]
+        run = (j >= lo[:, None]) & (j <= hi[:, None]) & short.slot_mask()[:, :-1]  # [B, L]
+        terms = torch.where(run & (j == at), rows.gather(1, token[:, None]), -math.inf)
+        chain, slot = (run & (j != at) & needed[:, None]).nonzero(as_tuple=True)
+        if len(chain):
+            extra = long.index(chain)
+            g = context_log_probs(self.proposal, extra.masked(slot, self.proposal.placeholder), extra.lengths, slot)
+            terms = terms.index_put((chain, slot), g.gather(1, token[chain][:, None])[:, 0])
+        return terms.logsumexp(1)
+
+    def log_proposal_pairs(self, x: Chains, y: Chains, kind: torch.Tensor, position: torch.Tensor,
+                           token: torch.Tensor, rows: torch.Tensor, needed: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B]`` ``(log q(y←x), log q(x←y))``: :func:`log_proposal_pair` of every row, ``rows [B, V]`` being
+        ``log g`` of each row's drawn context."""
+        current = x.tokens.gather(1, position[:, None])[:, 0]
+        insert = kind == INSERT
+        moved = torch.where(insert, token, current)  # the inserted or deleted token
+        log_g_moved = rows.gather(1, moved[:, None])[:, 0]
+        if self.faithful == "su":
+            log_ins, log_del = log_g_moved, torch.zeros_like(log_g_moved)
+        else:
+            long, short = y.select(insert, x), x.select(insert, y)
+            lo, hi = long.run_bounds(position)
+            log_ins = self.log_insertions(long, short, position, moved, lo, hi, rows, needed)
+            log_ins = log_ins + self.probs.log("insert") - short.slot_mask().sum(1).double().log()
+            log_del = (self.probs.log("delete") - long.free_mask().sum(1).double().log()
+                       + (hi - lo + 1).double().log())
+        replace = kind == REPLACE
+        fwd = torch.where(replace, rows.gather(1, token[:, None])[:, 0], torch.where(insert, log_ins, log_del))
+        bwd = torch.where(replace, rows.gather(1, current[:, None])[:, 0], torch.where(insert, log_del, log_ins))
+        return fwd, bwd
+
+    def step(self, x: Chains, log_pi: torch.Tensor, tau: float, streams: ChainStreams
+             ) -> tuple[Chains, torch.Tensor, torch.Tensor]:
+        """One MH step of every chain; returns (new chains, their log π, which chains accepted a move).
+
+        Moves, positions (``floor(u · |set|)``-th available one, docs/mcmc.md#state-moves-and-position-sets),
+        tokens and acceptance are drawn and decided on the device, each group of ``streams`` on its own generator.
+        Host syncs: sizing the extra run contexts (:meth:`log_insertions`), and whatever the proposal and target
+        need (``log_probs`` / ``log_prob`` on tuples, MLM width groups on CPU)."""
+        kind = streams.draw(lambda k, g: categorical(self.log_move_probs.expand(k, 3), g))  # [B]
+        u = streams.draw(lambda k, g: rng.uniform((k,), g))  # [B]
+        room = (x.lengths < self.max_length)[:, None]
+        available = torch.where((kind == INSERT)[:, None], x.slot_mask() & room,
+                                torch.nn.functional.pad(x.free_mask(), (0, 1)))  # [B, L + 1]
+        position, active = nth_true(available, u)
+        kind = torch.where(active, kind, REPLACE)  # an unavailable move is a self-loop: REPLACE at 0 stands in
+        context_kind = torch.where((kind == INSERT) | (x.lengths == 0), INSERT, REPLACE)  # delete: masked like replace
+        context = x.edit(context_kind, position, torch.full_like(position, self.proposal.placeholder))
+        rows = context_log_probs(self.proposal, context.tokens, context.lengths, position)  # [B, V]
+        token = streams.draw(categorical, rows=rows)  # [B]
+        current = x.tokens.gather(1, position[:, None])[:, 0]
+        changed = active & ((kind != REPLACE) | (token != current))
+        y = x.edit(kind, position, token).select(changed, x)
+        fwd, bwd = self.log_proposal_pairs(x, y, kind, position, token, rows, changed & (kind != REPLACE))
+        log_pi_y = self.log_pi(y, changed)
+        log_u = streams.draw(lambda k, g: rng.log_uniform((k,), g))  # [B]
+        accept = changed & (log_u < log_acceptances(log_pi, log_pi_y, fwd, bwd, tau))
+        return y.select(accept, x), torch.where(accept, log_pi_y, log_pi), accept
 
     def run(self, states: Sequence[State], steps: int, *, temperatures: Sequence[float] | None = None,
             seed: int | None = None, generator: torch.Generator | ChainStreams | None = None,
@@ -365,7 +424,8 @@ class MetropolisHastings:
         """Run ``steps`` MH steps from ``states`` (τ = 1 unless ``temperatures`` gives one per step).
 
         ``generator`` is one generator for every chain, or :class:`ChainStreams` giving consecutive groups of chains
-        (e.g. the chains of one keyword set) a generator each."""
+        (e.g. the chains of one keyword set) a generator each; generators not on the chains' device seed one there
+        (:meth:`ChainStreams.on`). The chains stay tensors; ``callback(step, states)`` gets them as states."""
         checks.positive_int("steps", steps)
         if temperatures is not None and (len(temperatures) != steps or min(temperatures) <= 0):
             raise ValueError("temperatures must hold one value > 0 per step")
@@ -378,21 +438,23 @@ class MetropolisHastings:
             if streams.total != len(states):
                 raise ValueError(f"the chain streams cover {streams.total} chains, but {len(states)} states are given")
         else:
-            streams = ChainStreams([(len(states), rng.make_generator(seed, generator))])
-        log_pi = self.target.log_prob(states).tolist()
-        best, best_log_pi = list(states), list(log_pi)
-        proposed, accepted = [0] * len(states), [0] * len(states)
+            g = generator if isinstance(generator, torch.Generator) else rng.make_generator(seed, generator)
+            streams = ChainStreams([(len(states), g)])
+        streams = streams.on(self.device)
+        chains = Chains.from_states(states, self.max_length, self.device)
+        log_pi = self.log_pi(chains)
+        best, best_log_pi = chains, log_pi
+        accepted = torch.zeros(len(states), dtype=torch.long, device=self.device)
         history = []
         for n in tqdm(range(steps), disable=not progress, desc="MH steps", leave=False):
             tau = 1.0 if temperatures is None else float(temperatures[n])
-            states, log_pi, acc = self.step(states, log_pi, tau, streams)
-            for c, x in enumerate(states):
-                proposed[c] += 1
-                accepted[c] += acc[c]
-                if log_pi[c] > best_log_pi[c]:
-                    best[c], best_log_pi[c] = x, log_pi[c]
+            chains, log_pi, acc = self.step(chains, log_pi, tau, streams)
+            accepted += acc
+            better = log_pi > best_log_pi
+            best, best_log_pi = chains.select(better, best), torch.where(better, log_pi, best_log_pi)
             if trace:
-                history.append(list(log_pi))
+                history.append(log_pi)
             if callback is not None:
-                callback(n, states)
-        return MHResult(states, log_pi, best, best_log_pi, proposed, accepted, history)
+                callback(n, chains.to_states())
+        return MHResult(chains.to_states(), log_pi.tolist(), best.to_states(), best_log_pi.tolist(),
+                        [steps] * len(states), accepted.tolist(), [row.tolist() for row in history])

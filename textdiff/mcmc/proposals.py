@@ -7,6 +7,9 @@ its whole vocabulary (``-inf`` outside the support), so both the forward and the
 can be read off exactly. ``g`` depends on the context only, never on the token being replaced (needed for
 exactness).
 
+The MH engine reads contexts as tensors, ``log_probs_at(ids [N, W], lengths [N], slots [N]) -> [N, V]`` on the
+device (:func:`context_log_probs`, which falls back to ``log_probs`` on tuples for a proposal without it).
+
 * ``MLMProposal``: the masked LM's conditional at the slot (one batched forward for all contexts), special tokens
   excluded, optionally restricted to the top-K (renormalised) and mixed with ``ε`` · uniform for full support.
 * ``CausalLMProposal`` (Su / CGMH): top-K next tokens of a causal LM given the prefix, each candidate sentence
@@ -47,6 +50,26 @@ class ProposalModels:
     prefix_ids: Sequence[int] | None = None
 
 
+def context_tensors(contexts: Sequence[Context], device: torch.device | str = "cpu"
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(ids [N, W], lengths [N], slots [N])`` of tuple contexts, right-padded with 0."""
+    ids, _ = pad([tokens for tokens, _ in contexts], 0, width=max([1] + [len(t) for t, _ in contexts]), device=device)
+    lengths = torch.tensor([len(tokens) for tokens, _ in contexts], dtype=torch.long, device=device)
+    slots = torch.tensor([slot for _, slot in contexts], dtype=torch.long, device=device)
+    return ids, lengths, slots
+
+
+def context_log_probs(proposal, ids: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """``[N, V]`` float64 log ``g`` on ``ids``' device of the contexts ``ids[n, :lengths[n]]`` with the placeholder
+    at ``slots[n]``: ``proposal.log_probs_at`` when it has one, else ``proposal.log_probs`` on the rows as tuples (a
+    host sync)."""
+    at = getattr(proposal, "log_probs_at", None)
+    if at is not None:
+        return at(ids, lengths, slots)
+    contexts = [(tuple(row[:n]), slot) for row, n, slot in zip(ids.tolist(), lengths.tolist(), slots.tolist())]
+    return proposal.log_probs(contexts).to(ids.device, torch.float64)
+
+
 def restrict(log_g: torch.Tensor, allowed: torch.Tensor, top_k: int | None, epsilon: float) -> torch.Tensor:
     """Renormalised ``log g`` on ``allowed`` ids, optionally top-K, mixed with ``ε`` · uniform(allowed)."""
     if not 0.0 <= epsilon < 1.0:
@@ -59,7 +82,7 @@ def restrict(log_g: torch.Tensor, allowed: torch.Tensor, top_k: int | None, epsi
         log_g = log_g.masked_fill(log_g < kth, -math.inf)
     log_g = torch.log_softmax(log_g, dim=-1)
     if epsilon > 0:
-        log_uniform = torch.full_like(log_g, -math.log(int(allowed.sum()))).masked_fill(~allowed, -math.inf)
+        log_uniform = torch.where(allowed, -allowed.sum().double().log(), -math.inf)
         log_g = torch.logaddexp(log_g + math.log1p(-epsilon), log_uniform + math.log(epsilon))
     return log_g
 
@@ -70,6 +93,8 @@ class MLMProposal:
     docs/mcmc.md#token-proposals).
 
     The MLM sees ``[CLS] context suffix_ids [SEP]`` (``suffix_ids``: fixed text after the state, e.g. the final ".").
+    A row's numbers never depend on its batchmates: on CPU rows run in groups padded to their own width
+    (``by_width``, a host read of the lengths), on CUDA all at one fixed width (static shapes, no host sync).
     """
 
     def __init__(self, model, tokenizer, top_k: int | None = None, epsilon: float = 0.0,
@@ -82,6 +107,9 @@ class MLMProposal:
         self.support = TokenSupport.from_tokenizer(tokenizer, self.vocab_size)
         self.allowed = _allowed(self.support, excluded)
         restrict(torch.zeros(1, self.vocab_size), self.allowed, top_k, epsilon)  # validates top_k / epsilon
+        self.allowed_here = self.allowed.to(self.device)
+        ends = [*self.suffix_ids, tokenizer.sep_token_id]
+        self.ends = torch.tensor(ends, dtype=torch.long, device=self.device)  # [S + 1]: after every context
         self.forwards = 0
 
     #: states are the proposal tokenizer's ids, not the scorer's (the target re-tokenises the text)
@@ -101,18 +129,38 @@ class MLMProposal:
         ids = self.tokenizer.encode(word, add_special_tokens=False)
         return [] if self.tokenizer.unk_token_id in ids else ids
 
-    @torch.no_grad()
     def log_probs(self, contexts: Sequence[Context]) -> torch.Tensor:
-        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-        rows = [[cls, *tokens[:slot], self.placeholder, *tokens[slot + 1:], *self.suffix_ids, sep]
-                for tokens, slot in contexts]
-        at_slot = torch.empty(len(rows), self.vocab_size, dtype=torch.float64)
-        for width, part in by_width([len(r) for r in rows]):  # a row's numbers never depend on its batchmates
-            ids, mask = pad([rows[i] for i in part], self.tokenizer.pad_token_id, width=width, device=self.device)
-            slots = torch.tensor([contexts[i][1] + 1 for i in part], device=self.device)
-            at_slot[part] = logits_at(self.model, ids, mask.long(), slots).double().cpu()
+        """``[N, V]`` log ``g`` of tuple contexts (on the CPU)."""
+        return self.log_probs_at(*context_tensors(contexts, self.device)).cpu()
+
+    def model_rows(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([CLS] context suffix [SEP]`` ids ``[N, W']``, attention mask ``[N, W']``), padded to
+        ``W' = bucket(W + 2 + S)``."""
+        n, end = lengths[:, None], len(self.ends) - 1
+        columns = torch.arange(bucket(ids.shape[1] + 2 + end), device=ids.device)[None]
+        after = columns - 1 - n  # index into suffix + [SEP]
+        rows = torch.where(after <= end, self.ends[after.clamp(0, end)], self.tokenizer.pad_token_id)
+        rows = torch.where(columns <= n, ids.gather(1, (columns - 1).clamp(0, ids.shape[1] - 1).expand_as(after)),
+                           rows)
+        rows = torch.where(columns == 0, self.tokenizer.cls_token_id, rows)
+        return rows, (columns < n + 2 + end).long()
+
+    @torch.no_grad()
+    def log_probs_at(self, ids: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """``[N, V]`` float64 log ``g`` on the device for the contexts ``ids[n, :lengths[n]]`` ``[N, W]`` with the
+        placeholder at ``slots[n]``."""
+        ids, lengths, slots = ids.to(self.device), lengths.to(self.device), slots.to(self.device)
+        rows, mask = self.model_rows(ids, lengths)
+        if self.device.type == "cuda":
+            at_slot = logits_at(self.model, rows, mask, slots + 1)
             self.forwards += 1
-        return restrict(torch.log_softmax(at_slot.double(), -1), self.allowed, self.top_k, self.epsilon)
+        else:
+            at_slot = torch.empty(len(rows), self.vocab_size, dtype=torch.float64, device=self.device)
+            for width, part in by_width(mask.sum(1).tolist()):
+                part = torch.tensor(part, device=self.device)
+                at_slot[part] = logits_at(self.model, rows[part, :width], mask[part, :width], slots[part] + 1).double()
+                self.forwards += 1
+        return restrict(torch.log_softmax(at_slot.double(), -1), self.allowed_here, self.top_k, self.epsilon)
 
 
 @register_proposal("lm")
