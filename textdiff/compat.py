@@ -20,3 +20,18 @@ def moved(module: str, new_homes: dict[str, str]) -> Callable[[str], object]:
         return getattr(importlib.import_module(new_homes[name]), name)
 
     return __getattr__
+
+
+def kv_cache_argument(model, cache) -> dict:
+    """The keyword that passes a KV cache to ``model``'s forward: ``cache`` (transformers ≥ 5.2x), else
+    ``past_key_values``."""
+    import inspect
+
+    forward = inspect.signature(model.forward).parameters
+    return {"cache" if "cache" in forward else "past_key_values": cache}
+
+
+def kv_cache_of(output):
+    """The KV cache a forward returned (``output.cache``, or ``output.past_key_values`` before transformers 5.2x)."""
+    cache = output.get("cache") if hasattr(output, "get") else None
+    return cache if cache is not None else output.past_key_values

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from textdiff.compat import kv_cache_argument, kv_cache_of
 from textdiff.mcmc.positions import logits_at
 from textdiff.padding import bucket, by_width, pad
 from textdiff.registry import Registry
@@ -233,13 +234,14 @@ class CausalLMProposal:
         s_ids, s_mask = pad([[candidates[row][j], *suffix] for row, suffix in enumerate(suffixes) for j in range(k)],
                             self.pad_id, width=s_width)
         s_mask = s_mask.long()
-        cache = out.past_key_values
+        cache = kv_cache_of(out)
         cache.batch_repeat_interleave(k)
         lengths = p_mask.sum(-1).repeat_interleave(k)
         s_pos = lengths[:, None] + torch.arange(s_width)[None]
         full_mask = torch.cat([p_mask.repeat_interleave(k, 0), s_mask], dim=1)
         logits = self.model(input_ids=s_ids.to(self.device), attention_mask=full_mask.to(self.device),
-                            position_ids=s_pos.to(self.device), past_key_values=cache).logits[:, :-1].float()
+                            position_ids=s_pos.to(self.device), **kv_cache_argument(self.model, cache)
+                            ).logits[:, :-1].float()
         self.forwards += 2
         targets = s_ids[:, 1:].to(self.device)
         token_lp = logits.gather(-1, targets[..., None])[..., 0].double() - torch.logsumexp(logits, -1).double()

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from textdiff.compat import kv_cache_argument, kv_cache_of
 from textdiff.padding import by_width, pad
 
 
@@ -71,7 +72,7 @@ class CausalLMScorer:
             if not key:
                 raise ValueError("prefixes must hold at least one token each (e.g. BOS)")
             out = self.model(input_ids=torch.tensor([key], device=self.device), use_cache=True)
-            self.prefix_states[key] = (out.past_key_values, torch.log_softmax(out.logits[0, -1].double(), -1).cpu())
+            self.prefix_states[key] = (kv_cache_of(out), torch.log_softmax(out.logits[0, -1].double(), -1).cpu())
             while len(self.prefix_states) > self.max_prefixes:
                 self.prefix_states.popitem(last=False)
         self.prefix_states.move_to_end(key)
@@ -108,7 +109,7 @@ class CausalLMScorer:
         attention = torch.cat([torch.ones(n, p, dtype=torch.long), mask], 1).to(self.device)
         positions = (p + torch.arange(width)).expand(n, width).to(self.device)
         logits = self.model(input_ids=ids.to(self.device), attention_mask=attention, position_ids=positions,
-                            past_key_values=cache).logits[:, :-1].float()
+                            **kv_cache_argument(self.model, cache)).logits[:, :-1].float()
         targets = ids[:, 1:].to(self.device)
         token_lp = logits.gather(-1, targets[..., None])[..., 0].double() - torch.logsumexp(logits, -1).double()
         self.tokens_scored += int(mask.sum())
