@@ -101,11 +101,14 @@ def sample_categorical(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    *,
+    check: bool = True,
 ) -> torch.Tensor:
     """Draw one index per row of ``logits[..., V]`` exactly, in float64 (Gumbel-max).
 
     ``temperature``, ``top_k`` and ``top_p`` are engineering knobs that change the law being sampled; the default
-    (1, None, None) samples ``softmax(logits)`` exactly. Rows that are entirely ``-inf`` raise ``ValueError``.
+    (1, None, None) samples ``softmax(logits)`` exactly. Rows that are entirely ``-inf`` raise ``ValueError``;
+    ``check=False`` skips that test (a host sync on an accelerator) where the caller knows every row has support.
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -113,7 +116,7 @@ def sample_categorical(
     if temperature != 1.0:
         logits = logits / temperature
     logits = filter_logits(logits, top_k, top_p)
-    if logits.numel() and not torch.isfinite(logits.max(dim=-1).values).all():
+    if check and logits.numel() and not torch.isfinite(logits.max(dim=-1).values).all():
         raise ValueError("cannot sample from a categorical whose logits are all -inf (or contain NaN/+inf)")
     noise = gumbel(logits.shape, generator, logits.device)
     return torch.argmax(logits + noise, dim=-1)

@@ -239,10 +239,9 @@ def temperature_schedule(steps: int, kind: str = "geometric", tau0: float = 1.0,
 
 
 def categorical(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One index per row of ``logits [N, K]`` by float64 Gumbel-max: the draw of ``rng.sample_categorical``, without
-    its check for all-``-inf`` rows (a host sync; every row drawn here has support)."""
-    logits = logits.double()
-    return torch.argmax(logits + rng.gumbel(logits.shape, generator, logits.device), dim=-1)
+    """One float64 Gumbel-max index per row of ``logits [N, K]``, without the all-``-inf`` check (a host sync; every
+    row drawn here has support)."""
+    return rng.sample_categorical(logits, generator, check=False)
 
 
 class ChainStreams:
