@@ -66,6 +66,13 @@ def chi_square_p(counts: Counter, row: dict, n: int) -> float:
     return float(chisquare(observed, expected).pvalue)
 
 
+def exact_case(case, tau):
+    """``(start, tensor target, max_length, reference row)`` of a start in ``STARTS``."""
+    start, spans, max_length = STARTS[case]
+    target = ToyKeywordTarget(spans, max_length=max_length)
+    return start, target, max_length, reference_row(start, ToyProposal(top_k=2), target, max_length, tau)
+
+
 def one_step(start, target, max_length, tau, seed=0, faithful=None, device="cpu"):
     sampler = MetropolisHastings(ToyProposal(top_k=2, device=device), target, max_length=max_length,
                                  faithful=faithful)
@@ -75,9 +82,7 @@ def one_step(start, target, max_length, tau, seed=0, faithful=None, device="cpu"
 @pytest.mark.parametrize("tau", [1.0, 0.5])
 @pytest.mark.parametrize("case", STARTS)
 def test_one_tensor_step_has_the_law_of_the_reference_row(case, tau):
-    start, spans, max_length = STARTS[case]
-    target = ToyKeywordTarget(spans, max_length=max_length)
-    row = reference_row(start, ToyProposal(top_k=2), target, max_length, tau)
+    start, target, max_length, row = exact_case(case, tau)
     assert len(row) >= 3
     counts = one_step(start, target, max_length, tau, seed=len(case))
     assert chi_square_p(counts, row, CHAINS) > 1e-4
@@ -85,9 +90,7 @@ def test_one_tensor_step_has_the_law_of_the_reference_row(case, tau):
 
 @pytest.mark.gpu
 def test_one_tensor_step_on_cuda_has_the_law_of_the_reference_row():
-    start, spans, max_length = STARTS["run of three before a two-token keyword"]
-    target = ToyKeywordTarget(spans, max_length=max_length)
-    row = reference_row(start, ToyProposal(top_k=2), target, max_length, 1.0)
+    start, target, max_length, row = exact_case("run of three before a two-token keyword", 1.0)
     assert chi_square_p(one_step(start, target, max_length, 1.0, device="cuda"), row, CHAINS) > 1e-4
 
 
@@ -105,18 +108,14 @@ def test_one_step_through_the_host_fallbacks_has_the_same_law(tau):
 @pytest.mark.parametrize("tau", [1.0, 0.5])
 @pytest.mark.parametrize("case", STARTS)
 def test_su_ratios_fail_the_one_step_test(case, tau):
-    start, spans, max_length = STARTS[case]
-    target = ToyKeywordTarget(spans, max_length=max_length)
-    row = reference_row(start, ToyProposal(top_k=2), target, max_length, tau)
+    start, target, max_length, row = exact_case(case, tau)
     assert chi_square_p(one_step(start, target, max_length, tau, faithful="su"), row, CHAINS) < 1e-6
 
 
 @pytest.mark.parametrize("tau", [1.0, 0.5])
 def test_dropped_run_multiplicities_fail_the_one_step_test(tau, monkeypatch):
     """The exact ratios with every run taken as length 1: no multiplicity in ``q_del``, one context in ``q_ins``."""
-    start, spans, max_length = STARTS["run of two before a keyword"]
-    target = ToyKeywordTarget(spans, max_length=max_length)
-    row = reference_row(start, ToyProposal(top_k=2), target, max_length, tau)
+    start, target, max_length, row = exact_case("run of two before a keyword", tau)
     monkeypatch.setattr(Chains, "run_bounds", lambda self, position: (position, position))
     assert chi_square_p(one_step(start, target, max_length, tau), row, CHAINS) < 1e-6
 
