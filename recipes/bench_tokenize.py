@@ -87,7 +87,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch, SentencePiece and 🤗 threads (default: 1)")
     parser.add_argument("--repeats", type=int, default=3, help="best of N timed runs per system (default: 3)")
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of the loader rows (0: skip)")
+    parser.add_argument("--rows", default="",
+                        help="comma-separated parts of row names: run only the rows whose name holds one (e.g. "
+                             "'sample b256,sample cpu' for the batched and one-call sampling rows; include the peers "
+                             "of a ratio); the law check runs only with an 'hf' row (default: every row)")
     args = parser.parse_args()
+    wanted = [part.strip() for part in args.rows.split(",") if part.strip()]
+    selected = lambda name: not wanted or any(part in name for part in wanted)
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("RAYON_NUM_THREADS", str(args.threads))  # read when 🤗 tokenizers starts its pool
@@ -115,9 +121,11 @@ def main() -> None:
           f"threads {args.threads}, torch {torch.__version__}, sentencepiece {spm.__version__}, "
           f"tokenizers {tokenizers.__version__}")
 
-    print(f"sampling law of 🤗 tokenizers vs textdiff (two-sample chi-square, {LAW_DRAWS} draws each, alpha "
-          f"{args.alpha}):")
-    for line in LAW_LINES:
+    law_lines = LAW_LINES if any(selected(name) for name in ("hf sample", "hf viterbi")) else []
+    if law_lines:
+        print(f"sampling law of 🤗 tokenizers vs textdiff (two-sample chi-square, {LAW_DRAWS} draws each, alpha "
+              f"{args.alpha}):")
+    for line in law_lines:
         ours = Counter(map(tuple, tok.encode([line] * LAW_DRAWS, alpha=args.alpha, seed=0)))
         theirs = Counter(tuple(e.ids) for e in hf_sample.encode_batch([line] * LAW_DRAWS))
         p_value = same_law(ours, theirs)
@@ -189,6 +197,7 @@ def main() -> None:
                                                  persistent_workers=True)
             systems[f"{name} sample loader"] = lambda loader=loader: sum(1 for _ in loader)
 
+    systems = {name: run for name, run in systems.items() if selected(name)}
     best, tokens = dict.fromkeys(systems, float("inf")), {}
     for run in systems.values():
         run()  # warm-up (trie build, word cache, CUDA context, worker start)

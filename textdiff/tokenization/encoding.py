@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from textdiff.padding import pad_flat
@@ -19,12 +21,21 @@ class Tokens:
 
     count: torch.Tensor
     piece: torch.Tensor
-    start: torch.Tensor
-    end: torch.Tensor
+    start: torch.Tensor | None
+    end: torch.Tensor | None
+    span_of: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
 
     def text(self, index: torch.Tensor) -> torch.Tensor:
         """The text of the pieces at ``index``."""
         return torch.searchsorted(torch.cumsum(self.count, 0), index, right=True)
+
+    def spans(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(start, end)``, computed on first use by ``span_of`` when they were left out (None): padded ids and
+        id lists need none."""
+        if self.start is None:
+            self.start, self.end = self.span_of()
+            self.span_of = None
+        return self.start, self.end
 
 
 class Encoding:
@@ -57,8 +68,9 @@ class Encoding:
 
     @cached_property
     def offsets(self) -> list[list[tuple[int, int]]]:
-        starts = split_rows(self._tokens.start, self._tokens.count)
-        ends = split_rows(self._tokens.end, self._tokens.count)
+        start, end = self._tokens.spans()
+        starts = split_rows(start, self._tokens.count)
+        ends = split_rows(end, self._tokens.count)
         out = []
         for text, row_starts, row_ends in zip(self._texts, starts, ends):
             spans = self._pipeline.unit_offsets(text)
@@ -69,8 +81,21 @@ class Encoding:
         """``input_ids`` / ``attention_mask``: ``[texts, longest]`` long tensors on the encoding's device, padded
         with ``pad_id`` (default: the ``<pad>`` piece, else 0)."""
         pad_id = self._pad_id if pad_id is None else pad_id
+        if self.device.type == "cpu":
+            return pad_numpy(self._tokens.piece, self._tokens.count, pad_id)
         input_ids, mask = pad_flat(self._tokens.piece.to(self.device), self._tokens.count, pad_id)
         return {"input_ids": input_ids, "attention_mask": mask.long()}
+
+
+def pad_numpy(values: torch.Tensor, count: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:
+    """:func:`~textdiff.padding.pad_flat` on the CPU with numpy (a fraction of torch's per-call cost on a batch):
+    ``input_ids`` / ``attention_mask`` long tensors, right padding to the longest row."""
+    count = count.numpy()
+    width = int(count.max()) if len(count) else 0
+    mask = np.arange(width) < count[:, None]
+    ids = np.full((len(count), width), pad_id, dtype=np.int64)
+    ids[mask] = values.numpy()
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
 
 
 def split_rows(values: torch.Tensor, count: torch.Tensor) -> list[list[int]]:

@@ -26,6 +26,7 @@ from textdiff.tokenization.charsmap import METASPACE, SentencePieceNormalizer
 from textdiff.tokenization.sentencepiece_model import SentencePieceModel
 
 _EACH_CHAR = Regex("[\\s\\S]")
+_LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(9)] + [0], dtype=np.uint64)  # by length; 9: longer
 
 
 @dataclass
@@ -132,19 +133,21 @@ class _ByteRoute:
         bytes as packed codes, longer ones as ``bytes`` keys (a chunk without its ``▁``)."""
         sep = ord(self.separator)
         joined = self.separator.join(texts).encode("ascii").translate(self.table, self.delete)
-        buffer = np.frombuffer(joined, dtype=np.uint8)
-        in_word = np.zeros(len(joined) + 2, dtype=bool)  # [i + 1]: byte i belongs to a word
+        size = len(joined)
+        padded = np.frombuffer(joined + bytes(8), dtype=np.uint8)  # 8 zero bytes: every 8-byte window is inside
+        buffer = padded[:size]
+        in_word = np.zeros(size + 2, dtype=bool)  # [i + 1]: byte i belongs to a word
         np.not_equal(buffer, ord(" "), out=in_word[1:-1])
-        in_word[1:-1] &= buffer != sep
+        separators = np.flatnonzero(buffer == sep)
+        in_word[separators + 1] = False
         begins = np.flatnonzero(in_word[1:-1] > in_word[:-2])
         ends = np.flatnonzero(in_word[1:-1] > in_word[2:]) + 1
-        text = np.searchsorted(np.flatnonzero(buffer == sep), begins)  # separators before each word
+        text = np.searchsorted(separators, begins)  # separators before each word
         length = ends - begins
-        short = np.flatnonzero(length <= 8)
-        window = np.concatenate([buffer, np.zeros(8, dtype=np.uint8)])[begins[short, None] + np.arange(8)]
-        window[np.arange(8) >= length[short, None]] = 0
-        code = np.zeros(len(begins), dtype=np.uint64)
-        code[short] = window.view("<u8").ravel()
+        # the 8 bytes from every word's first, read as one little-endian uint64 (an unaligned overlapping view),
+        # cut to the word's length: the packed code of the words of up to 8 bytes
+        windows = np.ndarray((size + 1,), dtype="<u8", buffer=padded, strides=(1,))
+        code = windows[begins] & _LOW_BYTES[np.minimum(length, 9)]
         long = np.flatnonzero(length > 8)
         keys = [joined[b:e] for b, e in zip(begins[long].tolist(), ends[long].tolist())]
         return Words(keys, torch.from_numpy(text), code)

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from itertools import accumulate, repeat
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 
@@ -411,7 +412,13 @@ class UnigramTokenizer:
         empty = torch.zeros(0, dtype=torch.int64)
         if not parts:
             return Tokens(empty, empty, empty, empty)
-        return Tokens(*(torch.cat([getattr(p, name) for p in parts]) for name in ("count", "piece", "start", "end")))
+        if len(parts) == 1:
+            return parts[0]
+        def span_of() -> tuple[torch.Tensor, torch.Tensor]:
+            start, end = zip(*(p.spans() for p in parts))
+            return torch.cat(start), torch.cat(end)
+
+        return Tokens(torch.cat([p.count for p in parts]), torch.cat([p.piece for p in parts]), None, None, span_of)
 
     def _segment_group(self, texts, alpha: float | None, gen, device: torch.device) -> Tokens:
         """Segment one group of texts: cut them into words, look every occurrence up in the word-lattice cache
@@ -436,6 +443,8 @@ class UnigramTokenizer:
         text order: each word's Viterbi segmentation (decoding), else a draw from its table or a walk back
         (:meth:`_walk`; ``split_tables``: :meth:`_split_walk`). ``spans=False`` leaves ``start`` / ``end`` empty
         (padded ids need none). Tokens on the CPU, or on ``device`` without ``spans``."""
+        if device.type == "cpu" and self._compact(device) and not split_tables:
+            return self._segment_words_numpy(store, entry.numpy(), text.numpy(), n_texts, alpha, gen, spans)
         units = store.sizes(wordcache.UNITS).index_select(0, entry)
         if alpha is None:  # every word has its Viterbi segmentation
             table, suffix = store.base[wordcache.SEG].values.index_select(0, entry), None
@@ -470,6 +479,78 @@ class UnigramTokenizer:
         if self.vocab.unk_id is not None and not self.vocab.byte_fallback:
             return self._fuse_unknown(tokens)
         return tokens
+
+    def _segment_words_numpy(self, store: wordcache.WordStore, entry: np.ndarray, text: np.ndarray, n_texts: int,
+                             alpha: float | None, gen, spans: bool) -> Tokens:
+        """:meth:`_segment_words` on the CPU with numpy arrays (a fraction of torch's cost per operation, which
+        dominates on a collator's batch), same pieces and same draws; the spans are computed when first asked for
+        (:meth:`Tokens.spans`)."""
+        n = len(entry)
+        units = store.sizes(wordcache.UNITS).numpy()[entry]
+        column = lambda group, name: store.column(group, name).numpy()
+        walked = None
+        if alpha is None:  # every word has its Viterbi segmentation
+            table = store.base[wordcache.SEG].values.numpy()[entry]
+        else:
+            table, walked = self._walk_numpy(store, entry, units, gen)
+        seg_count = column(wordcache.SEG, "count")
+        table_count = np.zeros(n, dtype=np.int64)
+        if len(seg_count):
+            seg = np.maximum(table, 0)
+            table_count = np.where(table >= 0, seg_count[seg], 0).astype(np.int64)
+        count = table_count if walked is None else table_count + walked[0]
+        out_first = np.cumsum(count) - count
+        piece = np.empty(int(count.sum()), dtype=np.int64)
+        if len(seg_count):  # the pieces of the drawn tables, then those walked
+            table_first = np.cumsum(table_count) - table_count
+            rank = np.arange(int(table_count.sum()))
+            piece[rank + np.repeat(out_first - table_first, table_count)] = column(wordcache.PIECE, "piece")[
+                rank + np.repeat(column(wordcache.SEG, "first")[seg] - table_first, table_count)]
+        if walked is not None:
+            walked_count, walked_piece, walked_occurrence = walked
+            walked_first = np.cumsum(walked_count) - walked_count
+            piece[np.arange(len(walked_piece)) + (out_first + table_count - walked_first)[walked_occurrence]] = \
+                walked_piece
+        text_count = np.bincount(text, weights=count, minlength=n_texts).astype(np.int64)
+        piece_t, count_t = torch.from_numpy(piece), torch.from_numpy(text_count)
+
+        def span_of() -> tuple[torch.Tensor, torch.Tensor]:
+            text_units = np.bincount(text, weights=units, minlength=n_texts).astype(np.int64)
+            return self._spans(piece_t, torch.from_numpy(text_units), count_t)
+
+        if spans:
+            tokens = Tokens(count_t, piece_t, None, None, span_of)
+        else:
+            tokens = Tokens(count_t, piece_t, piece_t, piece_t)  # start / end: placeholders
+        if self.vocab.unk_id is not None and not self.vocab.byte_fallback:
+            return self._fuse_unknown(tokens)
+        return tokens
+
+    def _walk_numpy(self, store: wordcache.WordStore, entry: np.ndarray, length: np.ndarray, gen
+                    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:meth:`_walk` with numpy arrays (:func:`~textdiff.tokenization.wordcache.walk_numpy`): the ``SEG``
+        index of the table that ends each path (-1: none), and the pieces walked: their number per occurrence, the
+        pieces in order and the occurrence of each (byte fallback spelled out)."""
+        n = len(entry)
+        base = np.cumsum(length) - length
+        picked = np.full(int(length.sum()) + 1, -1, dtype=np.int64)
+        picked_length = np.zeros_like(picked)
+        table = np.full(n, -1, dtype=np.int64)
+        if n:
+            wordcache.walk_numpy(store, entry, length, base, picked, picked_length, table, gen)
+        position = np.flatnonzero(picked[:-1] >= 0)  # pieces in order
+        piece = picked[position]
+        occurrence = np.searchsorted(base, position, side="right") - 1
+        count = np.bincount(occurrence, minlength=n)
+        if self.vocab.byte_fallback:
+            unk = np.flatnonzero(piece == self.vocab.unk_id)
+            if len(unk):
+                start = position[unk] - base[occurrence[unk]]
+                row = store.row_base.numpy()[entry[occurrence[unk]]] + start
+                code_points = store.column(wordcache.ROW, "unit").numpy()[row].astype(np.int64)
+                count, piece = self._spelled_numpy(count, piece, unk, code_points)
+                occurrence = np.repeat(np.arange(n), count)
+        return table, (count, piece, occurrence)
 
     def _spans(self, piece: torch.Tensor, text_units: torch.Tensor, text_count: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -701,6 +782,7 @@ class UnigramTokenizer:
 
     def _fuse_unknown(self, tokens: Tokens) -> Tokens:
         """Consecutive ``unk`` pieces of one text become one, as SentencePiece outputs them."""
+        tokens.spans()
         unk = tokens.piece == self.vocab.unk_id
         repeat = torch.zeros_like(unk)
         repeat[1:] = unk[1:] & unk[:-1]
@@ -745,6 +827,29 @@ class UnigramTokenizer:
             byte = lead[has] | shifted if rank == 0 else 0x80 | (shifted & 0x3F)
             piece[dest[has] + rank] = self._byte_ids.to(byte.device)[byte]
         return [count, piece, *carried]
+
+    def _spelled_numpy(self, count: np.ndarray, piece: np.ndarray, unk: np.ndarray, code_points: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_spelled` with numpy arrays and nothing carried: ``count`` (per group) and ``piece`` with the
+        ``unk`` pieces (ascending indices; their characters' ``code_points``) spelled as UTF-8 byte pieces."""
+        n_bytes = 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000)
+        extra = n_bytes - 1
+        inserted = np.zeros(len(piece), dtype=np.int64)
+        inserted[unk] = extra
+        moved = np.arange(len(piece)) + np.cumsum(inserted) - inserted  # bytes inserted before each piece
+        out = np.empty(len(piece) + int(extra.sum()), dtype=np.int64)
+        out[moved] = piece
+        group = np.searchsorted(np.cumsum(count), unk, side="right")
+        count = count + np.bincount(group, weights=extra, minlength=len(count)).astype(np.int64)
+        dest = moved[unk]  # where each character's first byte lands
+        byte_ids = self._byte_ids.numpy()
+        lead = np.array([0, 0, 0xC0, 0xE0, 0xF0])[n_bytes]
+        for rank in range(4):
+            has = n_bytes > rank
+            shifted = code_points[has] >> (6 * (n_bytes[has] - 1 - rank))
+            byte = lead[has] | shifted if rank == 0 else 0x80 | (shifted & 0x3F)
+            out[dest[has] + rank] = byte_ids[byte]
+        return count, out
 
     def _output_length(self, cands, units) -> torch.Tensor:
         """Output pieces per candidate edge: UTF-8 length of the character for byte-fallback ``unk`` edges, else 1."""

@@ -55,6 +55,18 @@ class WordTables:
     data: dict[str, dict[str, torch.Tensor]]
 
 
+_SLOT_LOAD = 4  # hash slots per packed code, at least: most codes get a slot of their own
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _slot(code: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """Hash slot of every packed code (multiplicative hashing into ``len(slots)``, a power of two)."""
+    bits = max(len(slots) - 1, 1).bit_length() if len(slots) > 1 else 0
+    if bits == 0:
+        return np.zeros(len(code), dtype=np.intp)
+    return ((code * _GOLDEN) >> np.uint64(64 - bits)).astype(np.intp)
+
+
 class _Index(dict):
     """Entry id of every cached key; -1 for a missing key (so that a C-level ``map`` of ``__getitem__`` looks a
     whole batch up)."""
@@ -111,6 +123,7 @@ class WordStore:
         """Start afresh with room for ``capacity`` entries per group, holding ``words`` with blocks ``tables``."""
         self.words, self.index = [], _Index()
         self._codes, self._code_entry = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+        self._slot_code, self._slot_entry = np.zeros(1, dtype=np.uint64), np.full(1, -1, dtype=np.int64)
         self._add_keys(words)
         self.data = {g: {name: _Buffer(dtype, self.device, capacity[g]) for name, dtype in f.items()}
                      for g, f in self.fields.items()}
@@ -155,12 +168,16 @@ class WordStore:
         if code is None:
             ids = looked_up
         else:
-            ids = np.full(len(code), -1, dtype=np.int64)
             packed = code != 0
+            slot = _slot(code, self._slot_code)
+            found = self._slot_code[slot] == code  # the slot of a packed code holds it (never true for 0)
+            ids = np.where(found, self._slot_entry[slot], -1)
             ids[~packed] = looked_up
-            at = np.minimum(np.searchsorted(self._codes, code), max(len(self._codes) - 1, 0))
-            found = packed & (self._codes[at] == code) if len(self._codes) else np.zeros_like(packed)
-            ids[found] = self._code_entry[at[found]]
+            rest = np.flatnonzero(packed & ~found)  # codes that lost their slot to another, and new codes
+            if len(rest) and len(self._codes):
+                at = np.minimum(np.searchsorted(self._codes, code[rest]), len(self._codes) - 1)
+                hit = self._codes[at] == code[rest]
+                ids[rest[hit]] = self._code_entry[at[hit]]
 
         def missed_keys(missing: np.ndarray) -> list:
             missed = np.empty(len(ids), dtype=object)
@@ -215,11 +232,28 @@ class WordStore:
         self.words += keys
         short = [i for i, key in enumerate(keys) if isinstance(key, bytes) and len(key) <= 8]
         if short:
-            codes = np.array([keys[i] for i in short], dtype="S8").view("<u8")
-            codes = np.concatenate([self._codes, codes])
-            entries = np.concatenate([self._code_entry, np.asarray(short, dtype=np.int64) + first])
+            new_codes = np.array([keys[i] for i in short], dtype="S8").view("<u8")
+            new_entries = np.asarray(short, dtype=np.int64) + first
+            codes = np.concatenate([self._codes, new_codes])
+            entries = np.concatenate([self._code_entry, new_entries])
             order = np.argsort(codes, kind="stable")
             self._codes, self._code_entry = codes[order], entries[order]
+            if len(self._codes) * _SLOT_LOAD > len(self._slot_code):  # grow: all codes again, in entry order
+                size = 1 << max(10, (len(self._codes) * _SLOT_LOAD * 2 - 1).bit_length())
+                self._slot_code = np.zeros(size, dtype=np.uint64)
+                self._slot_entry = np.full(size, -1, dtype=np.int64)
+                by_entry = np.argsort(self._code_entry, kind="stable")
+                new_codes, new_entries = self._codes[by_entry], self._code_entry[by_entry]
+            self._fill_slots(new_codes, new_entries)
+
+    def _fill_slots(self, codes: np.ndarray, entries: np.ndarray) -> None:
+        """Put each code into its hash slot where that slot is free (the first of several codes wanting it wins);
+        the others are found in the sorted table."""
+        slot = _slot(codes, self._slot_code)
+        free = np.flatnonzero(self._slot_code[slot] == 0)
+        slot, first = np.unique(slot[free], return_index=True)
+        self._slot_code[slot] = codes[free[first]]
+        self._slot_entry[slot] = entries[free[first]]
 
     def _append(self, tables: WordTables, ticks: torch.Tensor) -> None:
         base = {}
@@ -357,6 +391,10 @@ def walk(store: WordStore, entry: torch.Tensor, length: torch.Tensor, out_base: 
     table = torch.full((entry.numel(),), -1, dtype=torch.int64, device=entry.device)
     if entry.numel() == 0:
         return table
+    if be.xp is np and generator is not None:
+        walk_numpy(store, entry.numpy(), length.numpy(), out_base.numpy(), picked.numpy(), picked_length.numpy(),
+                   table.numpy(), generator)
+        return table
     column = lambda group, name: be.array(store.column(group, name))
     out, out_length, drawn = be.array(picked), be.array(picked_length), be.array(table)
     scratch = picked.numel() - 1
@@ -418,6 +456,62 @@ def walk(store: WordStore, entry: torch.Tensor, length: torch.Tensor, out_base: 
             be.put(out_length, at, piece_length)
             row = row - piece_length
     return table
+
+
+def _bisect_numpy(cdf: np.ndarray, first: np.ndarray, last: np.ndarray, u: np.ndarray, rounds: int) -> np.ndarray:
+    """:func:`bisect` with numpy, for tables whose last entry is exactly 1 (> ``u``, so a probe clamped to
+    ``last`` never moves ``first``): ``first`` + the number of entries ``<= u`` among ``cdf[first : last]``."""
+    for shift in reversed(range(rounds)):
+        probe = np.minimum(first + ((1 << shift) - 1), last)
+        first = first + (cdf[probe] <= u) * (1 << shift)
+    return first
+
+
+def walk_numpy(store: WordStore, entry: np.ndarray, end: np.ndarray, base: np.ndarray, out: np.ndarray,
+               out_length: np.ndarray, drawn: np.ndarray, generator: torch.Generator) -> None:
+    """The compact sampling walk of :func:`walk` on CPU numpy arrays (``drawn``: the table index of every
+    occurrence, -1 on entry): per step, one float64 uniform per live path, in path order; the paths at a row with a
+    table draw from it and end, the others draw their predecessor edge. Once at most :data:`SCALAR_PATHS` paths are
+    left, :func:`_finish_scalar` makes the same draws path by path."""
+    column = lambda group, name: store.column(group, name).numpy()
+    seg_of, segs_of, seg_cdf = column(ROW, "seg"), column(ROW, "segs"), column(SEG, "cdf")
+    first_of, last_of = column(ROW, "first"), column(ROW, "last")
+    cdf, edge_piece, edge_length = column(EDGE, "cdf"), column(EDGE, "piece"), column(EDGE, "length")
+    cpu = torch.device("cpu")
+    occurrence = np.arange(len(entry))
+    row = store.row_base.numpy()[entry] + end - 1  # row of every path's current end
+    offsets = np.arange(int(last_of.max()) + 1 if len(last_of) else 1)
+    first_step = True
+    while len(row):
+        if not first_step and len(row) <= SCALAR_PATHS:
+            _finish_scalar(store, row, end, base, occurrence, out, out_length, drawn, generator)
+            return
+        first_step = False
+        u = rng.uniform((len(row),), generator, cpu).numpy()
+        segs = segs_of[row]
+        tabled = segs > 0
+        if tabled.any():  # table draws end these paths; the others draw a predecessor
+            at = np.flatnonzero(tabled)
+            first, count = seg_of[row[at]].astype(np.int64), segs[at]
+            drawn[occurrence[at]] = _bisect_numpy(seg_cdf, first, first + (count - 1), u[at],
+                                                  int(count.max() - 1).bit_length())
+            rest = np.flatnonzero(~tabled)
+            row, end, base, occurrence, u = row[rest], end[rest], base[rest], occurrence[rest], u[rest]
+            if not len(row):
+                return
+        first, last = first_of[row], last_of[row]
+        window = cdf[first[:, None] + np.minimum(offsets[: int(last.max()) + 1], last[:, None])]
+        edge = first + np.count_nonzero(window <= u[:, None], axis=1)  # #{cdf <= u}; the last edge's cdf is 1
+        length = edge_length[edge]
+        end = end - length
+        at = base + end
+        out[at] = edge_piece[edge]
+        out_length[at] = length
+        row = row - length
+        alive = end > 0
+        if not alive.all():
+            alive = np.flatnonzero(alive)
+            row, end, base, occurrence = row[alive], end[alive], base[alive], occurrence[alive]
 
 
 def _finish_scalar(store: WordStore, row, end, base, occurrence, out, out_length, drawn,
