@@ -91,31 +91,41 @@ def spread_sets(count: int) -> list[tuple[list[str], list[str]]]:
 
 
 def generate_rows(args, picked, lm, lm_tok, mlm, mlm_tok) -> None:
-    """Generate one sentence per set and append its row to ``args.out`` as it finishes."""
+    """Generate one sentence per set and append its row to ``args.out`` as it finishes; sets already in ``args.out``
+    are skipped (an interrupted run resumes). A concept listed twice (the dev set has "tie give instruction tie") is
+    asked for once; a set ``generate`` refuses gets an empty output (coverage 0) and its error."""
     before = {"instruction": None, "gamma": 0.8, "length_bonus": 1.5, "distinct_keywords": False}
     instruction = {} if args.target == "instruction" else before
     gen = KeywordGenerator(lm, lm_tok, mlm, mlm_tok, **instruction)
     options = PRESETS[args.preset].options(1, steps=args.steps, chains=args.chains, drafts=args.drafts)
     options.update(inflect=not args.no_inflect)
+    done = {json.loads(line)["k"] for line in Path(args.out).read_text().splitlines()} if Path(args.out).exists() \
+        else set()
     out = open(args.out, "a")
 
-    def write(k: int, concepts: list[str], refs: list[str], text: str, seconds: float, cpu: float) -> None:
+    def write(k: int, concepts: list[str], refs: list[str], result, seconds: float, cpu: float) -> None:
+        text = "" if isinstance(result, ValueError) else result[0].text
         row = {"k": k, "concepts": concepts, "output": text, "coverage": coverage(text, concepts),
                "seconds": seconds, "cpu_seconds": cpu, "references": refs}
+        if isinstance(result, ValueError):
+            row["error"] = str(result)
         out.write(json.dumps(row) + "\n")
         out.flush()
 
     if args.batch:  # one population for all sets (textdiff generate --input), one seed
         t0, c0 = time.perf_counter(), time.process_time()
-        results = gen.generate_many([c for c, _ in picked], 1, seed=args.seed, **options)
+        results = gen.generate_many([list(dict.fromkeys(c)) for c, _ in picked], 1, seed=args.seed, **options)
         seconds, cpu = (time.perf_counter() - t0) / len(picked), (time.process_time() - c0) / len(picked)
         for k, ((concepts, refs), result) in enumerate(zip(picked, results)):
-            write(k, concepts, refs, result[0].text, seconds, cpu)
+            if k not in done:
+                write(k, concepts, refs, result, seconds, cpu)
         return
     for k, (concepts, refs) in enumerate(tqdm(picked, desc="concept sets")):
+        if k in done:
+            continue
         t0, c0 = time.perf_counter(), time.process_time()
-        text = gen.generate(concepts, seed=args.seed + k, **options)[0].text
-        write(k, concepts, refs, text, time.perf_counter() - t0, time.process_time() - c0)
+        result = gen.generate_many([list(dict.fromkeys(concepts))], 1, seed=args.seed + k, **options)[0]
+        write(k, concepts, refs, result, time.perf_counter() - t0, time.process_time() - c0)
 
 
 def report(runs: dict[str, list[dict]], lm, lm_tok, mlm, mlm_tok) -> None:
