@@ -95,7 +95,8 @@ def test_completed_drafts_are_valid_states_holding_every_keyword(generator):
     words = ["dog", "frisbee", "catch"]
     forms = [generator.keyword_forms(w, True) for w in words]
     target = generator.make_target(1, [], [], {4: generator.set_prompt(words)})
-    states = generator.draft_states(words, forms, 4, seed=0, target=target, group=4)
+    (texts,) = generator.drafts([words], 4, [0])
+    states = generator.draft_states(forms, texts, target, group=4)
     assert states
     continuation = frozenset(generator.proposal.support.continuation_ids)
     for state in states:
@@ -105,7 +106,9 @@ def test_completed_drafts_are_valid_states_holding_every_keyword(generator):
         owners = sorted(k for span in keyword_spans(state) for k, spans in enumerate(forms) if span in spans)
         assert owners == [0, 1, 2]  # every keyword exactly once, as one of its forms
         assert "dog" in text and "frisbee" in text
-    assert generator.draft_states(words, forms, 4, seed=0, target=target, group=4) == states  # seeded
+    assert generator.drafts([words], 4, [0]) == [texts]  # seeded
+    with_others = generator.drafts([["guitar", "stool"], words, ["snow", "car", "drive"]], 4, [1, 0, 2])
+    assert with_others[1] == texts  # a set's drafts do not depend on the other sets decoded with it
 
 
 @needs_models

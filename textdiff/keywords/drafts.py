@@ -1,9 +1,10 @@
 """LM drafts as start states of the keyword chains (docs/mcmc.md#drafts-as-start-states).
 
 The scoring LM, asked by the keyword set's instruction, writes fluent sentences that often miss keywords;
-:func:`instruction_prefix` builds that prompt, :func:`sample_drafts` samples single-sentence drafts from it (one
-batched ``generate`` call per set, seeded explicitly), and :func:`locate_keywords` / :func:`blocks_in_order` turn a
-draft into a valid chain state (every keyword present is a protected block; the generator inserts the missing ones).
+:func:`instruction_prefix` builds that prompt, :func:`sample_drafts` samples single-sentence drafts from it (the
+drafts of many sets in one batched decoding loop, each set from its own seeded generator), and
+:func:`locate_keywords` / :func:`blocks_in_order` turn a draft into a valid chain state (every keyword present is a
+protected block; the generator inserts the missing ones).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from collections.abc import Sequence
 
 import torch
 
-from textdiff import checks
+from textdiff import checks, rng
+from textdiff.compat import kv_cache_argument, kv_cache_of
+from textdiff.padding import by_width, pad
 
 #: the user turn naming the concepts; ``{keywords}`` is replaced by the comma-separated keywords
 INSTRUCTION = "Write a short sentence using these words: {keywords}."
@@ -51,22 +54,53 @@ def single_sentence(text: str) -> str | None:
     return text[:-1].strip() or None
 
 
-@torch.no_grad()
-def sample_drafts(lm, tokenizer, prompt: Sequence[int], count: int, seed: int, *, max_new_tokens: int = 32,
-                  temperature: float = 0.7, top_p: float = 0.95) -> list[str]:
-    """``count`` distinct single-sentence drafts (final punctuation removed) sampled from ``lm`` after ``prompt``
-    in one batched ``generate`` call; the draws depend only on ``seed`` (the global torch RNG is restored)."""
+def sample_drafts(lm, tokenizer, prompts: Sequence[Sequence[int]], count: int, seeds: Sequence[int], *,
+                  max_new_tokens: int = 32, temperature: float = 0.7, top_p: float = 0.95) -> list[list[str]]:
+    """Per prompt, its distinct single-sentence drafts (final punctuation removed) among ``count`` sampled from
+    ``lm`` (temperature, then nucleus ``top_p``; float64 draws). Prompts are left-padded to their own bucketed width
+    and decoded together per width, each prompt's tokens drawn from a generator seeded with its seed, so a prompt's
+    drafts do not depend on the other prompts of the call."""
     checks.positive_int("count", count)
+    if len(seeds) != len(prompts):
+        raise ValueError(f"seeds must hold one seed per prompt, got {len(seeds)} for {len(prompts)}")
+    drafts: list[list[str]] = [[] for _ in prompts]
+    for width, group in by_width([len(p) for p in prompts]):
+        texts = _decode(lm, tokenizer, [prompts[i] for i in group], width, count, [seeds[i] for i in group],
+                        max_new_tokens, temperature, top_p)
+        for i, rows in zip(group, texts):
+            drafts[i] = list(dict.fromkeys(s for s in map(single_sentence, rows) if s is not None))
+    return drafts
+
+
+@torch.no_grad()
+def _decode(lm, tokenizer, prompts: list[Sequence[int]], width: int, count: int, seeds: list[int],
+            max_new_tokens: int, temperature: float, top_p: float) -> list[list[str]]:
+    """``count`` sampled continuations of each prompt (left-padded to ``width``), until EOS or ``max_new_tokens``."""
     device = next(lm.parameters()).device
-    ids = torch.tensor([list(prompt)], device=device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        out = lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                          temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                          num_return_sequences=count, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
-    return list(dict.fromkeys(s for s in map(single_sentence, texts) if s is not None))
+    eos = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    ids, mask = pad([list(p) for p in prompts], pad_id, left=True, width=width, device=device)
+    ids, mask = ids.repeat_interleave(count, 0), mask.long().repeat_interleave(count, 0)  # [G·count, W]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    generators = [rng.make_generator(seed, device=device) for seed in seeds]
+    out = lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    done = torch.zeros(len(ids), dtype=torch.bool, device=device)
+    drawn = []
+    for _ in range(max_new_tokens):
+        logits = rng.filter_logits(out.logits[:, -1].double() / temperature, top_p=top_p)  # [G·count, V]
+        token = torch.cat([rng.sample_categorical(part, g, check=False)
+                           for part, g in zip(logits.split(count), generators)])
+        token = token.masked_fill(done, eos)
+        drawn.append(token)
+        done |= token == eos
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        positions = positions[:, -1:] + 1
+        out = lm(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
+                 **kv_cache_argument(lm, kv_cache_of(out)))
+    texts = tokenizer.batch_decode(torch.stack(drawn, 1), skip_special_tokens=True)
+    return [texts[g * count:(g + 1) * count] for g in range(len(prompts))]
 
 
 def locate_keywords(tokens: Sequence[int], forms: Sequence[Sequence[tuple[int, ...]]],

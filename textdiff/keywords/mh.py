@@ -202,11 +202,11 @@ class KeywordGenerator:
             forbidden=[self.repeats_a_keyword] if self.distinct_keywords else []),
             continuation=self.proposal.support.continuation_ids)
 
-    def start_states(self, words: Sequence[str], chains: int, generator: torch.Generator, inflect: bool,
-                     banned: Sequence[str], target: KeywordMeasure, group: int = 0, drafts: int = 0) -> list[State]:
-        """``chains`` start states of one keyword set (states of ``group``): the best-scoring of its keyword orders
-        (and, with ``inflect``, forms), drawn from ``generator``, and of ``drafts`` LM drafts completed by
-        :meth:`draft_states`; ``ValueError`` naming what makes the set impossible."""
+    def keyword_starts(self, words: Sequence[str], generator: torch.Generator, inflect: bool, banned: Sequence[str],
+                       group: int = 0) -> tuple[list[list[tuple[int, ...]]], list[State]]:
+        """``(forms, starts)`` of one keyword set: each keyword's token spans (lemma first; with ``inflect`` its
+        single-token inflections) and up to ``MAX_STARTS`` states of ``group`` holding the keywords in some order and
+        form, drawn from ``generator``; ``ValueError`` naming what makes the set impossible."""
         clash = sorted({b for b in banned for w in words if b.lower() == w.lower()})
         if clash:
             raise ValueError(f"banned words {clash} are also keywords; a sentence cannot both hold and avoid them")
@@ -215,23 +215,29 @@ class KeywordGenerator:
         if needed > self.max_length:
             raise ValueError(f"max_length={self.max_length} is smaller than the {needed} keyword tokens; raise "
                              "max_length or use fewer keywords")
-        starts = [State.from_keywords(spans, group) for spans in candidate_starts(forms, MAX_STARTS, generator)]
-        if drafts:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-            starts += self.draft_states(words, forms, drafts, seed, target, group)
+        return forms, [State.from_keywords(spans, group) for spans in candidate_starts(forms, MAX_STARTS, generator)]
+
+    def drafts(self, keyword_sets: Sequence[Sequence[str]], count: int, seeds: Sequence[int]) -> list[list[str]]:
+        """Per keyword set, the distinct one-sentence drafts among ``count`` sampled from the scoring LM under the
+        set's instruction (the fixed prompt without one), all sets in one decoding loop, set ``i`` from ``seeds[i]``
+        (docs/mcmc.md#drafts-as-start-states)."""
+        prompts = [self.set_prompt(words) or self.scorer.prefix_ids for words in keyword_sets]
+        return sample_drafts(self.scorer.model, self.lm_tokenizer, prompts, count, seeds)
+
+    def start_states(self, starts: Sequence[State], chains: int, target: KeywordMeasure) -> list[State]:
+        """``chains`` start states: the best-scoring under ``target`` of ``starts`` (cycled when fewer)."""
         starts = list(dict.fromkeys(s for s in starts if len(s.tokens) <= self.max_length))
         ranked = torch.argsort(target.log_prob(starts), descending=True, stable=True).tolist()
         return [starts[ranked[c % len(ranked)]] for c in range(chains)]
 
-    def draft_states(self, words: Sequence[str], forms: Sequence[Sequence[tuple[int, ...]]], count: int, seed: int,
-                     target: KeywordMeasure, group: int = 0) -> list[State]:
-        """Valid states from ``count`` LM drafts (docs/mcmc.md#drafts-as-start-states): the keyword forms a draft
-        holds become protected blocks, and each missing keyword is inserted, at the word boundary and then in the
-        form that ``target`` scores best, one keyword per round for all drafts at once."""
-        prompt = self.set_prompt(words) or self.scorer.prefix_ids
+    def draft_states(self, forms: Sequence[Sequence[tuple[int, ...]]], texts: Sequence[str], target: KeywordMeasure,
+                     group: int = 0) -> list[State]:
+        """Valid states of ``group`` from LM drafts (:meth:`drafts`; docs/mcmc.md#drafts-as-start-states): the keyword
+        forms a draft holds become protected blocks, and each missing keyword is inserted, at the word boundary and
+        then in the form that ``target`` scores best, one keyword per round for all drafts at once."""
         continuation = frozenset(self.proposal.support.continuation_ids)
         pending: list[tuple[State, list[int]]] = []
-        for text in sample_drafts(self.scorer.model, self.lm_tokenizer, prompt, count, seed):
+        for text in texts:
             tokens = tuple(self.proposal.keyword_ids(text))
             found = locate_keywords(tokens, forms, continuation)
             missing = [k for k, hit in enumerate(found) if hit is None]
@@ -282,19 +288,26 @@ class KeywordGenerator:
                 results[index] = err if isinstance(err, ValueError) else ValueError(str(err))
         prompts = None if self.instruction is None else {i: self.set_prompt(w) for i, w in words_of.items()}
         target = self.make_target(min_length, banned, soft, prompts)
-        ready: list[tuple[int, list[State], torch.Generator]] = []
+        planned: list[tuple[int, list, list[State], torch.Generator, int]] = []
         for index, words in words_of.items():
             generator = rng.make_generator(seed)
             try:
-                ready.append((index, self.start_states(words, chains, generator, inflect, banned, target, index,
-                                                       drafts), generator))
+                forms, starts = self.keyword_starts(words, generator, inflect, banned, index)
             except ValueError as err:
                 results[index] = err
+                continue
+            draft_seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if drafts else 0
+            planned.append((index, forms, starts, generator, draft_seed))
         sampler = MetropolisHastings(self.proposal, target, max_length=self.max_length)
         temperatures = temperature_schedule(steps, schedule, temperature, final_temperature)
         per_batch = max(1, batch_size // chains)
-        for start in range(0, len(ready), per_batch):
-            batch = ready[start: start + per_batch]
+        for start in range(0, len(planned), per_batch):
+            part = planned[start: start + per_batch]
+            texts = (self.drafts([words_of[p[0]] for p in part], drafts, [p[-1] for p in part]) if drafts
+                     else [[] for _ in part])
+            batch = [(index, self.start_states(starts + self.draft_states(forms, drafted, target, index), chains,
+                                               target), generator)
+                     for (index, forms, starts, generator, _), drafted in zip(part, texts)]
             streams = ChainStreams([(chains, generator) for _, _, generator in batch])
             initial = [state for _, states, _ in batch for state in states]
             outcome = sampler.run(initial, steps, temperatures=temperatures, generator=streams, progress=progress)
