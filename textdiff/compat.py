@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import torch
 
 
 def moved(module: str, new_homes: dict[str, str]) -> Callable[[str], object]:
@@ -35,3 +38,14 @@ def kv_cache_of(output):
     """The KV cache a forward returned (``output.cache``, or ``output.past_key_values`` before transformers 5.2x)."""
     cache = output.get("cache") if hasattr(output, "get") else None
     return cache if cache is not None else output.past_key_values
+
+
+def kv_cache_rows(caches: Sequence, width: int):
+    """One KV cache whose row ``i`` is ``caches[i]`` (a cache of batch 1, at most ``width`` positions) left-padded with
+    zeros to ``width`` positions; the attention mask must mask the padded slots out."""
+    out = copy.deepcopy(caches[0])
+    for index, layer in enumerate(out.layers):
+        for name in ("keys", "values"):
+            rows = [getattr(cache.layers[index], name) for cache in caches]  # each [1, heads, length, dim]
+            setattr(layer, name, torch.cat([torch.nn.functional.pad(r, (0, 0, width - r.shape[-2], 0)) for r in rows]))
+    return out

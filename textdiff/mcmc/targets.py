@@ -19,7 +19,6 @@ Design decisions (docs/numerics.md#d8):
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections import OrderedDict
@@ -27,8 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from textdiff.compat import kv_cache_argument, kv_cache_of
-from textdiff.padding import by_width, pad
+from textdiff.compat import kv_cache_argument, kv_cache_of, kv_cache_rows
+from textdiff.padding import bucket, by_width, pad
 
 
 class CausalLMScorer:
@@ -38,8 +37,10 @@ class CausalLMScorer:
     ``log_prob_ids(seqs)`` returns ``Σ_j log p(x_j | prefix, x_{<j})`` over the tokens of each sequence followed by
     EOS, conditioned on ``prefix_ids`` (default: the BOS token), or per row on ``prefixes[i]`` (one prompt per keyword
     set, docs/mcmc.md#keyword-conditioned-target). Each prefix runs once; its KV cache (the last ``max_prefixes``
-    are kept) is re-used for every batch (right padding + attention masks), so only the sentence tokens cost a
-    forward pass. Rows are scored in groups that share a prefix, so a row's score never depends on its batchmates.
+    are kept) is re-used for every batch, so only the sentence tokens cost a forward pass. Rows of different prefixes
+    share a forward: each row's prefix cache is left-padded to its own bucketed length and its sentence right-padded
+    to its own bucketed width (attention masks hide the padding), and rows are grouped by these two widths, so a
+    row's score never depends on its batchmates.
     """
 
     def __init__(self, model, tokenizer, prefix_ids: Sequence[int] | None = None, max_batch_tokens: int = 4096,
@@ -85,29 +86,33 @@ class CausalLMScorer:
         prefix of row ``i`` is ``prefixes[i]`` when given, else ``prefix_ids``."""
         if prefixes is not None and len(prefixes) != len(seqs):
             raise ValueError(f"prefixes must hold one prefix per sequence, got {len(prefixes)} for {len(seqs)}")
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i in range(len(seqs)):
-            groups.setdefault(tuple(self.prefix_ids if prefixes is None else prefixes[i]), []).append(i)
+        rows_prefix = [tuple(self.prefix_ids if prefixes is None else prefixes[i]) for i in range(len(seqs))]
+        groups: dict[int, list[int]] = {}
+        for i, prefix in enumerate(rows_prefix):
+            groups.setdefault(bucket(len(prefix)), []).append(i)
         full = [list(seq) + [self.eos_id] for seq in seqs]
         out = torch.empty(len(full), dtype=torch.float64)
-        for prefix, rows in groups.items():
+        for p_width, rows in groups.items():
             for width, chunk in by_width([len(full[i]) for i in rows], max_tokens=self.max_batch_tokens):
                 chunk = [rows[i] for i in chunk]
-                out[chunk] = self._score([full[i] for i in chunk], width, prefix)
+                out[chunk] = self._score([full[i] for i in chunk], width, [rows_prefix[i] for i in chunk], p_width)
         return out
 
-    def _score(self, full: list[list[int]], width: int, prefix: tuple[int, ...]) -> torch.Tensor:
-        """Scores of rows padded to ``width`` (fixed by the rows' own lengths, so batchmates never change them)."""
-        prefix_cache, first_log_probs = self.prefix_state(prefix)
+    def _score(self, full: list[list[int]], width: int, prefixes: list[tuple[int, ...]], p_width: int
+               ) -> torch.Tensor:
+        """Scores of rows padded to ``width`` after their prefixes left-padded to ``p_width`` (both fixed by the row's
+        own lengths, so batchmates never change them)."""
+        states = [self.prefix_state(prefix) for prefix in prefixes]
         ids, mask = pad(full, self.pad_id, width=width)
-        (n, width), p, mask = ids.shape, len(prefix), mask.long()
-        first = first_log_probs[ids[:, 0]]
+        width, mask = ids.shape[1], mask.long()
+        first = torch.stack([first_log_probs[token] for (_, first_log_probs), token in zip(states, ids[:, 0])])
         if width == 1:
             return first
-        cache = copy.deepcopy(prefix_cache)
-        cache.batch_repeat_interleave(n)
-        attention = torch.cat([torch.ones(n, p, dtype=torch.long), mask], 1).to(self.device)
-        positions = (p + torch.arange(width)).expand(n, width).to(self.device)
+        cache = kv_cache_rows([prefix_cache for prefix_cache, _ in states], p_width)
+        lengths = torch.tensor([len(prefix) for prefix in prefixes])
+        seen = torch.arange(p_width)[None] >= p_width - lengths[:, None]  # [n, p_width]: the prefix, left-padded
+        attention = torch.cat([seen.long(), mask], 1).to(self.device)
+        positions = (lengths[:, None] + torch.arange(width)[None]).to(self.device)
         logits = self.model(input_ids=ids.to(self.device), attention_mask=attention, position_ids=positions,
                             **kv_cache_argument(self.model, cache)).logits[:, :-1].float()
         targets = ids[:, 1:].to(self.device)
