@@ -12,7 +12,7 @@ from textdiff.mcmc.targets import CausalLMScorer, ConstrainedLMTarget
 from .test_models import naive_log_prob, tiny_lm  # noqa: F401  (tiny_lm is a fixture)
 from .toy import ToyProposal
 
-PROMPTS = {0: [1, 40, 41], 1: [1, 50, 51, 52, 53, 54], 2: [1]}
+PROMPTS = {0: [1, 40, 41], 1: [1, 50, 51, 52, 53, 54], 2: [1], 3: [1, *range(30, 40)]}  # prefixes padded to 8 and 16
 
 
 def make_target(model, tok, prompts=PROMPTS, gamma=0.7, length_bonus=0.3):
@@ -23,8 +23,8 @@ def make_target(model, tok, prompts=PROMPTS, gamma=0.7, length_bonus=0.3):
 def test_each_state_is_scored_under_its_sets_prompt_as_a_full_forward(tiny_lm):  # noqa: F811
     model, tok = tiny_lm
     target = make_target(model, tok)
-    tokens = [(5, 6, 7), (8,), (9, 10, 11, 12, 13, 14, 15, 16, 17), (5, 6, 7), (20, 21)]
-    states = [State(t, (0,) + (-1,) * (len(t) - 1), group) for t, group in zip(tokens, [0, 1, 2, 1, 0])]
+    tokens = [(5, 6, 7), (8,), (9, 10, 11, 12, 13, 14, 15, 16, 17), (5, 6, 7), (20, 21), (5, 6, 7)]
+    states = [State(t, (0,) + (-1,) * (len(t) - 1), group) for t, group in zip(tokens, [0, 1, 2, 1, 0, 3])]
     got = target.log_prob(states)
     for state, value in zip(states, got.tolist()):
         prompt = PROMPTS[state.group]
