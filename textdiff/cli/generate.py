@@ -13,6 +13,7 @@ from textdiff.cli.common import (
     add_guidance_options,
     add_seed_option,
     add_threads_option,
+    default_device,
     guidance_from_args,
 )
 from textdiff.keywords import METHODS, generate_many, parse_keywords
@@ -50,7 +51,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--drafts", type=int, default=None,
                         help="LM drafts sampled per set as start states (default: the preset's; 0: none)")
     add_seed_option(parser)
-    add_device_option(parser, default="cpu")
+    add_device_option(parser)
     add_dtype_option(parser)
     add_threads_option(parser)
     parser.add_argument("--inflect", action="store_true", help="allow inflected keyword forms (dogs, caught, ...)")
@@ -123,6 +124,7 @@ def read_sets(path: str) -> list[tuple[list[str] | ValueError, str]]:
 
 
 def run(args) -> int:
+    args.device = args.device or default_device()
     if args.method == "diffusion":
         options = dict(insertion_model=args.insertion_model, orders=args.orders,
                        samples_per_order=args.samples_per_order, steps=args.diffusion_steps, fill_mode=args.fill_mode)

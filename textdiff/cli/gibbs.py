@@ -11,6 +11,7 @@ from textdiff.cli.common import (
     add_guidance_options,
     add_seed_option,
     add_threads_option,
+    default_device,
     guidance_from_args,
 )
 from textdiff.mcmc.gibbs import (
@@ -50,7 +51,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--top-k", type=int, default=None, help="sample from the top-k tokens only (changes the law)")
     add_guidance_options(parser, diffusion=False)
     add_seed_option(parser)
-    add_device_option(parser, default="cpu")
+    add_device_option(parser)
     add_dtype_option(parser)
     add_threads_option(parser)
     parser.set_defaults(func=run)
@@ -59,6 +60,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from textdiff.models.hub import load_mlm  # transformers loads with the verb, not with --help
 
+    args.device = args.device or default_device()
     model, tokenizer = load_mlm(args.model, device=args.device, dtype=args.dtype)
     generator = rng.make_generator(args.seed, device=args.device)
     if args.text:
