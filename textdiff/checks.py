@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # torch is imported where a check needs it, so `textdiff --help` starts without it
-    import torch
+import torch
 
 #: seeds are integers in [0, SEED_LIMIT)
 SEED_LIMIT = 2**64
@@ -64,8 +62,6 @@ def device(value, *, name: str = "device") -> torch.device:
 
     Unknown device names, CUDA without a GPU and out-of-range CUDA indices give one clear ``ValueError``.
     """
-    import torch
-
     if isinstance(value, bool) or not isinstance(value, (str, int, torch.device)):
         raise TypeError(f"{name} must be a string such as 'cpu' or 'cuda', got {value!r}")
     try:
@@ -88,8 +84,6 @@ def device(value, *, name: str = "device") -> torch.device:
 def dtype(value, device=None, *, name: str = "dtype") -> torch.dtype:
     """The ``torch.dtype`` of model forwards on ``device`` from one of :data:`DTYPES` or a floating ``torch.dtype``:
     ``auto`` (and ``None``) is bfloat16 on CUDA, float32 elsewhere (docs/design.md, "Precision")."""
-    import torch
-
     if value is None or value == "auto":
         on_cuda = device is not None and torch.device(device).type == "cuda"
         return torch.bfloat16 if on_cuda else torch.float32

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -28,10 +30,13 @@ def moved(module: str, new_homes: dict[str, str]) -> Callable[[str], object]:
 def kv_cache_argument(model, cache) -> dict:
     """The keyword that passes a KV cache to ``model``'s forward: ``cache`` (transformers ≥ 5.2x), else
     ``past_key_values``."""
-    import inspect
+    return {_cache_keyword(type(model)): cache}
 
-    forward = inspect.signature(model.forward).parameters
-    return {"cache" if "cache" in forward else "past_key_values": cache}
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    """Read once per model class: the call sits in decoding and scoring loops."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def kv_cache_of(output):

@@ -8,7 +8,13 @@ import importlib.util
 import pytest
 
 from textdiff.keywords import KeywordGenerator
-from textdiff.keywords.drafts import blocks_in_order, instruction_prefix, locate_keywords, single_sentence
+from textdiff.keywords.drafts import (
+    blocks_in_order,
+    instruction_prefix,
+    locate_keywords,
+    sample_drafts,
+    single_sentence,
+)
 from textdiff.keywords.mh import repeats_a_keyword, with_block
 from textdiff.keywords.presets import PRESETS, preset
 from textdiff.mcmc.mh import State
@@ -95,7 +101,11 @@ def test_completed_drafts_are_valid_states_holding_every_keyword(generator):
     words = ["dog", "frisbee", "catch"]
     forms = [generator.keyword_forms(w, True) for w in words]
     target = generator.make_target(1, [], [], {4: generator.set_prompt(words)})
-    (texts,) = generator.drafts([words], 4, [0])
+    def drafts(sets, seeds):
+        return sample_drafts(generator.scorer.model, generator.lm_tokenizer, [generator.set_prompt(w) for w in sets],
+                             4, seeds)
+
+    (texts,) = drafts([words], [0])
     states = generator.draft_states(forms, texts, target, group=4)
     assert states
     continuation = frozenset(generator.proposal.support.continuation_ids)
@@ -106,8 +116,8 @@ def test_completed_drafts_are_valid_states_holding_every_keyword(generator):
         owners = sorted(k for span in keyword_spans(state) for k, spans in enumerate(forms) if span in spans)
         assert owners == [0, 1, 2]  # every keyword exactly once, as one of its forms
         assert "dog" in text and "frisbee" in text
-    assert generator.drafts([words], 4, [0]) == [texts]  # seeded
-    with_others = generator.drafts([["guitar", "stool"], words, ["snow", "car", "drive"]], 4, [1, 0, 2])
+    assert drafts([words], [0]) == [texts]  # seeded
+    with_others = drafts([["guitar", "stool"], words, ["snow", "car", "drive"]], [1, 0, 2])
     assert with_others[1] == texts  # a set's drafts do not depend on the other sets decoded with it
 
 

@@ -217,13 +217,6 @@ class KeywordGenerator:
                              "max_length or use fewer keywords")
         return forms, [State.from_keywords(spans, group) for spans in candidate_starts(forms, MAX_STARTS, generator)]
 
-    def drafts(self, keyword_sets: Sequence[Sequence[str]], count: int, seeds: Sequence[int]) -> list[list[str]]:
-        """Per keyword set, the distinct one-sentence drafts among ``count`` sampled from the scoring LM under the
-        set's instruction (the fixed prompt without one), all sets in one decoding loop, set ``i`` from ``seeds[i]``
-        (docs/mcmc.md#drafts-as-start-states)."""
-        prompts = [self.set_prompt(words) or self.scorer.prefix_ids for words in keyword_sets]
-        return sample_drafts(self.scorer.model, self.lm_tokenizer, prompts, count, seeds)
-
     def start_states(self, starts: Sequence[State], chains: int, target: KeywordMeasure) -> list[State]:
         """``chains`` start states: the best-scoring under ``target`` of ``starts`` (cycled when fewer)."""
         starts = list(dict.fromkeys(s for s in starts if len(s.tokens) <= self.max_length))
@@ -232,9 +225,9 @@ class KeywordGenerator:
 
     def draft_states(self, forms: Sequence[Sequence[tuple[int, ...]]], texts: Sequence[str], target: KeywordMeasure,
                      group: int = 0) -> list[State]:
-        """Valid states of ``group`` from LM drafts (:meth:`drafts`; docs/mcmc.md#drafts-as-start-states): the keyword
-        forms a draft holds become protected blocks, and each missing keyword is inserted, at the word boundary and
-        then in the form that ``target`` scores best, one keyword per round for all drafts at once."""
+        """Valid states of ``group`` from LM drafts (``sample_drafts``; docs/mcmc.md#drafts-as-start-states): the
+        keyword forms a draft holds become protected blocks, and each missing keyword is inserted, at the word boundary
+        and then in the form that ``target`` scores best, one keyword per round for all drafts at once."""
         continuation = frozenset(self.proposal.support.continuation_ids)
         pending: list[tuple[State, list[int]]] = []
         for text in texts:
@@ -303,16 +296,19 @@ class KeywordGenerator:
         per_batch = max(1, batch_size // chains)
         for start in range(0, len(planned), per_batch):
             part = planned[start: start + per_batch]
-            texts = (self.drafts([words_of[p[0]] for p in part], drafts, [p[-1] for p in part]) if drafts
-                     else [[] for _ in part])
+            texts: list[list[str]] = [[] for _ in part]
+            if drafts:  # the drafts of the whole batch in one decoding loop, each set under its own prompt
+                set_prompts = [self.scorer.prefix_ids if prompts is None else prompts[index] for index, *_ in part]
+                texts = sample_drafts(self.scorer.model, self.lm_tokenizer, set_prompts, drafts,
+                                      [draft_seed for *_, draft_seed in part])
             batch = [(index, self.start_states(starts + self.draft_states(forms, drafted, target, index), chains,
                                                target), generator)
                      for (index, forms, starts, generator, _), drafted in zip(part, texts)]
             streams = ChainStreams([(chains, generator) for _, _, generator in batch])
             initial = [state for _, states, _ in batch for state in states]
             outcome = sampler.run(initial, steps, temperatures=temperatures, generator=streams, progress=progress)
-            for (index, _, _), part in zip(batch, outcome.split([chains] * len(batch))):
-                results[index] = part
+            for (index, _, _), result in zip(batch, outcome.split([chains] * len(batch))):
+                results[index] = result
         return results
 
     def run(self, keywords: str | Iterable[str], **options) -> MHResult:

@@ -136,16 +136,6 @@ class MoveProbs:
         return math.log(p) if p > 0 else -math.inf
 
 
-def ratio_contexts(x: State, move: Move, placeholder: int, faithful: str | None = None) -> list[Context]:
-    """Every context whose ``g`` the acceptance ratio of ``move`` from ``x`` needs."""
-    primary = proposal_context(x, move.kind, move.position, placeholder)
-    if faithful == "su" or move.kind == "replace":
-        return [primary]
-    if move.kind == "insert":
-        return insertion_contexts(apply_move(x, move), x, move.position, placeholder)
-    return insertion_contexts(x, apply_move(x, move), move.position, placeholder)
-
-
 def log_proposal_pair(x: State, move: Move, log_g: Callable[[Context], torch.Tensor], probs: MoveProbs,
                       placeholder: int, faithful: str | None = None) -> tuple[float, float]:
     """``(log q(y←x), log q(x←y))`` of the aggregated kernels (docs/mcmc.md#exact-acceptance-ratios) for

@@ -106,9 +106,8 @@ class MLMProposal:
         self.device = next(model.parameters()).device
         self.vocab_size = model.config.vocab_size
         self.support = TokenSupport.from_tokenizer(tokenizer, self.vocab_size)
-        self.allowed = _allowed(self.support, excluded)
-        restrict(torch.zeros(1, self.vocab_size), self.allowed, top_k, epsilon)  # validates top_k / epsilon
-        self.allowed_here = self.allowed.to(self.device)
+        self.allowed = _allowed(self.support, excluded).to(self.device)
+        restrict(torch.zeros(1, self.vocab_size, device=self.device), self.allowed, top_k, epsilon)  # validates them
         ends = [*self.suffix_ids, tokenizer.sep_token_id]
         self.ends = torch.tensor(ends, dtype=torch.long, device=self.device)  # [S + 1]: after every context
         self.forwards = 0
@@ -161,7 +160,7 @@ class MLMProposal:
                 part = torch.tensor(part, device=self.device)
                 at_slot[part] = logits_at(self.model, rows[part, :width], mask[part, :width], slots[part] + 1).double()
                 self.forwards += 1
-        return restrict(torch.log_softmax(at_slot.double(), -1), self.allowed_here, self.top_k, self.epsilon)
+        return restrict(torch.log_softmax(at_slot.double(), -1), self.allowed, self.top_k, self.epsilon)
 
 
 @register_proposal("lm")

@@ -104,7 +104,7 @@ class CausalLMScorer:
         own lengths, so batchmates never change them)."""
         states = [self.prefix_state(prefix) for prefix in prefixes]
         ids, mask = pad(full, self.pad_id, width=width)
-        width, mask = ids.shape[1], mask.long()
+        mask = mask.long()
         first = torch.stack([first_log_probs[token] for (_, first_log_probs), token in zip(states, ids[:, 0])])
         if width == 1:
             return first
@@ -229,6 +229,7 @@ class ConstrainedLMTarget:
         lm_ids = [self.to_lm_ids(states[i].tokens) for i in allowed]
         lengths = torch.tensor([len(ids) + 1 for ids in lm_ids], dtype=torch.float64)
         prefixes = None if self.prompts is None else [self.prompts[states[i].group] for i in allowed]
+        # a scorer need not take per-row prompts when the target has none
         lm_log_probs = self.scorer.log_prob_ids(lm_ids) if prefixes is None else self.scorer.log_prob_ids(
             lm_ids, prefixes)
         values = self.gamma * lm_log_probs + self.length_bonus * lengths
