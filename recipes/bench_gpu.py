@@ -8,7 +8,8 @@ file has to travel to the GPU machine; sentence quality is measured on CPU with 
 time the worst case of the drafts.
 
 Rows ("old" = float32 forwards and the output head on every position, the path before issue 11; "new" = the
-defaults now: bfloat16 on CUDA, the head only where logits are used). The MH and keyword rows compare precision only:
+defaults now: bfloat16 on CUDA, the head only where logits are used, and in the reverse loop logits only at the
+positions a step draws, never ``[B, L, V]``). The MH and keyword rows compare precision only:
 the tuple MH engine they replaced is gone (issue 11 measured it on the H200 at 2.4 / 4.7 / 7.0 s for 100 steps of
 4 / 64 / 256 chains, 5.4 s per set with the defaults of then):
 
@@ -134,17 +135,24 @@ import torch, transformers, textdiff.keywords, textdiff.models.hub; print(time.p
 
 
 def diffusion(mlm_dir: Path, device: str, batch: int, length: int, compile_encoder: bool) -> list[dict]:
-    """The masked reverse loop: old (float32, head everywhere), new (forward dtype, head at masked positions)."""
+    """The masked reverse loop (count form, one token per row and step): old (float32, the head on every position,
+    ``[B, L, V]`` logits), the head at the masked positions with ``[B, L, V]`` logits still built (the path before
+    ``logits_at``), new (forward dtype, logits at the one drawn position per row only)."""
     rows = []
-    variants = [("old: float32, head on every position", "float32", False, False),
-                ("new: default dtype, head at masked positions", "auto", True, False)]
+    variants = [("old: float32, head on every position, [B, L, V] logits", "float32", "whole"),
+                ("default dtype, head at masked positions, [B, L, V] logits", "auto", "masked"),
+                ("new: default dtype, logits at drawn positions only", "auto", "drawn")]
     if compile_encoder:
-        variants.append(("new + torch.compile(encoder)", "auto", True, True))
-    for name, dtype, subs, compiled in variants:
+        variants.append(("new + torch.compile(encoder)", "auto", "compiled"))
+    for name, dtype, head in variants:
         model, tokenizer = load_mlm(mlm_dir, device=device, dtype=dtype)
-        if compiled:
+        if head == "whole":
+            run_whole(model)
+        if head == "compiled":
             model.bert = torch.compile(model.bert, dynamic=False)
-        predictor = MaskedLMPredictor(model, tokenizer.mask_token_id, subs=subs)
+        predictor = MaskedLMPredictor(model, tokenizer.mask_token_id)
+        if head in ("whole", "masked"):
+            predictor = partial(MaskedLMPredictor.__call__, predictor)  # no logits_at: the dense [B, L, V] path
         process = make_process("mask", mask_id=tokenizer.mask_token_id, vocab_size=model.config.vocab_size,
                                schedule="count")
         template = make_template(batch, length + 2, [tokenizer.cls_token_id], device)
@@ -152,7 +160,8 @@ def diffusion(mlm_dir: Path, device: str, batch: int, length: int, compile_encod
         template.protected[:, -1] = True
         seconds = timed(partial(reverse_sample, process, predictor, template, length, seed=0), device)
         per_step = seconds / length
-        flops = encoder_flops(model, batch, length + 2, batch * length / 2 if subs else batch * (length + 2))
+        head_positions = {"whole": batch * (length + 2), "masked": batch * length / 2}.get(head, batch)
+        flops = encoder_flops(model, batch, length + 2, head_positions)
         rows.append({"row": "diffusion", "variant": name, "dtype": str(next(model.parameters()).dtype),
                      "seconds": seconds, "ms_per_step": 1000 * per_step, "tokens_per_s": batch * length / seconds,
                      "flops_per_step": flops})
@@ -228,11 +237,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (a CPU check that every row runs)")
     parser.add_argument("--compile", action="store_true", help="add the torch.compile row to the diffusion rows")
     parser.add_argument("--sets", type=int, default=64, help="CommonGen dev sets of the --input row")
+    parser.add_argument("--batch", type=int, default=None, help="diffusion rows (default 256; 8 with --quick)")
+    parser.add_argument("--length", type=int, default=None, help="diffusion tokens and steps (default 128; 16 quick)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["startup", "diffusion", "gibbs", "keywords"])
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     args = parser.parse_args()
     quick = args.quick
-    batch, length = (8, 16) if quick else (256, 128)
+    batch, length = args.batch or (8 if quick else 256), args.length or (16 if quick else 128)
     gibbs_chains, gibbs_steps = (8, 5) if quick else (256, 500)
     chain_counts = [4] if quick else [4, 64, 256]
     sets = list(dict.fromkeys(COMMONGEN.read_text().splitlines()))[: (2 if quick else args.sets)]

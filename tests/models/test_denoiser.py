@@ -67,7 +67,7 @@ def test_rotary_scores_depend_on_relative_position_only():
     rotary = rotary_tables(40, 16, "cpu")
 
     def score(i, j):
-        at = lambda x, n: apply_rotary(x.expand(1, 1, 40, 16), rotary)[0, 0, n]  # noqa: E731
+        at = lambda x, n: apply_rotary(x.expand(1, 1, 40, 16), rotary)[0, 0, n]
         return float(at(q, i) @ at(k, j))
 
     assert score(3, 7) == pytest.approx(score(20, 24), rel=1e-5)
@@ -106,3 +106,28 @@ def test_masked_lm_predictor_is_subs(tmp_path):
     probs = torch.softmax(logits[0, ~visible].double(), -1)
     torch.testing.assert_close(probs.sum(-1), torch.ones(2, dtype=torch.float64))
     assert (probs > 0).sum(-1).eq(49).all() and math.isfinite(float(logits[0, 2, 0]))
+
+
+@pytest.mark.parametrize("kind", ["masked_lm", "denoiser"])
+def test_logits_at_equals_the_full_output_there(kind):
+    """``logits_at`` (what the masking sampler asks for, docs/udm.md#logits-only-where-drawn) gives the predictor's
+    own ``[B, L, V]`` output at the asked positions, the output head run there only; padding and rows without a
+    position included."""
+    torch.manual_seed(0)
+    mask_id = 4
+    if kind == "masked_lm":
+        predictor = MaskedLMPredictor(BertForMaskedLM(BertConfig(
+            vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=32)).eval(), mask_id)
+    else:
+        predictor = DenoiserPredictor(DenoiserModel(DenoiserConfig(**TINY, time_conditioning=True)).eval())
+    ids = torch.randint(5, 50, (4, 10), generator=torch.Generator().manual_seed(1))
+    ids[ids % 3 == 0] = mask_id
+    attention = torch.ones_like(ids, dtype=torch.bool)
+    attention[1, 7:] = False
+    x, t = Batch(ids, attention), torch.tensor([0.2, 0.5, 0.7, 0.9])
+    where = (ids == mask_id) & attention
+    where[3] = False
+    values = predictor.logits_at(x, t, where)
+    assert values.shape == (int(where.sum()), 50)
+    torch.testing.assert_close(values, predictor(x, t)[where].to(values.dtype), atol=1e-5, rtol=1e-5)

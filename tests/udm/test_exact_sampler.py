@@ -77,3 +77,46 @@ def test_oracle_predictor_returns_target(process):
     for steps in (1, 2, 3):
         out = reverse_sample(process, delta, make_template(64, L), steps, seed=steps)
         assert (out.ids == target).all()
+
+
+class PositionalPosterior(ExactPosterior):
+    """The same exact posterior, also offering its logits at chosen positions only (``logits_at``): the loop then
+    takes its sparse path (docs/udm.md#logits-only-where-drawn)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.positions = 0
+
+    def logits_at(self, x: Batch, t: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        self.positions += int(where.sum())
+        return self(x, t)[where]
+
+
+@pytest.mark.parametrize("process", [MaskingProcess(MASK, "count"), MaskingProcess(MASK, "linear"),
+                                     MaskingProcess(MASK, "count", corrector="baseline"),
+                                     MaskingProcess(MASK, "count", reveal="confidence")], ids=repr)
+def test_logits_only_where_drawn_changes_no_draw(process):
+    """With ``logits_at`` the masking loop asks for logits at the drawn positions only, and every seeded sample is
+    the one the dense ``[B, L, V]`` path draws (the exact one-token steps and the biased variants alike). The exact
+    steps ask for each position once, when it is revealed; the others at every masked position of every step."""
+    template = make_template(2_000, L)
+    dense = reverse_sample(process, ExactPosterior(process, XS, P, MASK + 1), template, L, seed=3)
+    positional = PositionalPosterior(process, XS, P, MASK + 1)
+    sparse = reverse_sample(process, positional, template, L, seed=3)
+    assert torch.equal(dense.ids, sparse.ids)
+    exact_steps = process.corrector == "posterior" and process.reveal == "random"
+    assert positional.positions == 2_000 * L if exact_steps else positional.positions > 2_000 * L
+    assert sparse.stats.network_rows <= dense.stats.network_rows
+
+
+def test_masking_is_exact_through_logits_at_and_biased_variants_still_fail():
+    """The oracle test of the path the loop now takes with a ``logits_at`` predictor: one-token steps pass, the
+    multi-token variant fails."""
+    def pvalue(process, steps, seed):
+        g = torch.Generator().manual_seed(seed)
+        out = reverse_sample(process, PositionalPosterior(process, XS, P, MASK + 1), make_template(N, L), steps,
+                             generator=g)
+        return chi_square_pvalue(index_of(out.ids, V), P)
+
+    assert pvalue(MaskingProcess(MASK, "count"), L, seed=1) > 1e-4
+    assert pvalue(MaskingProcess(MASK, "count"), 1, seed=5) < 1e-6

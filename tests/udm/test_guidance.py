@@ -83,6 +83,12 @@ def test_cfg_mixing_law_and_w_zero_is_the_conditional_model():
     guided = ClassifierFreePredictor(predictor, position=0, null_id=0, scale=2.0)
     assert torch.allclose(guided(x, t), mix_log_probs(cond[:1], uncond[:1], 2.0).expand(3, -1, -1))
     assert guided.usage.rows == 6
+    assert not hasattr(guided, "logits_at")  # its predictor has none
+
+    predictor.logits_at = lambda x, t, where: predictor(x, t)[where]
+    guided = ClassifierFreePredictor(predictor, position=0, null_id=0, scale=2.0)
+    where = torch.rand(3, 5, generator=g) < 0.5
+    assert torch.allclose(guided.logits_at(x, t, where), guided(x, t)[where])
 
 
 @pytest.mark.parametrize("kwargs, name", [({"gamma": -1.0}, "gamma"), ({"gamma": float("nan")}, "gamma"),

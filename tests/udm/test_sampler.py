@@ -58,10 +58,22 @@ def test_prefix_and_protected_positions_are_kept(device):
         assert not (out.ids == MASK).any()
 
 
-def test_logits_hook_steers_every_step():
-    out = reverse_sample(MaskingProcess(MASK), ContextPredictor(), make_template(64, 8), 8, seed=1,
+class PositionalPredictor(ContextPredictor):
+    """:class:`ContextPredictor` that also offers its logits at chosen positions only."""
+
+    def logits_at(self, x: Batch, t: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        self.positional_calls = getattr(self, "positional_calls", 0) + 1
+        return self(x, t)[where]
+
+
+@pytest.mark.parametrize("predictor", [ContextPredictor, PositionalPredictor])
+def test_logits_hook_steers_every_step(predictor):
+    """Hooks see the dense ``[B, L, V]`` logits: a predictor with ``logits_at`` is called whole when hooks run."""
+    model = predictor()
+    out = reverse_sample(MaskingProcess(MASK), model, make_template(64, 8), 8, seed=1,
                          logits_hooks=[forbid_tokens([0, 2, 4, 6])])
     assert (out.ids % 2 == 1).all()
+    assert getattr(model, "positional_calls", 0) == 0 and model.calls > 0
 
 
 def test_trajectory_records_every_step_and_renders():

@@ -51,6 +51,8 @@ class ClassifierFreePredictor(_NullCondition):
         self.predictor = predictor
         self.time_conditioned = getattr(predictor, "time_conditioned", False)
         self.usage = NetworkUsage()
+        if callable(getattr(predictor, "logits_at", None)):  # then offer it too (docs/udm.md#logits-only-where-drawn)
+            self.logits_at = self._logits_at
 
     @torch.no_grad()
     def __call__(self, x_t: Batch, t: torch.Tensor):
@@ -59,6 +61,15 @@ class ClassifierFreePredictor(_NullCondition):
             return self.predictor(Batch(ids, attention_mask, protected), times)
 
         return self.mixed(call, x_t.ids, x_t.attention_mask, x_t.protected, t)
+
+    @torch.no_grad()
+    def _logits_at(self, x_t: Batch, t: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """``self(x_t, t)[where]`` (``[n, V]``), both passes asked for the logits at ``where`` only."""
+        def call(ids, attention_mask, protected, times, positions):
+            self.usage.add(ids.shape[0])
+            return self.predictor.logits_at(Batch(ids, attention_mask, protected), times, positions)
+
+        return self.mixed(call, x_t.ids, x_t.attention_mask, x_t.protected, t, where)
 
 
 class ClassifierFreeInsertion(_NullCondition):

@@ -184,6 +184,11 @@ class DenoiserPredictor:
         t = t if self.time_conditioned else None
         return self.model(input_ids=x.ids, attention_mask=x.attention_mask, t=t).logits
 
+    @torch.no_grad()
+    def logits_at(self, x: Batch, t: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """``self(x, t)[where]`` (``[n, V]``), the output projection run only there."""
+        return self.model.logits_at(x.ids, x.attention_mask, where, t if self.time_conditioned else None)
+
 
 class MaskedLMPredictor:
     """Wraps any HF masked LM (``AutoModelForMaskedLM``) as a masking-process x0 predictor, SUBS-parameterised
@@ -200,12 +205,18 @@ class MaskedLMPredictor:
         self.model, self.mask_token_id, self.subs = model, mask_token_id, subs
 
     @torch.no_grad()
+    def logits_at(self, x: Batch, t: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """The network's logits at ``where [B, L]`` only (``[n, V]``, row-major; ``[MASK]`` at −inf): what the
+        masking sampler reads at the positions it draws (docs/udm.md#logits-only-where-drawn)."""
+        return subs(logits_at(self.model, x.ids, x.attention_mask.long(), where).float(), self.mask_token_id)
+
+    @torch.no_grad()
     def __call__(self, x: Batch, t: torch.Tensor) -> torch.Tensor:
         attention = x.attention_mask.long()
         if not self.subs:
             return subs(self.model(input_ids=x.ids, attention_mask=attention).logits.float(), self.mask_token_id)
         masked = x.ids == self.mask_token_id  # the output head runs only here (logits_at)
-        at_masks = subs(logits_at(self.model, x.ids, attention, masked).float(), self.mask_token_id)
+        at_masks = self.logits_at(x, t, masked)
         out = torch.full((*x.ids.shape, at_masks.shape[-1]), -math.inf, device=x.ids.device)
         out.scatter_(-1, x.ids[..., None], 0.0)  # visible positions: a point mass on their token
         out[masked] = at_masks

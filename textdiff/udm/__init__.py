@@ -18,6 +18,7 @@ from textdiff.udm.process import (
                               LinearSchedule,
                               LogLinearSchedule,
                               Noise,
+                              PositionLogits,
                               Schedule,
                               StepPlan,
                               X0Draw,
@@ -39,9 +40,9 @@ from textdiff.udm.sampler import (
 
 __all__ = [
     "PROCESSES", "Batch", "CosineSchedule", "CountSchedule", "DeletionProcess", "ForwardProcess", "LinearSchedule",
-    "LogLinearSchedule", "MaskingProcess", "Noise", "PredictorCache", "ReplaceAnyProcess", "ReplaceDiffProcess",
-    "SampleResult", "SampleStats", "Schedule", "StepPlan", "Trajectory", "X0Draw", "as_batch", "forbid_tokens",
-    "get_schedule", "make_process", "make_template", "masked_token_nll", "masking_elbo", "masking_elbo_weight",
-    "process_names", "register_process", "replace_diff_elbo", "reverse_sample", "sample_times", "time_grid",
-    "udm_loss",
+    "LogLinearSchedule", "MaskingProcess", "Noise", "PositionLogits", "PredictorCache", "ReplaceAnyProcess",
+    "ReplaceDiffProcess", "SampleResult", "SampleStats", "Schedule", "StepPlan", "Trajectory", "X0Draw", "as_batch",
+    "forbid_tokens", "get_schedule", "make_process", "make_template", "masked_token_nll", "masking_elbo",
+    "masking_elbo_weight", "process_names", "register_process", "replace_diff_elbo", "reverse_sample", "sample_times",
+    "time_grid", "udm_loss",
 ]

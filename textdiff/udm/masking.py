@@ -23,7 +23,7 @@ import torch
 
 from textdiff import checks
 from textdiff.support import subs
-from textdiff.udm.process import Batch, ForwardProcess, Noise, StepPlan, X0Draw, as_time
+from textdiff.udm.process import Batch, ForwardProcess, Noise, StepPlan, X0Draw, as_time, logits_where
 from textdiff.udm.registry import register_process
 
 REVEAL_STRATEGIES = ("random", "confidence")
@@ -87,9 +87,9 @@ class MaskingProcess(ForwardProcess):
         active = reveal.any(-1) if self.corrector == "posterior" else (s < t) & x_t.corruptible.any(-1)
         return RevealPlan(t, s, active, reveal)
 
-    def drawn_positions(self, x_t: Batch, plan: StepPlan) -> torch.Tensor | None:
+    def drawn_positions(self, x_t: Batch, plan: StepPlan) -> torch.Tensor:
         """The revealed set ``R`` (random reveal, posterior corrector); the confidence heuristic and the baseline
-        corrector draw at every masked position."""
+        corrector draw at every masked position. Logits are read there only (:class:`PositionLogits` accepted)."""
         if self.corrector == "posterior" and self.reveal == "random":
             return plan.reveal
         return self.masked(x_t)
@@ -100,7 +100,8 @@ class MaskingProcess(ForwardProcess):
 
     def draw_x0(self, x_t, logits, draw, generator):
         """``x̂0``: masked positions drawn from the SUBS logits, visible positions copied (docs/numerics.md#d4)."""
-        return x_t.with_ids(draw.at(self.subs(logits), self.masked(x_t), x_t.ids, generator))
+        masked = self.masked(x_t)
+        return x_t.with_ids(draw.into(self.subs(logits_where(logits, masked)), masked, x_t.ids, generator))
 
     def apply(self, x_t: Batch, logits, plan: StepPlan, draw: X0Draw, generator) -> Batch:
         self.validate_logits(x_t, logits)
@@ -108,14 +109,16 @@ class MaskingProcess(ForwardProcess):
             return super().apply(x_t, logits, plan, draw, generator)
         reveal = plan.reveal
         if self.reveal == "confidence":
-            return self._reveal_confident(x_t, self.subs(logits), reveal.sum(-1), draw, generator)
-        return x_t.with_ids(draw.at(self.subs(logits), reveal, x_t.ids, generator))
+            return self._reveal_confident(x_t, logits, reveal.sum(-1), draw, generator)
+        return x_t.with_ids(draw.into(self.subs(logits_where(logits, reveal)), reveal, x_t.ids, generator))
 
     def _reveal_confident(self, x_t: Batch, logits, n_reveal: torch.Tensor, draw: X0Draw, generator) -> Batch:
         """Non-exact heuristic: draw x̂0 at all masked positions, keep the ``n_reveal`` most probable per row."""
         masked = self.masked(x_t)
-        x0_hat = draw.at(logits, masked, x_t.ids, generator)
-        logp = torch.log_softmax(logits.double(), -1).gather(-1, x0_hat[..., None]).squeeze(-1)
-        rank = logp.masked_fill(~masked, -math.inf).argsort(dim=-1, descending=True, stable=True).argsort(-1)
+        values = self.subs(logits_where(logits, masked))
+        x0_hat = draw.into(values, masked, x_t.ids, generator)
+        logp = torch.full(masked.shape, -math.inf, dtype=torch.float64, device=masked.device)
+        logp[masked] = torch.log_softmax(values.double(), -1).gather(-1, x0_hat[masked][:, None])[:, 0]
+        rank = logp.argsort(dim=-1, descending=True, stable=True).argsort(-1)
         chosen = masked & (rank < n_reveal[:, None])
         return x_t.with_ids(torch.where(chosen, x0_hat, x_t.ids))

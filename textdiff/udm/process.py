@@ -79,6 +79,10 @@ class Batch:
     def with_ids(self, ids: torch.Tensor) -> Batch:
         return replace(self, ids=ids)
 
+    def rows(self, selector: torch.Tensor) -> Batch:
+        """The rows picked by ``selector`` (``[B]`` bool or indices)."""
+        return Batch(self.ids[selector], self.attention_mask[selector], self.protected[selector])
+
     def to(self, device) -> Batch:
         return Batch(self.ids.to(device), self.attention_mask.to(device), self.protected.to(device))
 
@@ -316,14 +320,38 @@ class X0Draw:
             return filter_logits(logits.double(), self.top_k, self.top_p).argmax(-1)
         return sample_categorical(logits, generator, self.temperature, self.top_k, self.top_p)
 
-    def at(self, logits: torch.Tensor, where: torch.Tensor, fallback: torch.Tensor,
+    def at(self, logits: torch.Tensor | PositionLogits, where: torch.Tensor, fallback: torch.Tensor,
            generator: torch.Generator) -> torch.Tensor:
         """Draw only at ``where [B, L]`` (fewer categoricals, docs/numerics.md#float64-categorical-draws); elsewhere
         return ``fallback``."""
+        return self.into(logits_where(logits, where), where, fallback, generator)
+
+    def into(self, values: torch.Tensor, where: torch.Tensor, fallback: torch.Tensor,
+             generator: torch.Generator) -> torch.Tensor:
+        """``fallback`` with one draw from each row of ``values [n, V]`` written at ``where [B, L]`` (row-major)."""
         out = fallback.clone()
-        if bool(where.any()):
-            out[where] = self(logits[where], generator)
+        if values.shape[0]:
+            out[where] = self(values, generator)
         return out
+
+
+@dataclass(frozen=True)
+class PositionLogits:
+    """A predictor's logits at some positions only (docs/udm.md#logits-only-where-drawn): ``values [n, V]`` at the
+    ``n`` True entries of ``where [B, L]``, in row-major order. What a predictor's ``logits_at`` gives the loop when
+    the process reads logits only at its drawn positions; ``[B, L, V]`` is never materialised."""
+
+    where: torch.Tensor
+    values: torch.Tensor
+
+
+def logits_where(logits: torch.Tensor | PositionLogits, where: torch.Tensor) -> torch.Tensor:
+    """``[n, V]``: the rows of ``logits`` (dense ``[B, L, V]`` or :class:`PositionLogits`) at ``where [B, L]``."""
+    if not isinstance(logits, PositionLogits):
+        return logits[where]
+    if logits.where is not where and not torch.equal(logits.where, where):
+        raise ValueError("the predictor's logits were computed at other positions than the step draws from")
+    return logits.values
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -427,8 +455,10 @@ class ForwardProcess(ABC):
         return StepPlan(t, s, (s < t) & x_t.corruptible.any(-1))
 
     def drawn_positions(self, x_t: Batch, plan: StepPlan) -> torch.Tensor | None:
-        """``[B, L]``: the positions whose token this step draws and keeps, for logits hooks that work per position
-        (docs/guidance.md#logits-hooks); ``None`` when the kept draws are not known before the draw (default)."""
+        """``[B, L]``: the positions whose token this step draws, for logits hooks that work per position
+        (docs/guidance.md#logits-hooks); ``None`` when they are not known before the draw (default). A process that
+        returns them reads the predictor's logits there and nowhere else, so :meth:`apply` also accepts
+        :class:`PositionLogits` at exactly these positions (docs/udm.md#logits-only-where-drawn)."""
         return None
 
     def apply(self, x_t: Batch, output: Any, plan: StepPlan, draw: X0Draw, generator: torch.Generator) -> Batch:
@@ -443,7 +473,9 @@ class ForwardProcess(ABC):
         """``x̂0 ~ q_θ(x0 | x_t)`` at every corruptible position (protected and padding positions are copied)."""
         return x_t.with_ids(draw.at(logits, x_t.corruptible, x_t.ids, generator))
 
-    def validate_logits(self, x_t: Batch, logits: torch.Tensor) -> None:
+    def validate_logits(self, x_t: Batch, logits: torch.Tensor | PositionLogits) -> None:
+        if isinstance(logits, PositionLogits) and logits.where.shape == x_t.ids.shape:
+            return
         if not isinstance(logits, torch.Tensor) or logits.shape[:2] != x_t.ids.shape:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"predictor must return logits [B, L, V] with [B, L] = {tuple(x_t.ids.shape)}, "

@@ -7,7 +7,11 @@ after it).
 
 A predictor is any callable ``predictor(x_t: Batch, t: Tensor[B]) -> output`` (logits ``[B, L, V]`` for
 ``mask``/``replace_*``; whatever the process's ``apply`` expects otherwise). Set ``predictor.time_conditioned = True``
-on predictors that read ``t``; others are treated as time-agnostic.
+on predictors that read ``t``; others are treated as time-agnostic. A predictor may also offer
+``predictor.logits_at(x_t, t, where [B, L]) -> [n, V]``, its logits at the ``where`` positions only (row-major): when
+the process names the positions it draws from (:meth:`ForwardProcess.drawn_positions`: masking) and no logits hook
+runs, the loop asks only the rows that draw for the logits at those positions (:class:`PositionLogits`), and
+``[B, L, V]`` is never built (docs/udm.md#logits-only-where-drawn).
 
 Caching (MDLM's ``ddpm_cache``; docs/udm.md#caching-and-first-hitting-skips): with ``cache=True`` a step whose plan
 changes no row makes no network call (first-hitting skip), and when the predictor ignores ``t`` only the rows whose
@@ -32,7 +36,7 @@ import torch
 from textdiff import checks
 from textdiff.rng import make_generator
 from textdiff.support import forbid
-from textdiff.udm.process import Batch, ForwardProcess, X0Draw, as_batch, time_grid
+from textdiff.udm.process import Batch, ForwardProcess, PositionLogits, X0Draw, as_batch, time_grid
 
 #: ``hook(logits, x, t, s) -> logits``: ``logits [B', L, V]`` are the token logits a reverse step draws from at the
 #: positions of ``x`` (the batch the network saw), ``t``, ``s [B']`` the step's times of those rows; e.g.
@@ -128,11 +132,18 @@ class PredictorCache:
             if not bool(stale.any()):
                 return self._out
             if bool((~stale).any()) and isinstance(self._out, torch.Tensor):
-                sub = Batch(x.ids[stale], x.attention_mask[stale], x.protected[stale])
+                sub = x.rows(stale)
                 out = self._out.clone()
                 out[stale] = self._call(sub, t[stale])
                 return self._store(x, out)
         return self._store(x, self._call(x, t))
+
+    def at(self, x: Batch, t: torch.Tensor, where: torch.Tensor) -> PositionLogits:
+        """Logits at ``where [B, L]`` only, from ``predictor.logits_at`` on the rows that have such a position (no
+        reuse: a row's drawn positions change whenever the row does)."""
+        rows = where.any(-1)
+        self.usage.add(int(rows.sum()))
+        return PositionLogits(where, self.predictor.logits_at(x.rows(rows), t[rows], where[rows]))
 
     def _call(self, x: Batch, t: torch.Tensor) -> Any:
         self.usage.add(x.ids.shape[0])
@@ -272,6 +283,7 @@ def reverse_sample(
     gen = make_generator(seed, generator, template.device)
     reuse = cache is not False and process.time_agnostic_posterior and not getattr(predictor, "time_conditioned", False)
     model = PredictorCache(predictor, reuse)
+    positional = cache is not False and not logits_hooks and callable(getattr(predictor, "logits_at", None))
     metered = getattr(predictor, "usage", None)
     usage_before = replace(metered) if isinstance(metered, NetworkUsage) else None
     x = process.prior_sample(template, gen) if x_init is None else as_batch(x_init)
@@ -288,9 +300,13 @@ def reverse_sample(
         s = torch.full((B,), s_val, dtype=torch.float64, device=x.device)
         plan = process.plan(x, t, s, gen)
         if cache is False or bool(plan.active.any()):
-            output = model(x, t)
-            if logits_hooks:
-                output = StepHooks(tuple(logits_hooks), t, s, process.drawn_positions(x, plan)).bind(output, x)
+            where = process.drawn_positions(x, plan)
+            if positional and where is not None:
+                output = model.at(x, t, where)
+            else:
+                output = model(x, t)
+                if logits_hooks:
+                    output = StepHooks(tuple(logits_hooks), t, s, where).bind(output, x)
             if bool(plan.active.any()):
                 x = process.apply(x, output, plan, draw, gen)
         if trajectory is not None:
