@@ -204,6 +204,30 @@ def test_tables_hold_every_segmentation_with_its_exact_probability():
     assert all(abs(drawn[k] - law[k]) < 1e-14 for k in law)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1e5])
+def test_cpu_tables_are_the_fixed_shape_tables_bit_for_bit(alpha, sp_model, held_out, monkeypatch):
+    """The CPU builds word tables with numpy (edges placed by counting, paths enumerated a few prefixes at a time);
+    the fixed-shape (CUDA) builder gives the same blocks bit for bit, hence the same seeded draws: words with whole
+    tables and with tables of their first units, byte fallback, unreachable prefixes (no unk piece) and edges of
+    no mass (large alpha)."""
+    bytes_tok = UnigramTokenizer.from_sentencepiece(sp_model)
+    lines = held_out[:200] + ["naïve café — 你好 𝄞 internationalization", "a" * 40]
+    cases = [(bytes_tok, list(dict.fromkeys(bytes_tok.pipeline.words(lines, bytes_tok._split_at).all_keys())), 3),
+             (watching(), ["watching" * 3, "watching", "w"], 1)]  # chunks of prefixes that have no path
+    for tok, keys, chunk in cases:
+        monkeypatch.setattr(wordcache, "_CHUNK_PREFIXES", chunk)
+        cpu = tok._word_tables(keys, alpha, torch.device("cpu"))
+        with monkeypatch.context() as patch:
+            patch.setattr(UnigramTokenizer, "_compact", staticmethod(lambda device: False))
+            fixed = tok._word_tables(keys, alpha, torch.device("cpu"))
+        assert cpu.sizes.keys() == fixed.sizes.keys() and cpu.data.keys() == fixed.data.keys()
+        assert all(torch.equal(cpu.sizes[g], fixed.sizes[g]) for g in cpu.sizes)
+        for group, fields in cpu.data.items():
+            assert fields.keys() == fixed.data[group].keys()
+            assert all(torch.equal(values, fixed.data[group][name]) for name, values in fields.items()), group
+        assert int(cpu.sizes[wordcache.SEG].sum()) > len(keys)  # tables were built
+
+
 # --- the cached path through the public API --------------------------------------------------------------------------
 
 

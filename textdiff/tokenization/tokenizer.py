@@ -653,7 +653,7 @@ class UnigramTokenizer:
         longest piece first) or its best last edge (decoding; ties: the longest piece). Decoding keeps the Viterbi
         segmentation of every word; sampling keeps the edges, and for words with at most
         ``wordcache.TABLE_LIMIT`` segmentations a table of all of them (docs/tokenization.md)."""
-        words = [word_of(key) for key in keys]
+        words = list(map(word_of, keys))
         order = torch.arange(len(words))
         stream = lattice.chunk_stream(Chunks(words, order, torch.zeros_like(order)), device)
         units = stream.units
@@ -703,8 +703,8 @@ class UnigramTokenizer:
             _, path = self._walk(best_edges, entry, stream.chunk_len, None, device)
             return self._segmentation_tables(stream.chunk_len, torch.arange(n_words, device=device), path.count,
                                              path.piece)
-        ordered = torch.argsort(row * (trie.max_len + 1) + trie.max_len - cands.length)  # by row, longest first
         count = torch.bincount(row, minlength=rows["unit"].numel())
+        ordered = _by_row_longest_first(row, cands.length, count, trie.max_len, compact)
         edges_of_word = torch.zeros_like(stream.chunk_len).index_add_(0, word_of_unit, count)
         word_first_edge = torch.cumsum(edges_of_word, 0) - edges_of_word
         row_first = torch.cumsum(count, 0) - count
@@ -719,32 +719,9 @@ class UnigramTokenizer:
         mass = cdf - torch.where(row_start, 0.0, torch.cat([cdf.new_zeros(1), cdf[:-1]]))  # predecessor law
         word_rows = torch.cumsum(stream.chunk_len, 0) - stream.chunk_len
         graph = (row_first, count, mass, edges["length"], word_rows)
-        prefix_word, prefix_length = wordcache.table_prefixes(*graph, stream.chunk_len)
-        node_edge, parent, node_start, leaves, path_prefix, path_count = wordcache.enumerate_paths(
-            *graph, prefix_word, prefix_length)
-        by_prefix = torch.argsort(path_prefix, stable=True)  # paths by prefix, then node order
-        leaves, path_prefix, path_count = (t.index_select(0, by_prefix) for t in (leaves, path_prefix, path_count))
-        node_weight = alpha * self._scores.to(device).double().index_select(
-            0, edges["piece"].index_select(0, node_edge))
-        log_weight = torch.zeros(leaves.numel(), dtype=torch.float64, device=device)
-        nodes = torch.empty(int(path_count.sum()), dtype=torch.int64, device=device)
-        path, node, at = torch.arange(leaves.numel(), device=device), leaves, torch.cumsum(path_count, 0) - path_count
-        while node.numel():  # every path's nodes, first piece first; alpha * scores summed in that order
-            nodes.index_copy_(0, at, node)
-            log_weight.index_add_(0, path, node_weight.index_select(0, node))
-            node = parent.index_select(0, node)
-            more = torch.nonzero(node >= 0).squeeze(1)
-            path, node, at = path.index_select(0, more), node.index_select(0, more), at.index_select(0, more) + 1
-        piece = edges["piece"].index_select(0, node_edge.index_select(0, nodes))
-        path_word = prefix_word.index_select(0, path_prefix)
-        if self.vocab.byte_fallback:  # spell the characters of unk pieces as bytes
-            unk = torch.nonzero(piece == self.vocab.unk_id).squeeze(1)
-            path_of_unk = torch.searchsorted(torch.cumsum(path_count, 0), unk, right=True)
-            at = stream.chunk_begin.index_select(0, path_word.index_select(0, path_of_unk)) \
-                + node_start.index_select(0, nodes.index_select(0, unk))
-            path_count, piece = self._spelled(path_count, piece, unk, stream.units.index_select(0, at))
-        tables = self._segmentation_tables(stream.chunk_len, path_word, path_count, piece,
-                                           _path_cdf(path_prefix, log_weight, prefix_word.numel()))
+        sampling_tables = self._sampling_tables_numpy if self._compact(device) and device.type == "cpu" \
+            else self._sampling_tables
+        prefix_word, prefix_length, path_prefix, tables = sampling_tables(stream, graph, edges["piece"], alpha)
         # the row where each prefix ends points at its table
         paths = torch.bincount(path_prefix, minlength=prefix_word.numel())
         word_paths = tables.sizes[wordcache.SEG]
@@ -755,6 +732,63 @@ class UnigramTokenizer:
         tables.sizes.update(sizes)
         tables.data.update({wordcache.ROW: rows, wordcache.EDGE: edges})
         return tables
+
+    def _sampling_tables(self, stream: lattice.ChunkStream, graph: tuple[torch.Tensor, ...], edge_piece: torch.Tensor,
+                         alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, wordcache.WordTables]:
+        """The segmentation tables of the words of ``stream`` (``graph``: rows and edges as
+        :func:`~textdiff.tokenization.wordcache.table_prefixes` takes them; ``edge_piece``: piece of every edge):
+        ``(prefix_word, prefix_length)`` of the prefixes that get one, the prefix of every path in table order, and
+        the ``UNITS``, ``SEG`` and ``PIECE`` blocks."""
+        device = edge_piece.device
+        prefix_word, prefix_length = wordcache.table_prefixes(*graph, stream.chunk_len)
+        node_edge, parent, node_start, leaves, path_prefix, path_count = wordcache.enumerate_paths(
+            *graph, prefix_word, prefix_length)
+        by_prefix = torch.argsort(path_prefix, stable=True)  # paths by prefix, then node order
+        leaves, path_prefix, path_count = (t.index_select(0, by_prefix) for t in (leaves, path_prefix, path_count))
+        node_weight = alpha * self._scores.to(device).double().index_select(
+            0, edge_piece.index_select(0, node_edge))
+        log_weight = torch.zeros(leaves.numel(), dtype=torch.float64, device=device)
+        nodes = torch.empty(int(path_count.sum()), dtype=torch.int64, device=device)
+        path, node, at = torch.arange(leaves.numel(), device=device), leaves, torch.cumsum(path_count, 0) - path_count
+        while node.numel():  # every path's nodes, first piece first; alpha * scores summed in that order
+            nodes.index_copy_(0, at, node)
+            log_weight.index_add_(0, path, node_weight.index_select(0, node))
+            node = parent.index_select(0, node)
+            more = torch.nonzero(node >= 0).squeeze(1)
+            path, node, at = path.index_select(0, more), node.index_select(0, more), at.index_select(0, more) + 1
+        piece = edge_piece.index_select(0, node_edge.index_select(0, nodes))
+        path_word = prefix_word.index_select(0, path_prefix)
+        if self.vocab.byte_fallback:  # spell the characters of unk pieces as bytes
+            unk = torch.nonzero(piece == self.vocab.unk_id).squeeze(1)
+            path_of_unk = torch.searchsorted(torch.cumsum(path_count, 0), unk, right=True)
+            at = stream.chunk_begin.index_select(0, path_word.index_select(0, path_of_unk)) \
+                + node_start.index_select(0, nodes.index_select(0, unk))
+            path_count, piece = self._spelled(path_count, piece, unk, stream.units.index_select(0, at))
+        tables = self._segmentation_tables(stream.chunk_len, path_word, path_count, piece,
+                                           _path_cdf(path_prefix, log_weight, prefix_word.numel()))
+        return prefix_word, prefix_length, path_prefix, tables
+
+    def _sampling_tables_numpy(self, stream: lattice.ChunkStream, graph: tuple[torch.Tensor, ...],
+                               edge_piece: torch.Tensor, alpha: float
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, wordcache.WordTables]:
+        """:meth:`_sampling_tables` on the CPU with numpy arrays (:func:`~textdiff.tokenization.wordcache.
+        table_paths_numpy`): the same blocks, bit for bit."""
+        _, count, mass, length, word_rows = (t.numpy() for t in graph)
+        prefix_word, prefix_length = wordcache.table_prefixes_numpy(count, mass, length, word_rows,
+                                                                    stream.chunk_len.numpy())
+        piece_of_edge = edge_piece.numpy()
+        paths = wordcache.table_paths_numpy(count, mass, length, piece_of_edge, alpha * self._scores.numpy(),
+                                            word_rows, prefix_word, prefix_length)
+        piece, path_count, path_word = paths.piece, paths.count, prefix_word[paths.prefix]
+        if self.vocab.byte_fallback:  # spell the characters of unk pieces as bytes
+            unk = np.flatnonzero(piece == self.vocab.unk_id)
+            if len(unk):
+                path_of_unk = np.searchsorted(np.cumsum(path_count), unk, side="right")
+                at = stream.chunk_begin.numpy()[path_word[path_of_unk]] + paths.start[unk]
+                path_count, piece = self._spelled_numpy(path_count, piece, unk, stream.units.numpy()[at])
+        tables = self._segmentation_tables(*map(torch.from_numpy, (stream.chunk_len.numpy(), path_word, path_count,
+                                                                     piece, paths.cdf)))
+        return (*map(torch.from_numpy, (prefix_word, prefix_length, paths.prefix)), tables)
 
     @staticmethod
     def _segmentation_tables(word_length: torch.Tensor, path_word: torch.Tensor, count: torch.Tensor,
@@ -834,14 +868,10 @@ class UnigramTokenizer:
         ``unk`` pieces (ascending indices; their characters' ``code_points``) spelled as UTF-8 byte pieces."""
         n_bytes = 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000)
         extra = n_bytes - 1
-        inserted = np.zeros(len(piece), dtype=np.int64)
-        inserted[unk] = extra
-        moved = np.arange(len(piece)) + np.cumsum(inserted) - inserted  # bytes inserted before each piece
-        out = np.empty(len(piece) + int(extra.sum()), dtype=np.int64)
-        out[moved] = piece
+        out = np.insert(piece.astype(np.int64), np.repeat(unk + 1, extra), 0)  # room for the bytes after the first
         group = np.searchsorted(np.cumsum(count), unk, side="right")
         count = count + np.bincount(group, weights=extra, minlength=len(count)).astype(np.int64)
-        dest = moved[unk]  # where each character's first byte lands
+        dest = unk + np.cumsum(extra) - extra  # where each character's first byte lands
         byte_ids = self._byte_ids.numpy()
         lead = np.array([0, 0, 0xC0, 0xE0, 0xF0])[n_bytes]
         for rank in range(4):
@@ -873,6 +903,26 @@ def _path_cdf(path_word: torch.Tensor, log_weight: torch.Tensor, n_words: int) -
     grid[path_word, rank] = torch.exp(log_weight - top.index_select(0, path_word))
     mass = torch.cumsum(grid, 1)
     return mass[path_word, rank] / mass[path_word, width - 1]
+
+
+def _by_row_longest_first(row: torch.Tensor, length: torch.Tensor, count: torch.Tensor, max_len: int,
+                          compact: bool) -> torch.Tensor:
+    """The order of edges (end ``row``, ``length``; ``count`` per row) by row, then longest first. A row holds at
+    most one edge of each length, so ``compact`` (CPU) places them by counting, one length at a time, longest
+    first; otherwise one sort."""
+    if not compact:
+        return torch.argsort(row * (max_len + 1) + max_len - length)
+    row, length = row.numpy(), length.numpy()
+    by_length = np.argsort(length.astype(np.int16), kind="stable")
+    bounds = np.cumsum(np.bincount(length, minlength=max_len + 1)).tolist()
+    filled = np.cumsum(count.numpy()) - count.numpy()  # the next free place of every row
+    ordered = np.empty(len(row), dtype=np.int64)
+    for k in range(max_len, 0, -1):
+        edge = by_length[bounds[k - 1] : bounds[k]]
+        at = row[edge]
+        ordered[filled[at]] = edge
+        filled[at] += 1
+    return torch.from_numpy(ordered)
 
 
 def _piece_units(vocab: Vocab) -> torch.Tensor:

@@ -204,24 +204,23 @@ class WordStore:
         hit = ids >= 0
         tick[ids[hit]] = self._clock  # the words of this call are never evicted during it
         missing = np.flatnonzero(~hit)
-        remap = None
-        if missing.size:
+        remap, new_keys = None, []
+        if missing.size:  # each distinct key once: those in the dict are used by this call, the others are new
             missed = missed_keys(missing)
-            known = np.fromiter(map(self.index.__getitem__, missed), dtype=np.int64, count=len(missed))
-            ids[missing] = known
+            distinct = list(dict.fromkeys(missed))
+            known = np.fromiter(map(self.index.__getitem__, distinct), dtype=np.int64, count=len(distinct))
             tick[known[known >= 0]] = self._clock
-            missing, missed = missing[known < 0], [key for key, i in zip(missed, known.tolist()) if i < 0]
+            new_keys = [key for key, i in zip(distinct, known.tolist()) if i < 0]
         self.hits += int(np.count_nonzero(tick == self._clock))
-        if missing.size:
-            new_keys = list(dict.fromkeys(missed))
+        if new_keys:
             self.misses += len(new_keys)
             tables = build(new_keys)
             remap = self._make_room({g: int(s.sum()) for g, s in tables.sizes.items()})
-            hit = ids >= 0
             if remap is not None:
                 ids[hit] = remap.numpy()[ids[hit]]
             self._add_keys(new_keys)
             self._append(tables, torch.full((len(new_keys),), self._clock, dtype=torch.int64))
+        if missing.size:
             ids[missing] = np.fromiter(map(self.index.__getitem__, missed), dtype=np.int64, count=len(missed))
         return ids, remap
 
@@ -617,3 +616,133 @@ def enumerate_paths(row_first: torch.Tensor, row_count: torch.Tensor, edge_mass:
     empty = torch.zeros(0, dtype=torch.int64, device=device)
     cat = lambda parts: torch.cat(parts) if parts else empty
     return cat(edges), cat(parents), cat(starts), cat(leaves), cat(leaf_prefixes), cat(depths)
+
+
+def table_prefixes_numpy(row_count: np.ndarray, edge_mass: np.ndarray, edge_length: np.ndarray,
+                         word_rows: np.ndarray, word_length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`table_prefixes` with numpy arrays (same prefixes, same order; rows are given by their edge count
+    only, edges in row order): the paths to every position are
+    counted on a ``[word, position]`` grid, one end position at a time."""
+    n_words = len(word_length)
+    row_word = np.repeat(np.arange(n_words), word_length)
+    edge_row = np.repeat(np.arange(len(row_count)), row_count)
+    end = edge_row - word_rows[row_word[edge_row]] + 1  # end unit in the word
+    usable = np.flatnonzero((edge_mass > 0) & (end <= TABLE_UNITS))
+    usable = usable[np.argsort(end[usable].astype(np.int16), kind="stable")]  # by end position
+    word, end = row_word[edge_row[usable]], end[usable]
+    start = end - edge_length[usable]
+    bounds = np.cumsum(np.bincount(end, minlength=TABLE_UNITS + 1)).tolist()
+    paths = np.zeros((n_words, TABLE_UNITS + 1), dtype=np.int64)
+    paths[:, 0] = 1  # one way to reach each word's start
+    for e in range(1, TABLE_UNITS + 1):  # number of paths to every position, by end position
+        step = slice(bounds[e - 1], bounds[e])
+        paths[:, e] = np.bincount(word[step], weights=paths[word[step], start[step]], minlength=n_words)
+    units = np.arange(1, TABLE_UNITS + 1)
+    inside = units[None, :] <= word_length[:, None]
+    counts = np.where(inside, paths[:, 1:], 0)
+    whole = (word_length <= TABLE_UNITS) & (
+        counts[np.arange(n_words), np.minimum(word_length - 1, TABLE_UNITS - 1)] <= TABLE_LIMIT)
+    prefix = inside & (units[None, :] < word_length[:, None]) & (np.cumsum(counts, 1) <= TABLE_LIMIT)
+    chosen = np.where(whole[:, None], units[None, :] == word_length[:, None], prefix & ~whole[:, None])
+    word, length = np.nonzero(chosen)
+    return word, length + 1
+
+
+@dataclass
+class TablePaths:
+    """Every segmentation of the prefixes that get a table (:func:`table_paths_numpy`), in table order: by prefix,
+    then number of pieces, then as :func:`enumerate_paths` finds them. Per path: its ``prefix``, ``count`` of
+    pieces and ``cdf`` (cumulative probability in its prefix's table, as ``tokenizer._path_cdf`` computes it); per
+    piece, paths end to end: its ``piece`` id and first unit ``start`` in the word."""
+
+    prefix: np.ndarray
+    count: np.ndarray
+    cdf: np.ndarray
+    piece: np.ndarray
+    start: np.ndarray
+
+
+_START_BITS = 5  # a node's code: piece id << _START_BITS | first unit (< TABLE_UNITS)
+_CODE_BITS = 32  # a node's link: (parent + 1) << _CODE_BITS | code
+_CHUNK_PREFIXES = 4096  # prefixes enumerated at a time, so that their arrays stay in the CPU caches
+
+
+def table_paths_numpy(row_count: np.ndarray, edge_mass: np.ndarray, edge_length: np.ndarray, edge_piece: np.ndarray,
+                      piece_weight: np.ndarray, word_rows: np.ndarray, prefix_word: np.ndarray,
+                      prefix_length: np.ndarray) -> TablePaths:
+    """The paths of :func:`enumerate_paths` (same segmentations, same order within each prefix) with numpy arrays,
+    their pieces laid out and their table's cdf (rows and edges as in :func:`table_prefixes`; ``piece_weight``:
+    ``alpha * score`` of every piece id), a few thousand prefixes at a time (:func:`_chunk_paths`)."""
+    usable = np.flatnonzero(edge_mass > 0)  # rows keep their edge order (longest piece first)
+    usable_count = np.bincount(np.repeat(np.arange(len(row_count)), row_count)[usable], minlength=len(row_count))
+    edges = (np.cumsum(usable_count) - usable_count, usable_count, edge_length[usable],
+             edge_piece[usable].astype(np.int64) << _START_BITS)
+    end_row = word_rows[prefix_word] + prefix_length - 1
+    parts = [_chunk_paths(edges, piece_weight, end_row[lo : lo + _CHUNK_PREFIXES],
+                          prefix_length[lo : lo + _CHUNK_PREFIXES].astype(np.int64), lo)
+             for lo in range(0, len(prefix_word), _CHUNK_PREFIXES)]
+    prefix, count, cdf, code = (np.concatenate(p) for p in zip(*parts)) if parts else (
+        np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64))
+    return TablePaths(prefix, count, cdf, code >> _START_BITS, code & ((1 << _START_BITS) - 1))
+
+
+def _chunk_paths(edges: tuple[np.ndarray, ...], piece_weight: np.ndarray, row: np.ndarray, at: np.ndarray,
+                 offset: int) -> tuple[np.ndarray, ...]:
+    """``(prefix, count, cdf, code)`` of the paths of the prefixes ending at rows ``row`` (``at`` units long; ids
+    from ``offset``), ``code``: piece id << ``_START_BITS`` | first unit of each piece. A backward breadth-first
+    search from the prefixes' ends over the usable ``edges`` (first and number per row, length and code per edge)
+    links each node to the next piece (its parent); its levels list the paths by number of pieces. Then one step
+    per piece rank, over the paths still that long, writes every path's pieces first piece first and sums their
+    weights in that order."""
+    usable_first, usable_count, usable_length, usable_code = edges
+    n_prefixes = len(row)
+    prefix, link = np.arange(n_prefixes), np.zeros(n_prefixes, dtype=np.int64)
+    links, leaves, leaf_prefixes = [], [], []
+    count = 0
+    while len(prefix):  # level d: the nodes d pieces from a prefix's end
+        n_edges = usable_count[row]
+        total = int(n_edges.sum())
+        spread = np.repeat(np.arange(len(row)), n_edges)
+        edge = np.arange(total) + (usable_first[row] - (np.cumsum(n_edges) - n_edges))[spread]
+        start = at[spread] - usable_length[edge]
+        links.append(link[spread] | usable_code[edge] | start)
+        done, open_ = np.flatnonzero(start == 0), np.flatnonzero(start)
+        leaves.append(done + count)  # node ids, from 0 in the order made
+        leaf_prefixes.append(prefix[spread[done]])
+        spread, at, link = spread[open_], start[open_], (open_ + (count + 1)) << _CODE_BITS  # link 0: no parent
+        prefix, row = prefix[spread], row[spread] - usable_length[edge[open_]]
+        count += total
+    links = np.concatenate(links)
+    depth = np.repeat(np.arange(1, len(leaves) + 1), [len(level) for level in leaves])  # ascending
+    leaf, path_prefix = np.concatenate(leaves), np.concatenate(leaf_prefixes)
+    order = np.argsort(path_prefix, kind="stable")  # table order: by prefix, then level (a merge of sorted runs)
+    piece_at = np.empty_like(order)
+    piece_at[order] = np.cumsum(depth[order]) - depth[order]  # where every leaf's path begins, by level
+    codes = np.empty(int(depth.sum()), dtype=np.int64)
+    log_weight = np.zeros(len(leaf), dtype=np.float64)
+    code_mask = (1 << _CODE_BITS) - 1
+    for first in np.searchsorted(depth, np.arange(len(leaves)), side="right").tolist():  # paths longer than k
+        link = links[leaf[first:]]
+        code = link & code_mask
+        codes[piece_at[first:]] = code
+        log_weight[first:] += piece_weight[code >> _START_BITS]
+        piece_at[first:] += 1
+        leaf[first:] = (link >> _CODE_BITS) - 1
+    path_prefix = path_prefix[order]
+    return path_prefix + offset, depth[order], _path_cdf_numpy(path_prefix, log_weight[order], n_prefixes), codes
+
+
+def _path_cdf_numpy(path_prefix: np.ndarray, log_weight: np.ndarray, n_prefixes: int) -> np.ndarray:
+    """``tokenizer._path_cdf`` (same numbers, bit for bit) of paths grouped by prefix (ascending), with numpy
+    arrays: ``exp(log_weight - max)`` (torch's exp) summed in order row by row of a ``[prefix, path]`` grid."""
+    if len(path_prefix) == 0:
+        return np.zeros(0)
+    paths = np.bincount(path_prefix, minlength=n_prefixes)
+    first = np.cumsum(paths) - paths
+    rank = np.arange(len(path_prefix)) - first[path_prefix]
+    top = np.zeros(n_prefixes)
+    top[paths > 0] = np.maximum.reduceat(log_weight, first[paths > 0])
+    grid = np.zeros((n_prefixes, int(paths.max())))
+    grid[path_prefix, rank] = torch.exp(torch.from_numpy(log_weight - top[path_prefix])).numpy()
+    np.cumsum(grid, axis=1, out=grid)
+    return grid[path_prefix, rank] / grid[path_prefix, -1]
