@@ -64,6 +64,21 @@ def test_top_k_top_p_restrict_support():
     assert set(draws.tolist()) == {0}
 
 
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.95, 0.999, 1.0])
+def test_nucleus_keeps_what_a_full_sort_keeps(top_p):
+    """The nucleus ranks only the top entries (growing ``k``); it keeps exactly the entries a full sort keeps, on
+    peaked rows (nucleus inside the first 64), flat rows (``k`` must grow to ``V``) and rows with impossible
+    entries."""
+    g = torch.Generator().manual_seed(0)
+    scale = torch.tensor([8.0, 3.0, 1.0, 0.01])[:, None]
+    logits = (torch.randn(4, 3000, generator=g, dtype=torch.float64) * scale).repeat(2, 1)
+    logits[4:, ::3] = -math.inf
+    ordered, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(ordered, dim=-1)
+    drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, torch.cumsum(probs, -1) - probs >= top_p)
+    assert torch.equal(rng.filter_logits(logits, top_p=top_p), logits.masked_fill(drop, -math.inf))
+
+
 @pytest.mark.parametrize("kwargs", [{"temperature": 0.0}, {"temperature": -1.0}, {"top_k": 0}, {"top_p": 0.0}])
 def test_bad_sampling_parameters(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):

@@ -47,10 +47,20 @@ def kv_cache_of(output):
 
 def kv_cache_rows(caches: Sequence, width: int):
     """One KV cache whose row ``i`` is ``caches[i]`` (a cache of batch 1, at most ``width`` positions) left-padded with
-    zeros to ``width`` positions; the attention mask must mask the padded slots out."""
-    out = copy.deepcopy(caches[0])
-    for index, layer in enumerate(out.layers):
+    zeros to ``width`` positions; the attention mask must mask the padded slots out. Each distinct cache (rows of one
+    prompt share one) is padded once and its rows are gathered per layer: a few copies per call, not one per row."""
+    unique: dict[int, int] = {}
+    inverse = [unique.setdefault(id(cache), len(unique)) for cache in caches]
+    distinct = list({id(cache): cache for cache in caches}.values())
+    out = copy.deepcopy(distinct[0])
+    gather = torch.tensor(inverse, device=out.layers[0].keys.device) if len(distinct) > 1 else None
+    for number, layer in enumerate(out.layers):
         for name in ("keys", "values"):
-            rows = [getattr(cache.layers[index], name) for cache in caches]  # each [1, heads, length, dim]
-            setattr(layer, name, torch.cat([torch.nn.functional.pad(r, (0, 0, width - r.shape[-2], 0)) for r in rows]))
+            tensors = [getattr(cache.layers[number], name) for cache in distinct]  # each [1, heads, length, dim]
+            padded = [torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0)) for t in tensors]
+            if gather is None:
+                rows = padded[0].expand(len(caches), *padded[0].shape[1:])  # the model's cache update copies it
+            else:
+                rows = torch.cat(padded).index_select(0, gather)
+            setattr(layer, name, rows)
     return out

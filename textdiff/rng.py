@@ -86,13 +86,25 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     if top_p is not None:
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        mass_before = torch.cumsum(probs, dim=-1) - probs
-        drop_sorted = mass_before >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, -math.inf)
+        logits = _nucleus(logits, top_p)
     return logits
+
+
+def _nucleus(logits: torch.Tensor, top_p: float, first: int = 64) -> torch.Tensor:
+    """Keep, per row, the most probable entries while the mass before them is below ``top_p``. Only the top ``k``
+    entries are ranked (``torch.topk``, ``k = first, 4·first, …``) until they hold ``top_p`` in every row: every entry
+    beyond them has at least that much mass before it, so a full sort of ``V`` entries would drop them too."""
+    width = logits.shape[-1]
+    log_total = torch.logsumexp(logits, dim=-1, keepdim=True)
+    k = min(first, width)
+    while True:
+        top, order = torch.topk(logits, k, dim=-1)  # descending
+        probs = torch.exp(top - log_total)
+        cumulative = torch.cumsum(probs, dim=-1)
+        if k == width or bool((cumulative[..., -1] >= top_p).all()):
+            kept = torch.where(cumulative - probs < top_p, top, torch.full_like(top, -math.inf))
+            return torch.full_like(logits, -math.inf).scatter(-1, order, kept)
+        k = min(4 * k, width)
 
 
 def sample_categorical(
