@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from textdiff.compat import kv_cache_argument, kv_cache_of, kv_cache_rows
+from textdiff.mcmc.positions import logits_at
 from textdiff.padding import bucket, by_width, pad
 
 
@@ -37,7 +38,8 @@ class CausalLMScorer:
     ``log_prob_ids(seqs)`` returns ``Σ_j log p(x_j | prefix, x_{<j})`` over the tokens of each sequence followed by
     EOS, conditioned on ``prefix_ids`` (default: the BOS token), or per row on ``prefixes[i]`` (one prompt per keyword
     set, docs/mcmc.md#keyword-conditioned-target). Each prefix runs once; its KV cache (the last ``max_prefixes``
-    are kept) is re-used for every batch, so only the sentence tokens cost a forward pass. Rows of different prefixes
+    are kept) is re-used for every batch, so only the sentence tokens cost a forward pass, and the output head runs
+    only where a real token is predicted (not on padding, :mod:`textdiff.mcmc.positions`). Rows of different prefixes
     share a forward: each row's prefix cache is left-padded to its own bucketed length and its sentence right-padded
     to its own bucketed width (attention masks hide the padding), and rows are grouped by these two widths, so a
     row's score never depends on its batchmates.
@@ -113,12 +115,14 @@ class CausalLMScorer:
         seen = torch.arange(p_width)[None] >= p_width - lengths[:, None]  # [n, p_width]: the prefix, left-padded
         attention = torch.cat([seen.long(), mask], 1).to(self.device)
         positions = (lengths[:, None] + torch.arange(width)[None]).to(self.device)
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=attention, position_ids=positions,
-                            **kv_cache_argument(self.model, cache)).logits[:, :-1].float()
-        targets = ids[:, 1:].to(self.device)
-        token_lp = logits.gather(-1, targets[..., None])[..., 0].double() - torch.logsumexp(logits, -1).double()
+        scored = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1).bool()  # predicts a real next token
+        logits = logits_at(self.model, ids.to(self.device), attention, scored.to(self.device), position_ids=positions,
+                           **kv_cache_argument(self.model, cache)).float()  # [scored tokens, V]
+        targets = ids[:, 1:][mask[:, 1:].bool()].to(self.device)
+        token_lp = logits.gather(-1, targets[:, None])[:, 0].double() - torch.logsumexp(logits, -1).double()
         self.tokens_scored += int(mask.sum())
-        return first + (token_lp.cpu() * mask[:, 1:]).sum(-1)
+        row = scored.nonzero()[:, 0]
+        return first.index_add(0, row, token_lp.cpu())
 
 
 def keyword_placements(tokens: Sequence[int], spans: Sequence[Sequence[int]],
