@@ -13,8 +13,9 @@ positions a step draws, never ``[B, L, V]``). The MH and keyword rows compare pr
 the tuple MH engine they replaced is gone (issue 11 measured it on the H200 at 2.4 / 4.7 / 7.0 s for 100 steps of
 4 / 64 / 256 chains, 5.4 s per set with the defaults of then):
 
-1. start-up: a fresh process importing textdiff and loading both models, (old) float32 weights then ``.to(device)``,
-   (new) ``load_lm``/``load_mlm`` in the forward dtype straight onto the device; import time alone beside it;
+1. start-up: a fresh process importing textdiff and loading both models and their tokenizers, (old) float32 weights
+   then ``.to(device)``, (new) ``load_lm``/``load_mlm`` in the forward dtype straight onto the device (with their
+   checks: safetensors only, architecture, missing weights); import time alone beside it;
 2. masked diffusion reverse loop (``reverse_sample``), ``--batch`` rows of ``--length`` tokens, ``--length`` steps;
 3. Gibbs: ``--gibbs-chains`` chains of 32 tokens, ``--gibbs-steps`` steps;
 4. MH (``KeywordGenerator.run_many``, no drafts): one CommonGen set, 100 steps, 4 / 64 / 256 chains;
@@ -116,6 +117,7 @@ import time; start = time.perf_counter()
 import torch, transformers, textdiff.keywords
 lm = transformers.AutoModelForCausalLM.from_pretrained({str(lm_dir)!r}, dtype=torch.float32).to({device!r})
 mlm = transformers.AutoModelForMaskedLM.from_pretrained({str(mlm_dir)!r}, dtype=torch.float32).to({device!r})
+tokenizers = [transformers.AutoTokenizer.from_pretrained(d) for d in ({str(lm_dir)!r}, {str(mlm_dir)!r})]
 torch.zeros(1, device={device!r}).sum().item(); print(time.perf_counter() - start)"""
     new = f"""
 import time; start = time.perf_counter()
