@@ -20,11 +20,14 @@ from textdiff.keywords import METHODS, generate_many, parse_keywords
 from textdiff.keywords.presets import PRESETS, preset
 from textdiff.mcmc.proposals import PROPOSALS
 
+#: the verb's line in ``textdiff --help`` (read without importing this module)
+HELP = "generate fluent sentences that contain given keywords (constrained MCMC)"
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "generate",
-        help="generate fluent sentences that contain given keywords (constrained MCMC)",
+        help=HELP,
         description="Generate sentences containing every keyword with batched Metropolis-Hastings chains: "
         "a masked LM (MiniLM) proposes replace/insert/delete edits, SmolLM2-135M scores fluency, keywords are "
         "protected blocks, and simulated annealing keeps the best sentence each chain visits.",

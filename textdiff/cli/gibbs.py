@@ -24,11 +24,14 @@ from textdiff.mcmc.gibbs import (
 )
 from textdiff.support import TokenSupport
 
+#: the verb's line in ``textdiff --help`` (read without importing this module)
+HELP = "sample sentences from a masked LM by Gibbs sampling (BERT has a Mouth)"
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "gibbs",
-        help="sample sentences from a masked LM by Gibbs sampling (BERT has a Mouth)",
+        help=HELP,
         description="Batched MLM Gibbs sampling: each step every chain masks one position and redraws it from "
         "the masked LM's conditional (float64 draws; special tokens never drawn, WordPiece ## pieces never open "
         "a sentence). Start from seed sentences "

@@ -17,11 +17,14 @@ from textdiff.cli.common import (
 from textdiff.sampling import sample_texts
 from textdiff.udm import Trajectory, X0Draw, process_names
 
+#: the verb's line in ``textdiff --help`` (read without importing this module)
+HELP = "sample text with a discrete diffusion process (masking, replacement, deletion)"
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "sample",
-        help="sample text with a discrete diffusion process (masking, replacement, deletion)",
+        help=HELP,
         description="Run the generic UDM reverse loop: start from the prior (all [MASK] for --process mask, uniform "
         "tokens for replace_*, the empty sequence for delete) and denoise with the model's x0 prediction and the "
         "noise-posterior corrector. With the default count schedule and --steps equal to --length one token changes "

@@ -12,10 +12,14 @@ from textdiff.defaults import default_asset
 BATCH_LINES = 4096
 
 
+#: the verb's line in ``textdiff --help`` (read without importing this module)
+HELP = "segment text lines with a unigram tokenizer (Viterbi or exact sampling)"
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "tokenize",
-        help="segment text lines with a unigram tokenizer (Viterbi or exact sampling)",
+        help=HELP,
         description="Read lines on stdin and write one line of space-separated pieces (or ids) per input line. "
         "Without --alpha (or with alpha < 0) every line gets its most probable segmentation (Viterbi: for "
         "SentencePiece models the ids of SentencePiece's encode, except where two segmentations have exactly equal "

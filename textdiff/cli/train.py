@@ -12,11 +12,14 @@ from pathlib import Path
 from textdiff import checks
 from textdiff.cli.common import add_device_option, add_seed_option, add_threads_option, default_device
 
+#: the verb's line in ``textdiff --help`` (read without importing this module)
+HELP = "train a masked-diffusion denoiser or an autoregressive baseline on local text files"
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a masked-diffusion denoiser or an autoregressive baseline on local text files",
+        help=HELP,
         description="Train an x0 predictor for the masking diffusion process (cross-entropy on masked positions, mask "
         "rate t ~ U[t_min, 1] per example; ELBO perplexity on held-out data) or, with --objective ar, a causal "
         "transformer of the same size on the same packed blocks. Resumes automatically from OUT/latest.json. "
