@@ -19,7 +19,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFL
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
   | tee -a "$out/gpu.txt"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/mcmc tests/udm tests/tokenization \
+timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/mcmc tests/udm tests/models tests/tokenization \
   tests/bad_input/test_keywords_input.py 2>&1 | tee "$out/gpu_tests.log"
 timeout 240 python3 recipes/bench_gpu.py --compile --sets 64 --out "$out/bench_gpu.json" 2>&1 \
   | grep -v "it/s\]" | tee "$out/bench_gpu.log"
