@@ -75,7 +75,9 @@ def sample_drafts(lm, tokenizer, prompts: Sequence[Sequence[int]], count: int, s
 @torch.no_grad()
 def _decode(lm, tokenizer, prompts: list[Sequence[int]], width: int, count: int, seeds: list[int],
             max_new_tokens: int, temperature: float, top_p: float) -> list[list[str]]:
-    """``count`` sampled continuations of each prompt (left-padded to ``width``), until EOS or ``max_new_tokens``."""
+    """``count`` sampled continuations of each prompt (left-padded to ``width``), until EOS or ``max_new_tokens``.
+    A row that has drawn EOS leaves the batch and its KV cache (no forward, no draw), so a prompt's generator draws
+    for its own unfinished rows only, whatever the other prompts do."""
     device = next(lm.parameters()).device
     eos = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -84,22 +86,29 @@ def _decode(lm, tokenizer, prompts: list[Sequence[int]], width: int, count: int,
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     generators = [rng.make_generator(seed, device=device) for seed in seeds]
     out = lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    done = torch.zeros(len(ids), dtype=torch.bool, device=device)
-    drawn = []
-    for _ in range(max_new_tokens):
-        logits = rng.filter_logits(out.logits[:, -1].double() / temperature, top_p=top_p)  # [G·count, V]
+    cache = kv_cache_of(out)
+    drawn = torch.full((len(ids), max_new_tokens), eos, dtype=torch.long, device=device)
+    alive = torch.arange(len(ids), device=device)  # the rows still decoding, in row order
+    sizes = [count] * len(prompts)  # unfinished rows per prompt
+    for step in range(max_new_tokens):
+        logits = rng.filter_logits(out.logits[:, -1].double() / temperature, top_p=top_p)  # [alive, V]
         token = torch.cat([rng.sample_categorical(part, g, check=False)
-                           for part, g in zip(logits.split(count), generators)])
-        token = token.masked_fill(done, eos)
-        drawn.append(token)
-        done |= token == eos
-        if bool(done.all()):
-            break
+                           for part, g, size in zip(logits.split(sizes), generators, sizes) if size])
+        drawn[alive, step] = token
+        going = token != eos
+        if not bool(going.all()):
+            keep = going.nonzero()[:, 0]
+            if len(keep) == 0:
+                break
+            alive, token, mask, positions = alive[keep], token[keep], mask[keep], positions[keep]
+            cache.reorder_cache(keep)
+            sizes = torch.bincount(alive // count, minlength=len(prompts)).tolist()
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         positions = positions[:, -1:] + 1
         out = lm(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
-                 **kv_cache_argument(lm, kv_cache_of(out)))
-    texts = tokenizer.batch_decode(torch.stack(drawn, 1), skip_special_tokens=True)
+                 **kv_cache_argument(lm, cache))
+        cache = kv_cache_of(out)
+    texts = tokenizer.batch_decode(drawn, skip_special_tokens=True)
     return [texts[g * count:(g + 1) * count] for g in range(len(prompts))]
 
 
