@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from textdiff.padding import pad_flat
@@ -93,8 +94,25 @@ def split_rows(values: torch.Tensor, count: torch.Tensor) -> list[list[int]]:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        flat = values.cpu().numpy().tolist()  # numpy builds the Python ints about twice as fast as torch
+        flat = _python_ints(values.cpu().numpy())
         return [flat[begin:end] for begin, end in zip((ends - count).tolist(), ends.tolist())]
     finally:
         if was_enabled:
             gc.enable()
+
+
+_SHARED_INTS = 1 << 18  # values in [0, this) come from a table of int objects, grown as needed (at most ~10 MB)
+_int_objects = np.zeros(0, dtype=object)
+
+
+def _python_ints(values: np.ndarray) -> list[int]:
+    """``values.tolist()`` (a 1-D integer array). Values in ``[0, _SHARED_INTS)`` (piece ids, offsets) are taken
+    from a table of int objects instead of allocating one per element, which costs more than the lookup."""
+    global _int_objects
+    top = int(values.max()) if len(values) else -1
+    if top < 0 or top >= _SHARED_INTS or values.min() < 0:
+        return values.tolist()
+    table = _int_objects  # another thread may replace the global meanwhile: this table covers ``values``
+    if top >= len(table):
+        table = _int_objects = np.arange(min(_SHARED_INTS, max(2 * len(table), top + 1))).astype(object)
+    return table[values].tolist()

@@ -41,8 +41,7 @@ class Chunks:
 
 @dataclass
 class Words:
-    """The chunks of a batch in text order (``text``: the text of every occurrence, int64; ``at``: where each
-    occurrence of ``keys`` / ``code`` belongs in text order, None when they are in text order already).
+    """The chunks of a batch in text order (``text``: the text of every occurrence, int64).
 
     Every occurrence has a key: ``code[i]`` when nonzero (a word of at most 8 ASCII bytes taken by the batch route,
     packed little-endian into a uint64: the bytes ``code[i:i+1].view("S8")``), else the next entry of ``keys``
@@ -52,13 +51,12 @@ class Words:
     keys: list[str | bytes]
     text: torch.Tensor
     code: np.ndarray | None = None
-    at: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.keys) if self.code is None else len(self.code)
 
     def all_keys(self) -> list[str | bytes]:
-        """The key of every occurrence, in the order of ``keys`` / ``code``."""
+        """The key of every occurrence."""
         if self.code is None:
             return self.keys
         packed = self.code != 0
@@ -67,19 +65,13 @@ class Words:
         out[~packed] = self.keys
         return out.tolist()
 
-    def in_text_order(self, values: torch.Tensor) -> torch.Tensor:
-        """``values`` given per occurrence of ``keys`` / ``code``, in text order."""
-        if self.at is None:
-            return values
-        return torch.empty_like(values).index_copy_(0, self.at.to(values.device), values)
-
     def chunks(self) -> Chunks:
         """The distinct chunks and the chunk of every occurrence in text order."""
         keys = self.all_keys()
         index = dict.fromkeys(keys)
         index = dict(zip(index, range(len(index))))
         chunk = long_tensor(array("q", map(index.__getitem__, keys)))
-        return Chunks([word_of(key) for key in index], self.in_text_order(chunk), self.text)
+        return Chunks([word_of(key) for key in index], chunk, self.text)
 
 
 def word_of(key: str | bytes) -> str:
@@ -142,7 +134,8 @@ class _ByteRoute:
         in_word[separators + 1] = False
         begins = np.flatnonzero(in_word[1:-1] > in_word[:-2])
         ends = np.flatnonzero(in_word[1:-1] > in_word[2:]) + 1
-        text = np.searchsorted(separators, begins)  # separators before each word
+        line_words = np.diff(np.searchsorted(begins, separators), prepend=0, append=len(begins))
+        text = np.repeat(np.arange(len(texts)), line_words)
         length = ends - begins
         # the 8 bytes from every word's first, read as one little-endian uint64 (an unaligned overlapping view),
         # cut to the word's length: the packed code of the words of up to 8 bytes
@@ -265,14 +258,17 @@ class TextPipeline:
             fast[i] = ""  # no chunks; the lines keep their numbers
         head = route.words(fast)
         tail = self._words_per_line([texts[i] for i in slow], split_at)
-        tail_text = torch.tensor(slow, dtype=torch.int64)[tail.text]
-        # merge the two text-ordered lists: each entry moves by the number of the other list's entries before it
-        head_at = torch.arange(head.text.numel()) + torch.searchsorted(tail_text, head.text)
-        tail_at = torch.arange(tail_text.numel()) + torch.searchsorted(head.text, tail_text, right=True)
-        at = torch.cat([head_at, tail_at])
-        code = np.concatenate([head.code, np.zeros(len(tail), dtype=np.uint64)])
-        text = torch.empty_like(at).index_copy_(0, at, torch.cat([head.text, tail_text]))
-        return Words(head.keys + tail.keys, text, code, at)
+        tail_text = np.array(slow, dtype=np.int64)[tail.text.numpy()]
+        # the slow lines' words go before the head's words of later lines (their own lines have none)
+        at = np.searchsorted(head.text.numpy(), tail_text)
+        key_at = np.searchsorted(np.flatnonzero(head.code == 0), at).tolist()  # the head's keys before each
+        keys = []
+        for key, (begin, end) in zip(tail.keys, zip([0, *key_at], key_at)):
+            keys += head.keys[begin:end]
+            keys.append(key)
+        keys += head.keys[key_at[-1] if key_at else 0:]
+        text = np.insert(head.text.numpy(), at, tail_text)
+        return Words(keys, torch.from_numpy(text), np.insert(head.code, at, np.uint64(0)))
 
     def _words_per_line(self, texts: list[str], split_at: str | None) -> Words:
         """:meth:`words` one text at a time."""

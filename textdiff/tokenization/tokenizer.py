@@ -24,7 +24,7 @@ import os
 import re
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
-from itertools import accumulate, repeat
+from itertools import accumulate, filterfalse, repeat
 from pathlib import Path
 
 import numpy as np
@@ -431,7 +431,7 @@ class UnigramTokenizer:
             return Tokens(torch.zeros(len(texts), dtype=torch.int64), empty, empty, empty)
         store = self._store(device, alpha)
         build = lambda keys: self._word_tables(keys, alpha, device)
-        entry = words.in_text_order(store.lookup(words.keys, build, words.code))
+        entry = store.lookup(words.keys, build, words.code)
         tokens = self._segment_words(store, entry, words.text.to(device), len(texts), alpha, gen, device)
         store.trim()
         return tokens
@@ -498,19 +498,20 @@ class UnigramTokenizer:
         if len(seg_count):
             seg = np.maximum(table, 0)
             table_count = np.where(table >= 0, seg_count[seg], 0).astype(np.int64)
-        count = table_count if walked is None else table_count + walked[0]
-        out_first = np.cumsum(count) - count
-        piece = np.empty(int(count.sum()), dtype=np.int64)
-        if len(seg_count):  # the pieces of the drawn tables, then those walked
-            table_first = np.cumsum(table_count) - table_count
-            rank = np.arange(int(table_count.sum()))
-            piece[rank + np.repeat(out_first - table_first, table_count)] = column(wordcache.PIECE, "piece")[
-                rank + np.repeat(column(wordcache.SEG, "first")[seg] - table_first, table_count)]
-        if walked is not None:
-            walked_count, walked_piece, walked_occurrence = walked
-            walked_first = np.cumsum(walked_count) - walked_count
-            piece[np.arange(len(walked_piece)) + (out_first + table_count - walked_first)[walked_occurrence]] = \
-                walked_piece
+        count = table_count if walked is None else table_count + walked[0]  # at least 1 per occurrence
+        ends = np.cumsum(count)
+        total = int(ends[-1]) if n else 0
+        if len(seg_count) and total:  # every place from its occurrence's table: first, first + 1, ...
+            first = column(wordcache.SEG, "first")[seg]
+            source = np.ones(total, dtype=np.int64)
+            source[0] = first[0]
+            source[ends[:-1]] = first[1:] - first[:-1] - count[:-1] + 1  # the next occurrence's first
+            piece = column(wordcache.PIECE, "piece").take(np.cumsum(source, out=source), mode="clip").astype(np.int64)
+        else:
+            piece = np.empty(total, dtype=np.int64)
+        if walked is not None:  # the walked pieces, over the places after the table's
+            _, walked_piece, walked_occurrence, after = walked
+            piece[ends[walked_occurrence] - 1 - after] = walked_piece
         text_count = np.bincount(text, weights=count, minlength=n_texts).astype(np.int64)
         piece_t, count_t = torch.from_numpy(piece), torch.from_numpy(text_count)
 
@@ -527,30 +528,35 @@ class UnigramTokenizer:
         return tokens
 
     def _walk_numpy(self, store: wordcache.WordStore, entry: np.ndarray, length: np.ndarray, gen
-                    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """:meth:`_walk` with numpy arrays (:func:`~textdiff.tokenization.wordcache.walk_numpy`): the ``SEG``
-        index of the table that ends each path (-1: none), and the pieces walked: their number per occurrence, the
-        pieces in order and the occurrence of each (byte fallback spelled out)."""
+        index of the table that ends each path (-1: none), and the pieces walked (byte fallback spelled out): their
+        number per occurrence, and per piece, in no particular order, its id, occurrence and the number of pieces
+        after it in its occurrence."""
         n = len(entry)
-        base = np.cumsum(length) - length
-        picked = np.full(int(length.sum()) + 1, -1, dtype=np.int64)
-        picked_length = np.zeros_like(picked)
         table = np.full(n, -1, dtype=np.int64)
-        if n:
-            wordcache.walk_numpy(store, entry, length, base, picked, picked_length, table, gen)
-        position = np.flatnonzero(picked[:-1] >= 0)  # pieces in order
-        piece = picked[position]
-        occurrence = np.searchsorted(base, position, side="right") - 1
-        count = np.bincount(occurrence, minlength=n)
-        if self.vocab.byte_fallback:
-            unk = np.flatnonzero(piece == self.vocab.unk_id)
-            if len(unk):
-                start = position[unk] - base[occurrence[unk]]
-                row = store.row_base.numpy()[entry[occurrence[unk]]] + start
-                code_points = store.column(wordcache.ROW, "unit").numpy()[row].astype(np.int64)
-                count, piece = self._spelled_numpy(count, piece, unk, code_points)
-                occurrence = np.repeat(np.arange(n), count)
-        return table, (count, piece, occurrence)
+        walked = wordcache.walk_numpy(store, entry, length, table, gen)
+        count = np.bincount(walked.occurrence, minlength=n)
+        piece, occurrence, after = walked.piece, walked.occurrence, walked.step
+        unk = piece == self.vocab.unk_id
+        if self.vocab.byte_fallback and unk.any():  # spell the pieces of the occurrences holding an unk, in order
+            holder = np.unique(occurrence[unk])
+            held = np.zeros(n, dtype=bool)
+            held[holder] = True
+            held = held[occurrence]
+            mine = np.flatnonzero(held)
+            mine = mine[np.lexsort((-after[mine], occurrence[mine]))]  # by occurrence, first piece first
+            unk = np.flatnonzero(unk[mine])
+            row = store.row_base.numpy()[entry[occurrence[mine[unk]]]] + walked.start[mine[unk]]
+            code_points = store.column(wordcache.ROW, "unit").numpy()[row].astype(np.int64)
+            held_count, spelled = self._spelled_numpy(count[holder], piece[mine], unk, code_points)
+            count[holder] = held_count
+            rest = np.flatnonzero(~held)
+            piece = np.concatenate([piece[rest], spelled])
+            occurrence = np.concatenate([occurrence[rest], np.repeat(holder, held_count)])
+            after = np.concatenate([after[rest], np.repeat(np.cumsum(held_count) - 1, held_count)
+                                    - np.arange(len(spelled))])
+        return table, (count, piece, occurrence, after)
 
     def _spans(self, piece: torch.Tensor, text_units: torch.Tensor, text_count: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -975,8 +981,8 @@ def _check_texts(texts: str | Iterable[str]) -> list[str]:
     if not all(map(isinstance, texts, repeat(str))):  # C-level loop; find the culprit only on failure
         i, text = next((i, text) for i, text in enumerate(texts) if not isinstance(text, str))
         raise TypeError(f"texts must be strings; item {i} is a {type(text).__name__}")
-    try:
-        "".join(texts).encode("utf-8")  # fails exactly on lone surrogates; faster than a search
+    try:  # fails exactly on lone surrogates; faster than a search (ASCII strings, flagged as such, hold none)
+        "".join(filterfalse(str.isascii, texts)).encode("utf-8")
     except UnicodeEncodeError:
         i, text = next((i, text) for i, text in enumerate(texts) if _SURROGATE.search(text))
         code = ord(_SURROGATE.search(text).group())

@@ -351,16 +351,15 @@ def bisect(xp, cdf, first, count, u, rounds: int):
 
 
 def _edge_sampler(be: _Backend, store: WordStore, width: int):
-    """``draw(row, u, compact) -> (piece, length)``: per row, the first edge whose cumulative probability
-    exceeds ``u`` (the last edge's is exactly 1 > u); compact: a window as wide as this step's widest row."""
+    """``draw(row, u) -> (piece, length)``: per row, the first edge whose cumulative probability exceeds ``u`` (the
+    last edge's is exactly 1 > u), from a window of ``width`` edges."""
     first_of, last_of = be.array(store.column(ROW, "first")), be.array(store.column(ROW, "last"))
     cdf, piece, length = (be.array(store.column(EDGE, name)) for name in ("cdf", "piece", "length"))
     offsets = be.arange(width)
 
-    def draw(row, u, compact: bool):
+    def draw(row, u):
         first, last = first_of[row], last_of[row]
-        span = int(last.max()) + 1 if compact else width
-        window = cdf[first[:, None] + be.xp.minimum(offsets[:span], last[:, None])]
+        window = cdf[first[:, None] + be.xp.minimum(offsets, last[:, None])]
         edge = first + (window <= u[:, None]).sum(1)  # #{cdf <= u}
         return piece[edge], length[edge]
 
@@ -391,13 +390,14 @@ def walk(store: WordStore, entry: torch.Tensor, length: torch.Tensor, out_base: 
     if entry.numel() == 0:
         return table
     if be.xp is np and generator is not None:
-        walk_numpy(store, entry.numpy(), length.numpy(), out_base.numpy(), picked.numpy(), picked_length.numpy(),
-                   table.numpy(), generator)
+        walked = walk_numpy(store, entry.numpy(), length.numpy(), table.numpy(), generator)
+        at = out_base.numpy()[walked.occurrence] + walked.start
+        picked.numpy()[at], picked_length.numpy()[at] = walked.piece, walked.length
         return table
     column = lambda group, name: be.array(store.column(group, name))
     out, out_length, drawn = be.array(picked), be.array(picked_length), be.array(table)
     scratch = picked.numel() - 1
-    end, base, occurrence = be.array(length), be.array(out_base), be.arange(entry.numel())
+    end, base = be.array(length), be.array(out_base)
     row = be.array(store.row_base)[be.array(entry)] + end - 1  # row of every path's current end
     if generator is not None:
         seg_of, segs_of, seg_cdf = column(ROW, "seg"), column(ROW, "segs"), column(SEG, "cdf")
@@ -406,45 +406,28 @@ def walk(store: WordStore, entry: torch.Tensor, length: torch.Tensor, out_base: 
         row_piece, row_length = column(ROW, "piece"), column(ROW, "length")
     for _ in range(steps):
         ended = None  # paths that this step ends with a table draw
-        if generator is not None:
+        if generator is not None:  # fixed shapes (compact sampling walks are walk_numpy's)
             u = be.array(rng.uniform((len(row),), generator, entry.device))
             tables = segs_of[row]
-            if compact:  # table draws, then predecessor draws for the other paths
-                ended, rest = be.nonzero(tables > 0), be.nonzero(tables == 0)
-                piece_length = end.copy()  # the table covers the rest: nothing is written
-                piece = np.zeros_like(end)
-                if len(ended):
-                    count = tables[ended].astype(np.int64)
-                    drawn[occurrence[ended]] = bisect(np, seg_cdf, seg_of[row[ended]].astype(np.int64), count,
-                                                      u[ended], int(count.max() - 1).bit_length())
-                if len(rest):
-                    piece[rest], piece_length[rest] = draw_edges(row[rest], u[rest], True)
-            else:
-                ended = (tables > 0) & (end > 0)
-                first = seg_of[row].long().clamp(max=max(len(seg_cdf) - 1, 0))
-                count = tables.long().clamp(min=1).minimum(len(seg_cdf) - first)
-                if len(seg_cdf):
-                    pick = bisect(torch, seg_cdf, first, count, u, (TABLE_LIMIT - 1).bit_length())
-                    drawn.copy_(torch.where(ended, pick, drawn))
-                piece, piece_length = draw_edges(row, u, False)
-                piece_length = torch.where(ended, end, piece_length)
+            ended = (tables > 0) & (end > 0)
+            first = seg_of[row].long().clamp(max=max(len(seg_cdf) - 1, 0))
+            count = tables.long().clamp(min=1).minimum(len(seg_cdf) - first)
+            if len(seg_cdf):
+                pick = bisect(torch, seg_cdf, first, count, u, (TABLE_LIMIT - 1).bit_length())
+                drawn.copy_(torch.where(ended, pick, drawn))
+            piece, piece_length = draw_edges(row, u)
+            piece_length = torch.where(ended, end, piece_length)
         else:
             piece, piece_length = row_piece[row], row_length[row]
         if compact:
             end = end - piece_length
             at = base + end
-            if ended is not None:
-                at[ended] = scratch
             be.put(out, at, piece)
             be.put(out_length, at, piece_length)
             alive = be.nonzero(end > 0)
             if len(alive) == 0:
                 break
             row, end, base = (row - piece_length)[alive], end[alive], base[alive]
-            occurrence = occurrence[alive]
-            if generator is not None and len(row) <= SCALAR_PATHS:
-                _finish_scalar(store, row, end, base, occurrence, out, out_length, drawn, generator)
-                break
         else:  # finished paths (end 0) stay on their first row and write to the scratch entry
             live = end > 0
             written = live if ended is None else live & ~ended
@@ -458,20 +441,42 @@ def walk(store: WordStore, entry: torch.Tensor, length: torch.Tensor, out_base: 
 
 
 def _bisect_numpy(cdf: np.ndarray, first: np.ndarray, last: np.ndarray, u: np.ndarray, rounds: int) -> np.ndarray:
-    """:func:`bisect` with numpy, for tables whose last entry is exactly 1 (> ``u``, so a probe clamped to
-    ``last`` never moves ``first``): ``first`` + the number of entries ``<= u`` among ``cdf[first : last]``."""
+    """:func:`bisect` with numpy, for CDFs whose last entry is exactly 1 (> ``u``, so a probe clamped to ``last``
+    never moves ``first``), as segmentation tables and the predecessor CDF of every row end: ``first`` + the number
+    of entries ``<= u`` among ``cdf[first : last]`` (the CDFs are non-decreasing)."""
     for shift in reversed(range(rounds)):
         probe = np.minimum(first + ((1 << shift) - 1), last)
         first = first + (cdf[probe] <= u) * (1 << shift)
     return first
 
 
-def walk_numpy(store: WordStore, entry: np.ndarray, end: np.ndarray, base: np.ndarray, out: np.ndarray,
-               out_length: np.ndarray, drawn: np.ndarray, generator: torch.Generator) -> None:
-    """The compact sampling walk of :func:`walk` on CPU numpy arrays (``drawn``: the table index of every
-    occurrence, -1 on entry): per step, one float64 uniform per live path, in path order; the paths at a row with a
-    table draw from it and end, the others draw their predecessor edge. Once at most :data:`SCALAR_PATHS` paths are
-    left, :func:`_finish_scalar` makes the same draws path by path."""
+@dataclass
+class Walked:
+    """The pieces that a sampling walk (:func:`walk_numpy`) draws, in the order drawn: per piece its
+    ``occurrence``, its ``step`` (0 for the occurrence's last piece, 1 for the one before, ...), first unit
+    ``start`` in the word, ``piece`` id and ``length``."""
+
+    occurrence: np.ndarray
+    step: np.ndarray
+    start: np.ndarray
+    piece: np.ndarray
+    length: np.ndarray
+
+    @classmethod
+    def of(cls, parts: list[tuple[np.ndarray, ...]]) -> Walked:
+        """The pieces of ``parts`` (each the fields' values in field order), end to end."""
+        if not parts:
+            return cls(*(np.zeros(0, dtype=np.int64) for _ in range(5)))
+        return cls(*(np.concatenate(values) for values in zip(*parts)))
+
+
+def walk_numpy(store: WordStore, entry: np.ndarray, end: np.ndarray, drawn: np.ndarray, generator: torch.Generator
+               ) -> Walked:
+    """The compact sampling walk of :func:`walk` on CPU numpy arrays (``end``: every occurrence's length in units;
+    ``drawn``: the table index of every occurrence, -1 on entry): per step, one float64 uniform per live path, in
+    path order; the paths at a row with a table draw from it and end, the others draw their predecessor edge (both
+    by :func:`_bisect_numpy`). Returns the pieces drawn. Once at most :data:`SCALAR_PATHS` paths are left,
+    :func:`_finish_scalar` makes the same draws path by path."""
     column = lambda group, name: store.column(group, name).numpy()
     seg_of, segs_of, seg_cdf = column(ROW, "seg"), column(ROW, "segs"), column(SEG, "cdf")
     first_of, last_of = column(ROW, "first"), column(ROW, "last")
@@ -479,13 +484,11 @@ def walk_numpy(store: WordStore, entry: np.ndarray, end: np.ndarray, base: np.nd
     cpu = torch.device("cpu")
     occurrence = np.arange(len(entry))
     row = store.row_base.numpy()[entry] + end - 1  # row of every path's current end
-    offsets = np.arange(int(last_of.max()) + 1 if len(last_of) else 1)
-    first_step = True
+    parts = []  # the pieces of every step
     while len(row):
-        if not first_step and len(row) <= SCALAR_PATHS:
-            _finish_scalar(store, row, end, base, occurrence, out, out_length, drawn, generator)
-            return
-        first_step = False
+        if parts and len(row) <= SCALAR_PATHS:
+            parts.append(_finish_scalar(store, row, end, occurrence, len(parts), drawn, generator))
+            break
         u = rng.uniform((len(row),), generator, cpu).numpy()
         segs = segs_of[row]
         tabled = segs > 0
@@ -495,48 +498,50 @@ def walk_numpy(store: WordStore, entry: np.ndarray, end: np.ndarray, base: np.nd
             drawn[occurrence[at]] = _bisect_numpy(seg_cdf, first, first + (count - 1), u[at],
                                                   int(count.max() - 1).bit_length())
             rest = np.flatnonzero(~tabled)
-            row, end, base, occurrence, u = row[rest], end[rest], base[rest], occurrence[rest], u[rest]
+            row, end, occurrence, u = row[rest], end[rest], occurrence[rest], u[rest]
             if not len(row):
-                return
+                break
         first, last = first_of[row], last_of[row]
-        window = cdf[first[:, None] + np.minimum(offsets[: int(last.max()) + 1], last[:, None])]
-        edge = first + np.count_nonzero(window <= u[:, None], axis=1)  # #{cdf <= u}; the last edge's cdf is 1
+        edge = _bisect_numpy(cdf, first, first + last, u, int(last.max()).bit_length())
         length = edge_length[edge]
         end = end - length
-        at = base + end
-        out[at] = edge_piece[edge]
-        out_length[at] = length
+        parts.append((occurrence, np.full(len(row), len(parts)), end, edge_piece[edge], length))
         row = row - length
         alive = end > 0
         if not alive.all():
             alive = np.flatnonzero(alive)
-            row, end, base, occurrence = row[alive], end[alive], base[alive], occurrence[alive]
+            row, end, occurrence = row[alive], end[alive], occurrence[alive]
+    return Walked.of(parts)
 
 
-def _finish_scalar(store: WordStore, row, end, base, occurrence, out, out_length, drawn,
-                   generator: torch.Generator) -> None:
-    """The rest of a compact sampling walk, path by path in Python (numpy arrays in, CPU): the same draws from the
-    same uniforms as the vectorised steps (one per path and step, in path order), without their fixed cost per
-    step, which dominates once few paths are left."""
+def _finish_scalar(store: WordStore, row, end, occurrence, step: int, drawn, generator: torch.Generator
+                   ) -> tuple[np.ndarray, ...]:
+    """The rest of a compact sampling walk from its step ``step``, path by path in Python (numpy arrays in, CPU):
+    the same draws from the same uniforms as the vectorised steps (one per path and step, in path order), without
+    their fixed cost per step, which dominates once few paths are left. Returns the pieces drawn, as the values of
+    :class:`Walked`'s fields."""
     column = lambda group, name: memoryview(store.column(group, name).numpy())  # Python numbers, no copy
     seg_of, segs_of, seg_cdf = column(ROW, "seg"), column(ROW, "segs"), column(SEG, "cdf")
     first_of, last_of = column(ROW, "first"), column(ROW, "last")
     cdf, edge_piece, edge_length = column(EDGE, "cdf"), column(EDGE, "piece"), column(EDGE, "length")
-    paths = list(zip(row.tolist(), end.tolist(), base.tolist(), occurrence.tolist()))
+    paths = list(zip(row.tolist(), end.tolist(), occurrence.tolist()))
+    pieces = []  # (occurrence, step, start, piece, length)
     while paths:
         uniforms = rng.uniform((len(paths),), generator, torch.device("cpu")).tolist()
         left = []
-        for (r, e, b, o), u in zip(paths, uniforms):
+        for (r, e, o), u in zip(paths, uniforms):
             if segs_of[r]:  # #{cdf <= u} among the table's entries but its last (cdf 1 > u)
                 drawn[o] = bisect_right(seg_cdf, u, seg_of[r], seg_of[r] + segs_of[r] - 1)
                 continue
             edge = bisect_right(cdf, u, first_of[r], first_of[r] + last_of[r])
             length = edge_length[edge]
             e -= length
-            out[b + e], out_length[b + e] = edge_piece[edge], length
+            pieces.append((o, step, e, edge_piece[edge], length))
             if e > 0:
-                left.append((r - length, e, b, o))
+                left.append((r - length, e, o))
         paths = left
+        step += 1
+    return tuple(np.array(pieces, dtype=np.int64).reshape(-1, 5).T)
 
 
 def table_prefixes(row_first: torch.Tensor, row_count: torch.Tensor, edge_mass: torch.Tensor,
