@@ -85,7 +85,7 @@ def add_guidance_options(parser: argparse.ArgumentParser, *, diffusion: bool, de
     ``diffusion``), ``--guidance-scale``, ``--classifier``, and for ``diffusion`` ``--guidance-top-k``
     (docs/guidance.md#using-guidance); :func:`guidance_from_args` reads them."""
     from textdiff.defaults import LABEL_TASK
-    from textdiff.sampling import GUIDANCE
+    from textdiff.sampling import GUIDANCE, Guidance
 
     kinds = tuple(k for k in GUIDANCE if diffusion or not getattr(GUIDANCE[k], "conditional_model", False))
 
@@ -103,7 +103,7 @@ def add_guidance_options(parser: argparse.ArgumentParser, *, diffusion: bool, de
     group.add_argument("--classifier", default=None,
                        help="classifier directory or hub name (default: the shipped one of the label's task)")
     if diffusion:
-        group.add_argument("--guidance-top-k", type=_argument_type(_top_k), default=16,
+        group.add_argument("--guidance-top-k", type=_argument_type(_top_k), default=Guidance.top_k,
                            help="diffusion: candidates reweighted per drawn position")
     parser.set_defaults(guidance_kinds=tuple(kinds))
 
@@ -126,5 +126,5 @@ def guidance_from_args(args: argparse.Namespace, device: str):
 
     kind = args.guidance or ("similarity" if args.label is None else args.guidance_kinds[0])
     return Guidance(label=args.label, scale=args.guidance_scale, kind=kind, reference=args.reference,
-                    classifier=args.classifier, top_k=getattr(args, "guidance_top_k", 16), device=device,
+                    classifier=args.classifier, top_k=getattr(args, "guidance_top_k", Guidance.top_k), device=device,
                     dtype=args.dtype)
