@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from udm_toys import ExactPosterior, all_sequences, chi_square_pvalue, index_of, random_pdata
+from udm_toys import ExactPosterior, PositionalPosterior, all_sequences, chi_square_pvalue, index_of, random_pdata
 
 from textdiff.udm import Batch, MaskingProcess, make_template, reverse_sample
 from textdiff.udm.replacement import ReplaceAnyProcess, ReplaceDiffProcess
@@ -77,19 +77,6 @@ def test_oracle_predictor_returns_target(process):
     for steps in (1, 2, 3):
         out = reverse_sample(process, delta, make_template(64, L), steps, seed=steps)
         assert (out.ids == target).all()
-
-
-class PositionalPosterior(ExactPosterior):
-    """The same exact posterior, also offering its logits at chosen positions only (``logits_at``): the loop then
-    takes its sparse path (docs/udm.md#logits-only-where-drawn)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.positions = 0
-
-    def logits_at(self, x: Batch, t: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-        self.positions += int(where.sum())
-        return self(x, t)[where]
 
 
 @pytest.mark.parametrize("process", [MaskingProcess(MASK, "count"), MaskingProcess(MASK, "linear"),

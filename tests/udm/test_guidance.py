@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from udm_toys import ExactPosterior, all_sequences, chi_square_pvalue, index_of, random_pdata
+from udm_toys import ExactPosterior, PositionalPosterior, all_sequences, chi_square_pvalue, index_of, random_pdata
 
 from textdiff.guidance import CandidateReweighting, ClassifierFreePredictor, ClassifierScore, mix_log_probs
 from textdiff.udm import Batch, MaskingProcess, make_template, reverse_sample
@@ -34,17 +34,34 @@ class CleanClassifier:
         return P_Y[index_of(ids.masked_fill(ids == MASK, 0), V)].log()
 
 
-def guided_pvalue(classifier, steps: int, gamma: float = 1.0, seed: int = 0) -> float:
+def guided_sample(classifier, steps: int, gamma: float = 1.0, seed: int = 0, positional: bool = False,
+                  n: int = N) -> torch.Tensor:
+    """Samples of the guided masking loop; ``positional``: the oracle offers ``logits_at``, so the loop and the hook
+    work on the logits at the drawn positions only."""
     process = MaskingProcess(MASK, "count")
-    oracle = ExactPosterior(process, XS, P, out_vocab=MASK + 1)
+    oracle = (PositionalPosterior if positional else ExactPosterior)(process, XS, P, out_vocab=MASK + 1)
     hook = CandidateReweighting(ClassifierScore(classifier), gamma, MASK, top_k=None)
-    out = reverse_sample(process, oracle, make_template(N, L), steps, seed=seed, logits_hooks=[hook])
+    out = reverse_sample(process, oracle, make_template(n, L), steps, seed=seed, logits_hooks=[hook])
+    assert not positional or oracle.positions == n * L  # the sparse path was taken
+    return out.ids
+
+
+def guided_pvalue(classifier, steps: int, gamma: float = 1.0, seed: int = 0, positional: bool = False) -> float:
     tilted = P * P_Y ** gamma
-    return chi_square_pvalue(index_of(out.ids, V), tilted / tilted.sum())
+    return chi_square_pvalue(index_of(guided_sample(classifier, steps, gamma, seed, positional), V),
+                             tilted / tilted.sum())
 
 
-def test_one_token_reweighting_with_the_exact_noisy_classifier_samples_the_posterior():
-    assert guided_pvalue(NoisyClassifier(), steps=L) > 1e-4
+@pytest.mark.parametrize("positional", [False, True], ids=["dense", "logits_at"])
+def test_one_token_reweighting_with_the_exact_noisy_classifier_samples_the_posterior(positional):
+    assert guided_pvalue(NoisyClassifier(), steps=L, positional=positional) > 1e-4
+
+
+def test_reweighting_the_logits_at_drawn_positions_changes_no_draw():
+    """The hook on ``PositionLogits`` (the sparse path) and on dense logits: the same seeded samples."""
+    for steps in (L, 1):
+        dense = guided_sample(NoisyClassifier(), steps, seed=4, n=3_000)
+        assert torch.equal(dense, guided_sample(NoisyClassifier(), steps, seed=4, n=3_000, positional=True))
 
 
 @pytest.mark.parametrize("variant", ["multi_token", "clean_classifier_on_x_t"])

@@ -66,14 +66,22 @@ class PositionalPredictor(ContextPredictor):
         return self(x, t)[where]
 
 
-@pytest.mark.parametrize("predictor", [ContextPredictor, PositionalPredictor])
-def test_logits_hook_steers_every_step(predictor):
-    """Hooks see the dense ``[B, L, V]`` logits: a predictor with ``logits_at`` is called whole when hooks run."""
-    model = predictor()
-    out = reverse_sample(MaskingProcess(MASK), model, make_template(64, 8), 8, seed=1,
-                         logits_hooks=[forbid_tokens([0, 2, 4, 6])])
-    assert (out.ids % 2 == 1).all()
-    assert getattr(model, "positional_calls", 0) == 0 and model.calls > 0
+def test_logits_hook_steers_every_step():
+    """``forbid_tokens`` steers the dense path and the logits-only-where-drawn path alike (same seeded samples); a hook
+    that does not take ``PositionLogits`` makes the loop ask a ``logits_at`` predictor for dense logits."""
+    outs = []
+    for predictor in (ContextPredictor(), PositionalPredictor()):
+        outs.append(reverse_sample(MaskingProcess(MASK), predictor, make_template(64, 8), 8, seed=1,
+                                   logits_hooks=[forbid_tokens([0, 2, 4, 6])]).ids)
+        assert (outs[-1] % 2 == 1).all()
+    assert torch.equal(*outs) and predictor.positional_calls > 0
+
+    def dense_only(logits, x, t, s):
+        return forbid_tokens([0, 2, 4, 6])(logits, x, t, s)
+
+    predictor = PositionalPredictor()
+    out = reverse_sample(MaskingProcess(MASK), predictor, make_template(64, 8), 8, seed=1, logits_hooks=[dense_only])
+    assert torch.equal(out.ids, outs[0]) and getattr(predictor, "positional_calls", 0) == 0
 
 
 def test_trajectory_records_every_step_and_renders():

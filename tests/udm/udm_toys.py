@@ -55,6 +55,19 @@ class ExactPosterior:
         return logits[inverse]
 
 
+class PositionalPosterior(ExactPosterior):
+    """The same exact posterior, also offering its logits at chosen positions only (``logits_at``): the loop then
+    takes its sparse path (docs/udm.md#logits-only-where-drawn)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.positions = 0
+
+    def logits_at(self, x: Batch, t: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        self.positions += int(where.sum())
+        return self(x, t)[where]
+
+
 def chi_square_pvalue(samples: torch.Tensor, probs: torch.Tensor) -> float:
     """Pearson chi-square p-value of sample indices against ``probs`` (all cells with positive probability)."""
     counts = torch.bincount(samples, minlength=len(probs)).double()

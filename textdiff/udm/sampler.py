@@ -9,9 +9,9 @@ A predictor is any callable ``predictor(x_t: Batch, t: Tensor[B]) -> output`` (l
 ``mask``/``replace_*``; whatever the process's ``apply`` expects otherwise). Set ``predictor.time_conditioned = True``
 on predictors that read ``t``; others are treated as time-agnostic. A predictor may also offer
 ``predictor.logits_at(x_t, t, where [B, L]) -> [n, V]``, its logits at the ``where`` positions only (row-major): when
-the process names the positions it draws from (:meth:`ForwardProcess.drawn_positions`: masking) and no logits hook
-runs, the loop asks only the rows that draw for the logits at those positions (:class:`PositionLogits`), and
-``[B, L, V]`` is never built (docs/udm.md#logits-only-where-drawn).
+the process names the positions it draws from (:meth:`ForwardProcess.drawn_positions`: masking) and every logits hook
+takes :class:`PositionLogits` (:data:`LogitsHook`), the loop asks only the rows that draw for the logits at those
+positions, and ``[B, L, V]`` is never built (docs/udm.md#logits-only-where-drawn).
 
 Caching (MDLM's ``ddpm_cache``; docs/udm.md#caching-and-first-hitting-skips): with ``cache=True`` a step whose plan
 changes no row makes no network call (first-hitting skip), and when the predictor ignores ``t`` only the rows whose
@@ -44,6 +44,9 @@ from textdiff.udm.process import Batch, ForwardProcess, PositionLogits, X0Draw, 
 #: docs/guidance.md#exact-candidate-reweighting). Hooks must not modify in place. A hook with the attribute
 #: ``positional = True`` is called as ``hook(logits, x, t, s, where)``, ``where [B', L]`` the positions whose draws
 #: the step keeps (``None`` when the process cannot say before the draw), so it can limit per-position work to them.
+#: A hook with ``position_logits = True`` also takes a :class:`PositionLogits` in place of ``logits`` (and returns one
+#: at the same positions); the loop keeps its logits-only-where-drawn path only when every hook does
+#: (docs/udm.md#logits-only-where-drawn).
 LogitsHook = Callable[..., torch.Tensor]
 
 
@@ -54,8 +57,11 @@ def forbid_tokens(token_ids: Sequence[int]) -> LogitsHook:
     banned = torch.as_tensor(sorted(set(token_ids)), dtype=torch.long)
 
     def hook(logits, x_t, t, s):
+        if isinstance(logits, PositionLogits):
+            return replace(logits, values=forbid(logits.values, banned))
         return forbid(logits, banned)
 
+    hook.position_logits = True
     return hook
 
 
@@ -88,8 +94,8 @@ class StepHooks:
         return logits
 
     def bind(self, output: Any, x: Batch) -> Any:
-        """``output`` with the hooks applied (tensor) or attached (structured output); ``ValueError`` otherwise."""
-        if isinstance(output, torch.Tensor):
+        """``output`` with the hooks applied (logits) or attached (structured output); ``ValueError`` otherwise."""
+        if isinstance(output, (torch.Tensor, PositionLogits)):
             return self(output, x)
         if callable(getattr(output, "with_logits_hooks", None)):
             return output.with_logits_hooks(self)
@@ -283,7 +289,8 @@ def reverse_sample(
     gen = make_generator(seed, generator, template.device)
     reuse = cache is not False and process.time_agnostic_posterior and not getattr(predictor, "time_conditioned", False)
     model = PredictorCache(predictor, reuse)
-    positional = cache is not False and not logits_hooks and callable(getattr(predictor, "logits_at", None))
+    positional = (cache is not False and callable(getattr(predictor, "logits_at", None))
+                  and all(getattr(hook, "position_logits", False) for hook in logits_hooks))
     metered = getattr(predictor, "usage", None)
     usage_before = replace(metered) if isinstance(metered, NetworkUsage) else None
     x = process.prior_sample(template, gen) if x_init is None else as_batch(x_init)
@@ -301,12 +308,9 @@ def reverse_sample(
         plan = process.plan(x, t, s, gen)
         if cache is False or bool(plan.active.any()):
             where = process.drawn_positions(x, plan)
-            if positional and where is not None:
-                output = model.at(x, t, where)
-            else:
-                output = model(x, t)
-                if logits_hooks:
-                    output = StepHooks(tuple(logits_hooks), t, s, where).bind(output, x)
+            output = model.at(x, t, where) if positional and where is not None else model(x, t)
+            if logits_hooks:
+                output = StepHooks(tuple(logits_hooks), t, s, where).bind(output, x)
             if bool(plan.active.any()):
                 x = process.apply(x, output, plan, draw, gen)
         if trajectory is not None:
