@@ -56,20 +56,20 @@ class ClassifierFreePredictor(_NullCondition):
 
     @torch.no_grad()
     def __call__(self, x_t: Batch, t: torch.Tensor):
-        def call(ids, attention_mask, protected, times):
-            self.usage.add(ids.shape[0])
-            return self.predictor(Batch(ids, attention_mask, protected), times)
-
-        return self.mixed(call, x_t.ids, x_t.attention_mask, x_t.protected, t)
+        return self._guided(self.predictor, x_t, t)
 
     @torch.no_grad()
     def _logits_at(self, x_t: Batch, t: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         """``self(x_t, t)[where]`` (``[n, V]``), both passes asked for the logits at ``where`` only."""
-        def call(ids, attention_mask, protected, times, positions):
-            self.usage.add(ids.shape[0])
-            return self.predictor.logits_at(Batch(ids, attention_mask, protected), times, positions)
+        return self._guided(self.predictor.logits_at, x_t, t, where)
 
-        return self.mixed(call, x_t.ids, x_t.attention_mask, x_t.protected, t, where)
+    def _guided(self, forward, x_t: Batch, t: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        """``forward(x_t, t, *rest)`` mixed with the same call on the null condition; the rows sent are metered."""
+        def call(ids, attention_mask, protected, times, *more):
+            self.usage.add(ids.shape[0])
+            return forward(Batch(ids, attention_mask, protected), times, *more)
+
+        return self.mixed(call, x_t.ids, x_t.attention_mask, x_t.protected, t, *rest)
 
 
 class ClassifierFreeInsertion(_NullCondition):

@@ -105,20 +105,19 @@ class CausalLMScorer:
         """Scores of rows padded to ``width`` after their prefixes left-padded to ``p_width`` (both fixed by the row's
         own lengths, so batchmates never change them)."""
         states = [self.prefix_state(prefix) for prefix in prefixes]
-        ids, mask = pad(full, self.pad_id, width=width)
-        mask = mask.long()
+        ids, mask = pad(full, self.pad_id, width=width)  # mask: bool
         first = torch.stack([first_log_probs[token] for (_, first_log_probs), token in zip(states, ids[:, 0])])
         if width == 1:
             return first
         cache = kv_cache_rows([prefix_cache for prefix_cache, _ in states], p_width)
         lengths = torch.tensor([len(prefix) for prefix in prefixes])
         seen = torch.arange(p_width)[None] >= p_width - lengths[:, None]  # [n, p_width]: the prefix, left-padded
-        attention = torch.cat([seen.long(), mask], 1).to(self.device)
+        attention = torch.cat([seen, mask], 1).long().to(self.device)
         positions = (lengths[:, None] + torch.arange(width)[None]).to(self.device)
-        scored = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1).bool()  # predicts a real next token
+        scored = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1)  # predicts a real next token
         logits = logits_at(self.model, ids.to(self.device), attention, scored.to(self.device), position_ids=positions,
                            **kv_cache_argument(self.model, cache)).float()  # [scored tokens, V]
-        targets = ids[:, 1:][mask[:, 1:].bool()].to(self.device)
+        targets = ids[:, 1:][mask[:, 1:]].to(self.device)
         token_lp = logits.gather(-1, targets[:, None])[:, 0].double() - torch.logsumexp(logits, -1).double()
         self.tokens_scored += int(mask.sum())
         row = scored.nonzero()[:, 0]

@@ -725,8 +725,7 @@ class UnigramTokenizer:
         mass = cdf - torch.where(row_start, 0.0, torch.cat([cdf.new_zeros(1), cdf[:-1]]))  # predecessor law
         word_rows = torch.cumsum(stream.chunk_len, 0) - stream.chunk_len
         graph = (row_first, count, mass, edges["length"], word_rows)
-        sampling_tables = self._sampling_tables_numpy if self._compact(device) and device.type == "cpu" \
-            else self._sampling_tables
+        sampling_tables = self._sampling_tables_numpy if compact else self._sampling_tables
         prefix_word, prefix_length, path_prefix, tables = sampling_tables(stream, graph, edges["piece"], alpha)
         # the row where each prefix ends points at its table
         paths = torch.bincount(path_prefix, minlength=prefix_word.numel())
