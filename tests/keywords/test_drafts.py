@@ -102,8 +102,7 @@ def test_completed_drafts_are_valid_states_holding_every_keyword(generator):
     forms = [generator.keyword_forms(w, True) for w in words]
     target = generator.make_target(1, [], [], {4: generator.set_prompt(words)})
     def drafts(sets, seeds):
-        return sample_drafts(generator.scorer.model, generator.lm_tokenizer, [generator.set_prompt(w) for w in sets],
-                             4, seeds)
+        return sample_drafts(generator.scorer, [generator.set_prompt(w) for w in sets], 4, seeds)
 
     (texts,) = drafts([words], [0])
     states = generator.draft_states(forms, texts, target, group=4)

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import torch
 
 from textdiff import checks, rng
-from textdiff.compat import kv_cache_argument, kv_cache_of
-from textdiff.padding import by_width, pad
+from textdiff.mcmc.prompted import Prompt
+from textdiff.mcmc.targets import CausalLMScorer
+from textdiff.padding import by_width
 
 #: the user turn naming the concepts; ``{keywords}`` is replaced by the comma-separated keywords
 INSTRUCTION = "Write a short sentence using these words: {keywords}."
@@ -54,18 +55,19 @@ def single_sentence(text: str) -> str | None:
     return text[:-1].strip() or None
 
 
-def sample_drafts(lm, tokenizer, prompts: Sequence[Sequence[int]], count: int, seeds: Sequence[int], *,
+def sample_drafts(scorer: CausalLMScorer, prompts: Sequence[Sequence[int]], count: int, seeds: Sequence[int], *,
                   max_new_tokens: int = 32, temperature: float = 0.7, top_p: float = 0.95) -> list[list[str]]:
-    """Per prompt, its distinct single-sentence drafts (final punctuation removed) among ``count`` sampled from
-    ``lm`` (temperature, then nucleus ``top_p``; float64 draws). Prompts are left-padded to their own bucketed width
-    and decoded together per width, each prompt's tokens drawn from a generator seeded with its seed, so a prompt's
-    drafts do not depend on the other prompts of the call."""
+    """Per prompt, its distinct single-sentence drafts (final punctuation removed) among ``count`` sampled from the
+    scorer's LM (temperature, then nucleus ``top_p``; float64 draws). Each prompt runs once, through the scorer's
+    cache of prompts (which scores the same prompts afterwards); its drafts decode after it together with the other
+    prompts' of the same bucketed width, each prompt's tokens drawn from a generator seeded with its seed, so a
+    prompt's drafts do not depend on the other prompts of the call."""
     checks.positive_int("count", count)
     if len(seeds) != len(prompts):
         raise ValueError(f"seeds must hold one seed per prompt, got {len(seeds)} for {len(prompts)}")
     drafts: list[list[str]] = [[] for _ in prompts]
-    for width, group in by_width([len(p) for p in prompts]):
-        texts = _decode(lm, tokenizer, [prompts[i] for i in group], width, count, [seeds[i] for i in group],
+    for _, group in by_width([len(p) for p in prompts]):
+        texts = _decode(scorer, [scorer.prompt(prompts[i]) for i in group], count, [seeds[i] for i in group],
                         max_new_tokens, temperature, top_p)
         for i, rows in zip(group, texts):
             drafts[i] = list(dict.fromkeys(s for s in map(single_sentence, rows) if s is not None))
@@ -73,25 +75,20 @@ def sample_drafts(lm, tokenizer, prompts: Sequence[Sequence[int]], count: int, s
 
 
 @torch.no_grad()
-def _decode(lm, tokenizer, prompts: list[Sequence[int]], width: int, count: int, seeds: list[int],
-            max_new_tokens: int, temperature: float, top_p: float) -> list[list[str]]:
-    """``count`` sampled continuations of each prompt (left-padded to ``width``), until EOS or ``max_new_tokens``.
-    A row that has drawn EOS leaves the batch and its KV cache (no forward, no draw), so a prompt's generator draws
-    for its own unfinished rows only, whatever the other prompts do."""
-    device = next(lm.parameters()).device
-    eos = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    ids, mask = pad([list(p) for p in prompts], pad_id, left=True, width=width, device=device)
-    ids, mask = ids.repeat_interleave(count, 0), mask.long().repeat_interleave(count, 0)  # [G·count, W]
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+def _decode(scorer: CausalLMScorer, prompts: list[Prompt], count: int, seeds: list[int], max_new_tokens: int,
+            temperature: float, top_p: float) -> list[list[str]]:
+    """``count`` sampled continuations of each prompt, until EOS or ``max_new_tokens``. A row that has drawn EOS
+    leaves the decoding, so a prompt's generator draws for its own unfinished rows only, whatever the other prompts
+    do."""
+    device, eos = scorer.engine.device, scorer.eos_id
+    decoding = scorer.engine.decoding([prompt for prompt in prompts for _ in range(count)], max_new_tokens)
     generators = [rng.make_generator(seed, device=device) for seed in seeds]
-    out = lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    cache = kv_cache_of(out)
-    drawn = torch.full((len(ids), max_new_tokens), eos, dtype=torch.long, device=device)
-    alive = torch.arange(len(ids), device=device)  # the rows still decoding, in row order
+    logits = decoding.first()  # [rows, V]: the prompts' next-token log-probabilities
+    drawn = torch.full((len(prompts) * count, max_new_tokens), eos, dtype=torch.long, device=device)
+    alive = torch.arange(len(drawn), device=device)  # the rows still decoding, in row order
     sizes = [count] * len(prompts)  # unfinished rows per prompt
     for step in range(max_new_tokens):
-        logits = rng.filter_logits(out.logits[:, -1].double() / temperature, top_p=top_p)  # [alive, V]
+        logits = rng.filter_logits(logits.double() / temperature, top_p=top_p)  # [alive, V]
         token = torch.cat([rng.sample_categorical(part, g, check=False)
                            for part, g, size in zip(logits.split(sizes), generators, sizes) if size])
         drawn[alive, step] = token
@@ -100,15 +97,12 @@ def _decode(lm, tokenizer, prompts: list[Sequence[int]], width: int, count: int,
             keep = going.nonzero()[:, 0]
             if len(keep) == 0:
                 break
-            alive, token, mask, positions = alive[keep], token[keep], mask[keep], positions[keep]
-            cache.reorder_cache(keep)
+            alive, token = alive[keep], token[keep]
+            decoding.keep(keep)
             sizes = torch.bincount(alive // count, minlength=len(prompts)).tolist()
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        positions = positions[:, -1:] + 1
-        out = lm(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
-                 **kv_cache_argument(lm, cache))
-        cache = kv_cache_of(out)
-    texts = tokenizer.batch_decode(drawn, skip_special_tokens=True)
+        if step + 1 < max_new_tokens:
+            logits = decoding.step(token)
+    texts = scorer.tokenizer.batch_decode(drawn, skip_special_tokens=True)
     return [texts[g * count:(g + 1) * count] for g in range(len(prompts))]
 
 

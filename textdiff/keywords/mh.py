@@ -299,8 +299,7 @@ class KeywordGenerator:
             texts: list[list[str]] = [[] for _ in part]
             if drafts:  # the drafts of the whole batch in one decoding loop, each set under its own prompt
                 set_prompts = [self.scorer.prefix_ids if prompts is None else prompts[index] for index, *_ in part]
-                texts = sample_drafts(self.scorer.model, self.lm_tokenizer, set_prompts, drafts,
-                                      [draft_seed for *_, draft_seed in part])
+                texts = sample_drafts(self.scorer, set_prompts, drafts, [draft_seed for *_, draft_seed in part])
             batch = [(index, self.start_states(starts + self.draft_states(forms, drafted, target, index), chains,
                                                target), generator)
                      for (index, forms, starts, generator, _), drafted in zip(part, texts)]

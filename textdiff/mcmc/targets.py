@@ -26,9 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from textdiff.compat import kv_cache_argument, kv_cache_of, kv_cache_rows
-from textdiff.mcmc.positions import logits_at
-from textdiff.padding import bucket, by_width, pad
+from textdiff.mcmc.prompted import Prompt, prompted_engine
 
 
 class CausalLMScorer:
@@ -37,12 +35,10 @@ class CausalLMScorer:
 
     ``log_prob_ids(seqs)`` returns ``Σ_j log p(x_j | prefix, x_{<j})`` over the tokens of each sequence followed by
     EOS, conditioned on ``prefix_ids`` (default: the BOS token), or per row on ``prefixes[i]`` (one prompt per keyword
-    set, docs/mcmc.md#keyword-conditioned-target). Each prefix runs once; its KV cache (the last ``max_prefixes``
-    are kept) is re-used for every batch, so only the sentence tokens cost a forward pass, and the output head runs
-    only where a real token is predicted (not on padding, :mod:`textdiff.mcmc.positions`). Rows of different prefixes
-    share a forward: each row's prefix cache is left-padded to its own bucketed length and its sentence right-padded
-    to its own bucketed width (attention masks hide the padding), and rows are grouped by these two widths, so a
-    row's score never depends on its batchmates.
+    set, docs/mcmc.md#keyword-conditioned-target). Each prefix runs once (the last ``max_prefixes`` are kept) and
+    every row after it reuses its keys and values, so only the sentence tokens cost a forward pass, and the output
+    head runs only where a real token is predicted; rows of all prefixes share the pass, and a row's score never
+    depends on its batchmates (:mod:`textdiff.mcmc.prompted`).
     """
 
     def __init__(self, model, tokenizer, prefix_ids: Sequence[int] | None = None, max_batch_tokens: int = 4096,
@@ -53,11 +49,10 @@ class CausalLMScorer:
         if not self.prefix_ids:
             raise ValueError("prefix_ids must hold at least one token (e.g. BOS)")
         self.eos_id = tokenizer.eos_token_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.max_batch_tokens, self.max_prefixes = max_batch_tokens, max_prefixes
-        self.device = next(model.parameters()).device
+        self.engine = prompted_engine(model)
         self.tokens_scored = 0
-        self.prefix_states: OrderedDict[tuple[int, ...], tuple] = OrderedDict()
+        self.prompts: OrderedDict[tuple[int, ...], Prompt] = OrderedDict()
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of ``texts`` without special tokens."""
@@ -67,61 +62,47 @@ class CausalLMScorer:
         """``log p(text + EOS | prefix)`` for each text (float64)."""
         return self.log_prob_ids(self.encode(texts))
 
-    def prefix_state(self, prefix: Sequence[int]) -> tuple:
-        """``(KV cache, log p(· | prefix))`` of a prefix, computed on first use and kept (least recently used
-        dropped first)."""
+    def prompt(self, prefix: Sequence[int]) -> Prompt:
+        """A prefix run once (:class:`~textdiff.mcmc.prompted.Prompt`: its keys and values and ``log p(· | prefix)``),
+        kept for later calls (the least recently used of more than ``max_prefixes`` dropped first)."""
         key = tuple(prefix)
-        if key not in self.prefix_states:
+        if key not in self.prompts:
             if not key:
                 raise ValueError("prefixes must hold at least one token each (e.g. BOS)")
-            out = self.model(input_ids=torch.tensor([key], device=self.device), use_cache=True)
-            self.prefix_states[key] = (kv_cache_of(out), torch.log_softmax(out.logits[0, -1].double(), -1).cpu())
-            while len(self.prefix_states) > self.max_prefixes:
-                self.prefix_states.popitem(last=False)
-        self.prefix_states.move_to_end(key)
-        return self.prefix_states[key]
+            self.prompts[key] = self.engine.prompt(key)
+            while len(self.prompts) > self.max_prefixes:
+                self.prompts.popitem(last=False)
+        self.prompts.move_to_end(key)
+        return self.prompts[key]
 
     @torch.no_grad()
     def log_prob_ids(self, seqs: Sequence[Sequence[int]], prefixes: Sequence[Sequence[int]] | None = None
                      ) -> torch.Tensor:
-        """``log p(ids + EOS | prefix)`` for each id sequence (float64), in chunks of ``max_batch_tokens``; the
-        prefix of row ``i`` is ``prefixes[i]`` when given, else ``prefix_ids``."""
+        """``log p(ids + EOS | prefix)`` for each id sequence (float64), in chunks of at most ``max_batch_tokens``
+        tokens; the prefix of row ``i`` is ``prefixes[i]`` when given, else ``prefix_ids``."""
         if prefixes is not None and len(prefixes) != len(seqs):
             raise ValueError(f"prefixes must hold one prefix per sequence, got {len(prefixes)} for {len(seqs)}")
-        rows_prefix = [tuple(self.prefix_ids if prefixes is None else prefixes[i]) for i in range(len(seqs))]
-        groups: dict[int, list[int]] = {}
-        for i, prefix in enumerate(rows_prefix):
-            groups.setdefault(bucket(len(prefix)), []).append(i)
-        full = [list(seq) + [self.eos_id] for seq in seqs]
-        out = torch.empty(len(full), dtype=torch.float64)
-        for p_width, rows in groups.items():
-            for width, chunk in by_width([len(full[i]) for i in rows], max_tokens=self.max_batch_tokens):
-                chunk = [rows[i] for i in chunk]
-                out[chunk] = self._score([full[i] for i in chunk], width, [rows_prefix[i] for i in chunk], p_width)
+        full = [[*seq, self.eos_id] for seq in seqs]
+        prompts = [self.prompt(self.prefix_ids if prefixes is None else prefixes[i]) for i in range(len(seqs))]
+        out = torch.stack([prompt.log_probs[row[0]] for prompt, row in zip(prompts, full)]) if full else torch.empty(
+            0, dtype=torch.float64)
+        start = 0
+        while start < len(full):
+            stop, tokens = start + 1, len(full[start])
+            while stop < len(full) and tokens + len(full[stop]) <= self.max_batch_tokens:
+                tokens += len(full[stop])
+                stop += 1
+            rows = [row for row in full[start:stop] if len(row) > 1]
+            index = [i for i in range(start, stop) if len(full[i]) > 1]
+            if rows:
+                logits = self.engine.logits(rows, [prompts[i] for i in index], [len(row) - 1 for row in rows]).float()
+                targets = torch.tensor([t for row in rows for t in row[1:]], device=logits.device)
+                token_lp = logits.gather(-1, targets[:, None])[:, 0].double() - torch.logsumexp(logits, -1).double()
+                owner = torch.tensor([i for i, row in zip(index, rows) for _ in row[1:]])
+                out.index_add_(0, owner, token_lp.cpu())
+            self.tokens_scored += tokens
+            start = stop
         return out
-
-    def _score(self, full: list[list[int]], width: int, prefixes: list[tuple[int, ...]], p_width: int
-               ) -> torch.Tensor:
-        """Scores of rows padded to ``width`` after their prefixes left-padded to ``p_width`` (both fixed by the row's
-        own lengths, so batchmates never change them)."""
-        states = [self.prefix_state(prefix) for prefix in prefixes]
-        ids, mask = pad(full, self.pad_id, width=width)  # mask: bool
-        first = torch.stack([first_log_probs[token] for (_, first_log_probs), token in zip(states, ids[:, 0])])
-        if width == 1:
-            return first
-        cache = kv_cache_rows([prefix_cache for prefix_cache, _ in states], p_width)
-        lengths = torch.tensor([len(prefix) for prefix in prefixes])
-        seen = torch.arange(p_width)[None] >= p_width - lengths[:, None]  # [n, p_width]: the prefix, left-padded
-        attention = torch.cat([seen, mask], 1).long().to(self.device)
-        positions = (lengths[:, None] + torch.arange(width)[None]).to(self.device)
-        scored = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1)  # predicts a real next token
-        logits = logits_at(self.model, ids.to(self.device), attention, scored.to(self.device), position_ids=positions,
-                           **kv_cache_argument(self.model, cache)).float()  # [scored tokens, V]
-        targets = ids[:, 1:][mask[:, 1:]].to(self.device)
-        token_lp = logits.gather(-1, targets[:, None])[:, 0].double() - torch.logsumexp(logits, -1).double()
-        self.tokens_scored += int(mask.sum())
-        row = scored.nonzero()[:, 0]
-        return first.index_add(0, row, token_lp.cpu())
 
 
 def keyword_placements(tokens: Sequence[int], spans: Sequence[Sequence[int]],

@@ -1,0 +1,106 @@
+"""Rows after prompts (docs/mcmc.md#rows-after-prompts): both engines give the logits of the model's own forward on
+prompt + row, in scoring and in decoding (rows leaving midway), and a row's numbers do not depend on its batchmates;
+the Llama-layout engine is taken only where it reproduces the model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from textdiff.mcmc.prompted import PlainLM, PromptedLM, prompted_engine
+
+PROMPTS = ([1, 40, 41], [1, *range(20, 31)], [1])
+ROWS = ([5, 6, 7, 8], [9], [10, 11, 12, 13, 14, 15, 16, 17, 18], [5, 6, 7, 8], [19, 20])
+OWNERS = (0, 1, 2, 1, 0)
+
+
+def llama(**overrides):
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                      **overrides)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def gpt2():
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4,
+                                                                n_positions=128)).eval()
+
+
+def qwen3():  # the Llama modules plus per-head query and key norms inside attention: the check must refuse it
+    torch.manual_seed(0)
+    config = transformers.Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                      max_position_embeddings=128)
+    return transformers.Qwen3ForCausalLM(config).eval()
+
+
+def full_logits(model, prompt, row):
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + row], device=device)).logits[0]
+    return logits[len(prompt): len(prompt) + len(row)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # batch independence is a bitwise property of one thread's matrix products
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("make, layout", [(llama, True), (lambda: llama(attention_bias=True), True), (gpt2, False),
+                                          (qwen3, False)])
+def test_engine_choice_and_scoring_logits_match_the_models_own_forward(make, layout, device):
+    model = make().to(device)
+    chosen = PromptedLM if layout and device == "cpu" else PlainLM  # CUDA keeps the plain forward until timed there
+    assert type(prompted_engine(model)) is chosen
+    engines = [PlainLM(model)] + ([PromptedLM(model)] if layout else [])
+    for engine in engines:
+        prompts = [engine.prompt(p) for p in PROMPTS]
+        for p, prompt in zip(PROMPTS, prompts):
+            expected = torch.log_softmax(full_logits(model, p[:-1], p[-1:])[0].double(), -1).cpu()
+            assert torch.allclose(prompt.log_probs, expected, atol=1e-5)
+        counts = [len(row) - 1 for row in ROWS]
+        got = engine.logits(ROWS, [prompts[o] for o in OWNERS], counts)
+        expected = torch.cat([full_logits(model, PROMPTS[o], row)[:count]
+                              for o, row, count in zip(OWNERS, ROWS, counts)])
+        assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+        if device != "cpu":
+            continue  # CUDA kernels may depend on the batch: there the guarantee is identity in law
+        pieces = got.split(counts)
+        for i, (row, owner, count) in enumerate(zip(ROWS, OWNERS, counts)):  # alone: the same bits
+            assert torch.equal(engine.logits([row], [prompts[owner]], [count]), pieces[i])
+
+
+@pytest.mark.parametrize("make, engine_class", [(llama, PromptedLM), (llama, PlainLM), (gpt2, PlainLM)])
+def test_decoding_gives_the_full_forward_logits_while_rows_leave(make, engine_class, device):
+    model = make().to(device)
+    engine = engine_class(model)
+    prompts = [engine.prompt(p) for p in PROMPTS[:2]]  # widths 3 and 12 share no bucket: decode them apart
+    for prompt in prompts:
+        owners = [prompt] * 3
+        decoding = engine.decoding(owners, 4)
+        drawn = [[], [], []]
+        assert torch.allclose(decoding.first().cpu(), prompt.log_probs.expand(3, -1))
+        alive = [0, 1, 2]
+        for step, tokens in enumerate(([7, 8, 9], [10, 11, 12], [13, 14], [15, 16])):
+            if step == 2:  # row 1 leaves
+                decoding.keep(torch.tensor([0, 2], device=device))
+                alive = [0, 2]
+            for row, token in zip(alive, tokens):
+                drawn[row].append(token)
+            logits = decoding.step(torch.tensor(tokens, device=device))
+            for row, got in zip(alive, logits):
+                expected = full_logits(model, list(prompt.ids), drawn[row])[-1]
+                assert torch.allclose(got, expected, atol=1e-5), (step, row)
+
+
+def test_a_model_without_the_layout_is_never_probed_and_one_that_differs_is_refused():
+    assert not PromptedLM.has_layout(gpt2())
+    assert not PromptedLM.has_layout(llama(sliding_window=4))
+    assert PromptedLM.has_layout(llama()) and PromptedLM(llama()).matches_model()
+    assert PromptedLM.has_layout(qwen3()) and not PromptedLM(qwen3()).matches_model()
