@@ -8,11 +8,12 @@ interface, ``prompt(ids)``, ``logits(rows, prompts, counts)`` and ``decoding(pro
 
 * :class:`PromptedLM`, for models with the Llama layout (Llama, Mistral, Qwen2, SmolLM2), checked once per model
   against the plain forward; the default on CPU. A prompt's keys and values are stored once, ``[kv heads, P, head
-  dim]`` per layer; the queries of all rows of a prompt attend to them in one matrix product per key-value head (the
-  grouped query heads folded into its rows), with no per-row copy, no repeat per query head and no concatenation per
-  decoding step. The linear layers run on the rows' real tokens packed end to end (no padding); attention runs per
-  group of rows of one prompt padded to the rows' own bucketed width. The output head runs only at the positions
-  asked for.
+  dim]`` per layer; each token attends to them and to its own row apart, the two softmaxes merged by their
+  log-sum-exp: over the prompt, the queries of all tokens after one prompt (the grouped query heads folded into the
+  rows) meet its keys in one product per key-value head, with no per-row copy and no repeat per query head; over the
+  row, rows of one bucketed width are padded to it. The linear layers run on the rows' real tokens packed end to end
+  (no padding), the output head only at the positions asked for. Drafts decode through :class:`PlainDecoding` on the
+  same stored prompt: a single new token per row favours the model's own fused attention.
 * :class:`PlainLM`, any other Hugging Face causal LM, and every model on CUDA: the model's own forward on a KV cache
   of the prompt, rows grouped by prompt width and row width (:func:`textdiff.compat.kv_cache_rows`).
 
@@ -110,12 +111,22 @@ class PromptedLM:
 
     @torch.no_grad()
     def prompt(self, ids: Sequence[int]) -> Prompt:
-        """Run ``ids`` once: their keys and values per layer and the next-token distribution."""
+        """Run ``ids`` once: their keys and values per layer, zero-padded to a multiple of 32 positions (a width fixed
+        by the prompt, from which neither a batched product nor a vectorised ``exp`` treats a row by the number of
+        rows), and the next-token
+        distribution. The prompt's KV cache, for :class:`PlainDecoding`, views the same storage."""
         out = self.base(input_ids=torch.tensor([list(ids)], device=self.device), use_cache=True)
         cache = kv_cache_of(out)
         last = self.head(out.last_hidden_state[0, -1:].contiguous())[0]
-        return Prompt(tuple(ids), torch.log_softmax(last.double(), -1).cpu(),
-                      tuple(layer.keys[0] for layer in cache.layers), tuple(layer.values[0] for layer in cache.layers))
+        width = bucket(len(ids), 32)
+        stored = {"keys": [], "values": []}
+        for layer in cache.layers:
+            for name, kept in stored.items():
+                padded = torch.nn.functional.pad(getattr(layer, name)[0], (0, 0, 0, width - len(ids)))  # [kv, P', D]
+                kept.append(padded)
+                setattr(layer, name, padded[None, :, : len(ids)])
+        return Prompt(tuple(ids), torch.log_softmax(last.double(), -1).cpu(), tuple(stored["keys"]),
+                      tuple(stored["values"]), cache)
 
     def _layers(self, tokens: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
         """Final hidden states ``[T, H]`` of packed tokens ``[T]`` at ``positions [T]``; ``attend(layer, q, k, v)``
@@ -140,74 +151,108 @@ class PromptedLM:
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.base.norm(x)[:count]
 
-    def _mix(self, number: int, prompt: Prompt, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-             allowed: torch.Tensor | None) -> torch.Tensor:
-        """Attention of ``q [m, w, heads, D]`` (``m`` rows of one prompt, ``w`` new tokens each) over the prompt's keys
-        and then the rows' own ``keys``/``values [m, s, kv heads, D]`` where ``allowed [m, w, s]`` (all when
-        ``None``) → ``[m, w, heads · D]``."""
-        m, w = len(q), q.shape[1]
-        groups, scale = self.heads // self.kv_heads, self.base.layers[number].self_attn.scaling
-        q = q.view(m, w, self.kv_heads, groups, self.head_dim).permute(2, 0, 3, 1, 4)  # [kv, m, g, w, D]
-        prompt_keys, prompt_values = prompt.keys[number], prompt.values[number]  # [kv, P, D]
-        length = prompt_keys.shape[1]
-        flat = q.reshape(self.kv_heads, m * groups * w, self.head_dim)
-        on_prompt = torch.stack([_product(flat[h], prompt_keys[h].T) for h in range(self.kv_heads)])
-        keys, values = keys.permute(2, 0, 1, 3)[:, :, None], values.permute(2, 0, 1, 3)[:, :, None]  # [kv, m, 1, s, D]
-        on_rows = torch.matmul(q, keys.transpose(-1, -2))  # [kv, m, g, w, s]
-        if allowed is not None:
-            on_rows = on_rows.masked_fill(~allowed[None, :, None], float("-inf"))
-        scores = torch.cat([on_prompt.view(self.kv_heads, m, groups, w, length), on_rows], -1) * scale
-        weights = torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype)
-        flat = weights[..., :length].reshape(self.kv_heads, m * groups * w, length)
-        from_prompt = torch.stack([_product(flat[h], prompt_values[h]) for h in range(self.kv_heads)])
-        out = torch.matmul(weights[..., length:], values) + from_prompt.view(self.kv_heads, m, groups, w, self.head_dim)
-        return out.permute(1, 3, 0, 2, 4).reshape(m, w, self.heads * self.head_dim)
+    def _on_prompt(self, number: int, prompt: Prompt, q: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Attention of ``q [t, heads, D]`` over the prompt's keys alone, unnormalised: ``(Σ e·V [t, heads, D], max
+        score [t, heads], Σ e [t, heads])`` with ``e = exp(score − max)``; one batched product per key-value head's
+        queries (the grouped query heads folded into rows), at least 16 rows."""
+        t, groups = len(q), self.heads // self.kv_heads
+        keys, values = prompt.keys[number], prompt.values[number]  # [kv, P', D]
+        flat = q.view(t, self.kv_heads, groups, self.head_dim).transpose(0, 1).reshape(self.kv_heads, -1, self.head_dim)
+        rows = flat.shape[1]
+        if rows < MIN_HEAD_ROWS:
+            flat = torch.cat([flat, flat.new_zeros(self.kv_heads, MIN_HEAD_ROWS - rows, self.head_dim)], 1)
+        scores = torch.bmm(flat, keys.transpose(1, 2)).float() * self.base.layers[number].self_attn.scaling
+        scores[..., len(prompt.ids):] = float("-inf")  # [kv, r, P']: the zero padding left out
+        top = scores.amax(-1, keepdim=True)
+        weights = torch.exp(scores - top)
+        out = torch.bmm(weights.to(q.dtype), values)[:, :rows]  # [kv, t·g, D]
+
+        def per_token(x: torch.Tensor) -> torch.Tensor:  # [kv, t·g, ...] -> [t, heads, ...]
+            return x.reshape(self.kv_heads, t, groups, -1).transpose(0, 1).reshape(t, self.heads, -1)
+
+        return per_token(out), per_token(top[:, :rows])[..., 0], per_token(weights.sum(-1)[:, :rows, None])[..., 0]
+
+    def _on_rows(self, number: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor
+                 ) -> tuple[torch.Tensor, ...]:
+        """Attention of ``q [m, w, heads, D]`` over the rows' own ``k``/``v [m, w, kv heads, D]`` where ``allowed
+        [m, w, w]``, unnormalised as in :meth:`_on_prompt` (each ``[m, w, heads, ...]``); one product per row and
+        key-value head."""
+        m, w, groups = len(q), q.shape[1], self.heads // self.kv_heads
+        q = q.view(m, w, self.kv_heads, groups, self.head_dim).permute(0, 2, 3, 1, 4)  # [m, kv, g, w, D]
+        q = q.reshape(m * self.kv_heads, groups * w, self.head_dim)
+        k, v = (t.permute(0, 2, 1, 3).reshape(m * self.kv_heads, w, self.head_dim) for t in (k, v))
+        scores = torch.bmm(q, k.transpose(1, 2)).view(m, self.kv_heads, groups, w, w).float()
+        scores = scores.masked_fill(~allowed[:, None, None], float("-inf")) * self.base.layers[number].self_attn.scaling
+        top = scores.amax(-1, keepdim=True)
+        weights = torch.exp(scores - top)  # w·w values per query row block: a multiple of 64, never a short tail
+        out = torch.bmm(weights.to(v.dtype).view(m * self.kv_heads, groups * w, w), v)
+
+        def per_token(x: torch.Tensor) -> torch.Tensor:  # [m, kv, g, w, ...] -> [m, w, heads, ...]
+            return x.reshape(m, self.kv_heads, groups, w, -1).permute(0, 3, 1, 2, 4).reshape(m, w, self.heads, -1)
+
+        return per_token(out), per_token(top)[..., 0], per_token(weights.sum(-1, keepdim=True))[..., 0]
 
     @torch.no_grad()
     def logits(self, rows: Sequence[Sequence[int]], prompts: Sequence[Prompt], counts: Sequence[int]) -> torch.Tensor:
         """``[Σ counts, V]``: the logits after each of the first ``counts[i]`` tokens of row ``i`` (which follows
-        ``prompts[i]``), rows in order; every row in one pass."""
+        ``prompts[i]``), rows in order; every row in one pass.
+
+        Attention is split in two softmaxes merged by their log-sum-exp: over the prompt, for each prompt's tokens
+        packed; over the rows' own tokens, for each group of rows of one bucketed width, padded to it."""
         lengths = [len(row) for row in rows]
         tokens = torch.tensor([t for row in rows for t in row], dtype=torch.long, device=self.device)
         starts = torch.tensor([0, *lengths], device=self.device).cumsum(0)[:-1]
         positions = torch.cat([torch.arange(n, device=self.device) + len(p.ids) for n, p in zip(lengths, prompts)])
-        groups: dict[tuple[int, int], list[int]] = {}  # rows of one prompt and one bucketed width attend together
-        for i, (prompt, n) in enumerate(zip(prompts, lengths)):
-            groups.setdefault((id(prompt), bucket(n)), []).append(i)
-        plan = []
-        for (_, width), members in groups.items():
-            index = torch.tensor(members, device=self.device)
+        owner = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lengths))
+        by_prompt: dict[int, tuple[Prompt, list[int]]] = {}
+        for i, prompt in enumerate(prompts):
+            by_prompt.setdefault(id(prompt), (prompt, []))[1].append(i)
+        prompt_plan = [(prompt, torch.isin(owner, torch.tensor(members)).nonzero()[:, 0].to(self.device))
+                       for prompt, members in by_prompt.values()]
+        row_plan = []
+        for width, members in by_width(lengths):
             n = torch.tensor([lengths[i] for i in members], device=self.device)[:, None]
             column = torch.arange(width, device=self.device)[None]
             real = column < n  # [m, w]
-            slots = torch.where(real, starts[index][:, None] + column, len(tokens))  # len(tokens): a zero row
-            allowed = (column[:, :, None] >= column[:, None, :]) & real[:, None, :]  # [m, w, w] causal, real keys
-            plan.append((prompts[members[0]], slots, real, allowed))
+            slots = torch.where(real, starts[members][:, None] + column, len(tokens))  # len(tokens): a zero row
+            row_plan.append((slots, real, (column[:, :, None] >= column[:, None, :]) & real[:, None, :]))
 
         def attend(number, q, k, v):
-            out = q.new_zeros(len(q), self.heads * self.head_dim)
+            def blank() -> list[torch.Tensor]:  # Σ e·V, max score, Σ e
+                return [q.new_empty(shape, dtype=torch.float32) for shape in (q.shape, q.shape[:2], q.shape[:2])]
+
+            on_prompt = blank()  # over the prompt
+            for prompt, index in prompt_plan:
+                for part, value in zip(on_prompt, self._on_prompt(number, prompt, q[index])):
+                    part[index] = value.float()
+            on_rows = blank()  # over the row's own tokens
             q, k, v = (torch.cat([t, t.new_zeros(1, *t.shape[1:])]) for t in (q, k, v))  # row len(tokens) = zeros
-            for prompt, slots, real, allowed in plan:
-                mixed = self._mix(number, prompt, q[slots], k[slots], v[slots], allowed)
-                out[slots[real]] = mixed[real]
-            return out
+            for slots, real, allowed in row_plan:
+                for part, value in zip(on_rows, self._on_rows(number, q[slots], k[slots], v[slots], allowed)):
+                    part[slots[real]] = value[real].float()
+            (out_p, top_p, sum_p), (out_r, top_r, sum_r) = on_prompt, on_rows
+            top = torch.maximum(top_p, top_r)
+            scale_p, scale_r = _exp_per_value(top_p - top), _exp_per_value(top_r - top)
+            total = sum_p * scale_p + sum_r * scale_r
+            mixed = (out_p * scale_p[..., None] + out_r * scale_r[..., None]) / total[..., None]
+            return mixed.to(q.dtype).flatten(1)
 
         hidden = self._layers(tokens, positions, attend)
         picked = torch.cat([torch.arange(c, device=self.device) + s for c, s in zip(counts, starts.tolist())])
         return _head(self.head, hidden[picked])
 
-    def decoding(self, prompts: Sequence[Prompt], steps: int) -> PromptedDecoding:
-        """A decoding of one row per entry of ``prompts`` (up to ``steps`` tokens each)."""
-        return PromptedDecoding(self, list(prompts), steps)
+    def decoding(self, prompts: Sequence[Prompt], steps: int) -> PlainDecoding:
+        """A decoding of one row per entry of ``prompts`` (whose lengths share one bucketed width) through the
+        model's own forward on the prompts' KV caches: the decoding loop's one new token per row fills small products
+        that favour the model's fused attention (``recipes/bench_prompted.py``)."""
+        return PlainDecoding(self.model, list(prompts))
 
 
-def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a [M, K] @ b [K, N]`` as one plain matrix product, zero rows added below :data:`MIN_HEAD_ROWS` (a batched
-    product's rows, or a product of fewer rows, may take other kernels and change a row's bits)."""
-    count = len(a)
-    if count < MIN_HEAD_ROWS:
-        a = torch.cat([a, a.new_zeros(MIN_HEAD_ROWS - count, a.shape[1])])
-    return torch.mm(a, b)[:count]
+def _exp_per_value(x: torch.Tensor) -> torch.Tensor:
+    """``exp(x)``, each value computed in a block of 32 copies of itself: a vectorised ``exp`` leaves the last values
+    of a tensor to a scalar loop whose bits differ, and which values those are depends on how many tokens share the
+    call. Whole blocks of 32 are never left over (docs/mcmc.md#rows-after-prompts)."""
+    return torch.exp(x[..., None].expand(*x.shape, 32).contiguous())[..., 0]
 
 
 def _head(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -216,52 +261,6 @@ def _head(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     if count < MIN_HEAD_ROWS:
         hidden = torch.cat([hidden, hidden.new_zeros(MIN_HEAD_ROWS - count, hidden.shape[1])])
     return head(hidden)[:count]
-
-
-class PromptedDecoding:
-    """Rows decoding after their prompts, one token per row per :meth:`step`; the tokens drawn so far keep their keys
-    and values in per-layer buffers ``[rows, steps, kv heads, D]`` (written in place, never concatenated)."""
-
-    def __init__(self, lm: PromptedLM, prompts: list[Prompt], steps: int):
-        self.lm, self.prompts, self.done = lm, prompts, 0
-        shape = (len(prompts), steps, lm.kv_heads, lm.head_dim)
-        dtype = lm.head.weight.dtype
-        layers = len(lm.base.layers)
-        self.keys = [torch.empty(shape, dtype=dtype, device=lm.device) for _ in range(layers)]
-        self.values = [torch.empty(shape, dtype=dtype, device=lm.device) for _ in range(layers)]
-
-    def first(self) -> torch.Tensor:
-        """``[rows, V]`` float64 log-probabilities of every row's first token (its prompt's)."""
-        return torch.stack([p.log_probs for p in self.prompts]).to(self.lm.device)
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep only ``rows`` (indices into the current rows, in order)."""
-        order = rows.tolist()
-        self.prompts = [self.prompts[i] for i in order]
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
-
-    @torch.no_grad()
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append ``tokens [rows]`` and return the logits of every row's next token ``[rows, V]``."""
-        groups: dict[int, list[int]] = {}
-        for i, prompt in enumerate(self.prompts):
-            groups.setdefault(id(prompt), []).append(i)
-        plan = [(self.prompts[members[0]], torch.tensor(members, device=self.lm.device)) for members in groups.values()]
-        done = self.done
-
-        def attend(number, q, k, v):
-            self.keys[number][:, done], self.values[number][:, done] = k, v
-            keys, values = self.keys[number][:, : done + 1], self.values[number][:, : done + 1]
-            out = q.new_empty(len(q), self.lm.heads * self.lm.head_dim)
-            for prompt, index in plan:
-                out[index] = self.lm._mix(number, prompt, q[index, None], keys[index], values[index], None)[:, 0]
-            return out
-
-        positions = torch.tensor([len(p.ids) + done for p in self.prompts], device=self.lm.device)
-        hidden = self.lm._layers(tokens.to(self.lm.device), positions, attend)
-        self.done += 1
-        return _head(self.lm.head, hidden)
 
 
 class PlainLM:
@@ -307,33 +306,38 @@ class PlainLM:
 
     def decoding(self, prompts: Sequence[Prompt], steps: int) -> PlainDecoding:
         """A decoding of one row per entry of ``prompts`` (whose lengths share one bucketed width)."""
-        return PlainDecoding(self, list(prompts))
+        return PlainDecoding(self.model, list(prompts))
 
 
 class PlainDecoding:
-    """:class:`PromptedDecoding` through the model's own forward: the prompts' caches left-padded to one width."""
+    """Rows decoding after their prompts through the model's own forward, one token per row per :meth:`step`: the
+    prompts' KV caches left-padded to one width, rows may leave."""
 
-    def __init__(self, lm: PlainLM, prompts: list[Prompt]):
-        self.lm, self.prompts = lm, prompts
+    def __init__(self, model, prompts: list[Prompt]):
+        self.model, self.prompts = model, prompts
+        device = next(model.parameters()).device
         width = bucket(max(len(p.ids) for p in prompts))
-        lengths = torch.tensor([len(p.ids) for p in prompts], device=lm.device)
+        lengths = torch.tensor([len(p.ids) for p in prompts], device=device)
         self.cache = kv_cache_rows([p.cache for p in prompts], width)
-        self.mask = (torch.arange(width, device=lm.device)[None] >= width - lengths[:, None]).long()
+        self.mask = (torch.arange(width, device=device)[None] >= width - lengths[:, None]).long()
         self.positions = lengths[:, None] - 1
 
     def first(self) -> torch.Tensor:
-        return torch.stack([p.log_probs for p in self.prompts]).to(self.lm.device)
+        """``[rows, V]`` float64 log-probabilities of every row's first token (its prompt's)."""
+        return torch.stack([p.log_probs for p in self.prompts]).to(self.mask.device)
 
     def keep(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (indices into the current rows, in order)."""
         self.prompts = [self.prompts[i] for i in rows.tolist()]
         self.mask, self.positions = self.mask[rows], self.positions[rows]
         self.cache.reorder_cache(rows)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append ``tokens [rows]`` and return the logits of every row's next token ``[rows, V]``."""
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], 1)
         self.positions = self.positions + 1
-        out = self.lm.model(input_ids=tokens[:, None].to(self.lm.device), attention_mask=self.mask,
-                            position_ids=self.positions, **kv_cache_argument(self.lm.model, self.cache))
+        out = self.model(input_ids=tokens[:, None].to(self.mask.device), attention_mask=self.mask,
+                         position_ids=self.positions, **kv_cache_argument(self.model, self.cache))
         self.cache = kv_cache_of(out)
         return out.logits[:, -1]
