@@ -24,6 +24,7 @@ thread, where a matrix product gives a row the same bits for any number of rows 
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -197,18 +198,22 @@ class PromptedLM:
         """``[Σ counts, V]``: the logits after each of the first ``counts[i]`` tokens of row ``i`` (which follows
         ``prompts[i]``), rows in order; every row in one pass.
 
-        Attention is split in two softmaxes merged by their log-sum-exp: over the prompt, for each prompt's tokens
-        packed; over the rows' own tokens, for each group of rows of one bucketed width, padded to it."""
-        lengths = [len(row) for row in rows]
-        tokens = torch.tensor([t for row in rows for t in row], dtype=torch.long, device=self.device)
-        starts = torch.tensor([0, *lengths], device=self.device).cumsum(0)[:-1]
-        positions = torch.cat([torch.arange(n, device=self.device) + len(p.ids) for n, p in zip(lengths, prompts)])
-        owner = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lengths))
+        Attention is split in two softmaxes merged exactly by their maxima and sums: over the prompt, for each
+        prompt's tokens (rows are packed prompt by prompt, so these are one slice); over the rows' own tokens, for each
+        group of rows of one bucketed width, padded to it."""
         by_prompt: dict[int, tuple[Prompt, list[int]]] = {}
         for i, prompt in enumerate(prompts):
             by_prompt.setdefault(id(prompt), (prompt, []))[1].append(i)
-        prompt_plan = [(prompt, torch.isin(owner, torch.tensor(members)).nonzero()[:, 0].to(self.device))
-                       for prompt, members in by_prompt.values()]
+        order = [i for _, members in by_prompt.values() for i in members]  # packing order: prompt by prompt
+        lengths = [len(rows[i]) for i in order]
+        tokens = torch.tensor([t for i in order for t in rows[i]], dtype=torch.long, device=self.device)
+        offsets = [0, *itertools.accumulate(lengths)]
+        starts = torch.tensor(offsets[:-1], device=self.device)
+        positions = torch.cat([torch.arange(len(rows[i]), device=self.device) + len(prompts[i].ids) for i in order])
+        prompt_plan, done = [], 0
+        for prompt, members in by_prompt.values():
+            prompt_plan.append((prompt, offsets[done], offsets[done + len(members)]))
+            done += len(members)
         row_plan = []
         for width, members in by_width(lengths):
             n = torch.tensor([lengths[i] for i in members], device=self.device)[:, None]
@@ -218,14 +223,9 @@ class PromptedLM:
             row_plan.append((slots, real, (column[:, :, None] >= column[:, None, :]) & real[:, None, :]))
 
         def attend(number, q, k, v):
-            def blank() -> list[torch.Tensor]:  # Σ e·V, max score, Σ e
-                return [q.new_empty(shape, dtype=torch.float32) for shape in (q.shape, q.shape[:2], q.shape[:2])]
-
-            on_prompt = blank()  # over the prompt
-            for prompt, index in prompt_plan:
-                for part, value in zip(on_prompt, self._on_prompt(number, prompt, q[index])):
-                    part[index] = value.float()
-            on_rows = blank()  # over the row's own tokens
+            on_prompt = [torch.cat(parts).float() for parts in zip(  # over the prompt
+                *(self._on_prompt(number, prompt, q[first:last]) for prompt, first, last in prompt_plan))]
+            on_rows = [q.new_empty(shape, dtype=torch.float32) for shape in (q.shape, q.shape[:2], q.shape[:2])]
             q, k, v = (torch.cat([t, t.new_zeros(1, *t.shape[1:])]) for t in (q, k, v))  # row len(tokens) = zeros
             for slots, real, allowed in row_plan:
                 for part, value in zip(on_rows, self._on_rows(number, q[slots], k[slots], v[slots], allowed)):
@@ -238,7 +238,8 @@ class PromptedLM:
             return mixed.to(q.dtype).flatten(1)
 
         hidden = self._layers(tokens, positions, attend)
-        picked = torch.cat([torch.arange(c, device=self.device) + s for c, s in zip(counts, starts.tolist())])
+        start_of = dict(zip(order, offsets))
+        picked = torch.cat([torch.arange(c, device=self.device) + start_of[i] for i, c in enumerate(counts)])
         return _head(self.head, hidden[picked])
 
     def decoding(self, prompts: Sequence[Prompt], steps: int) -> PlainDecoding:
