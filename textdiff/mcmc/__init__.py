@@ -4,6 +4,8 @@
   (docs/mcmc.md#metropolis-hastings-constrained-generation).
 * ``MLMProposal``, ``CausalLMProposal`` — token proposals; ``CausalLMScorer``, ``ConstrainedLMTarget``,
   ``KeywordMeasure`` — targets.
+* ``textdiff.mcmc.prompted`` — a causal LM run as rows after stored prompts (the target's scoring, the LM drafts;
+  docs/mcmc.md#rows-after-prompts).
 * ``gibbs_sample`` — batched MLM Gibbs chains (docs/mcmc.md#mlm-gibbs-sampling; ``textdiff gibbs``).
 """
 

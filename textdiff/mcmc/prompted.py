@@ -55,7 +55,7 @@ def prompted_engine(model) -> PromptedLM | PlainLM:
     """The engine for ``model``, chosen once per model: on CPU :class:`PromptedLM` when the model has the Llama layout
     and reproduces its own logits (within 1e-4 of their largest magnitude in float32), else :class:`PlainLM`. On CUDA
     the model's own forward stays, with its fused attention kernels, until the packed path (a few small products per
-    prompt and layer) has been timed there (``recipes/bench_prompted.py``)."""
+    prompt and layer) has been timed there (docs/mcmc.md#rows-after-prompts)."""
     if model not in _ENGINES:
         on_cpu = next(model.parameters()).device.type == "cpu"
         prompted = PromptedLM(model) if on_cpu and PromptedLM.has_layout(model) else None
@@ -245,7 +245,7 @@ class PromptedLM:
     def decoding(self, prompts: Sequence[Prompt], steps: int) -> PlainDecoding:
         """A decoding of one row per entry of ``prompts`` (whose lengths share one bucketed width) through the
         model's own forward on the prompts' KV caches: the decoding loop's one new token per row fills small products
-        that favour the model's fused attention (``recipes/bench_prompted.py``)."""
+        that favour the model's fused attention (docs/mcmc.md#rows-after-prompts)."""
         return PlainDecoding(self.model, list(prompts))
 
 
