@@ -35,14 +35,14 @@ from textdiff.compat import kv_cache_argument, kv_cache_of, kv_cache_rows
 from textdiff.mcmc.positions import MIN_HEAD_ROWS, logits_at
 from textdiff.padding import bucket, by_width, pad
 
-_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> whether PromptedLM reproduces it
 
 
 @dataclass(frozen=True, eq=False)
 class Prompt:
-    """A prompt run once: its ids, ``log p(· | prompt)`` ``[V]`` (float64, CPU) and the model's state after it (its
-    keys and values: per layer ``[kv heads, P, head dim]`` for :class:`PromptedLM`, a KV cache for
-    :class:`PlainLM`)."""
+    """A prompt run once: its ids, ``log p(· | prompt)`` ``[V]`` (float64, CPU) and the model's state after it: its KV
+    cache (both engines; :class:`PlainDecoding` decodes on it) and, for :class:`PromptedLM`, the same keys and values
+    per layer as ``[kv heads, P', head dim]``, zero-padded to ``P'`` positions (the cache views them)."""
 
     ids: tuple[int, ...]
     log_probs: torch.Tensor
@@ -52,15 +52,15 @@ class Prompt:
 
 
 def prompted_engine(model) -> PromptedLM | PlainLM:
-    """The engine for ``model``, chosen once per model: on CPU :class:`PromptedLM` when the model has the Llama layout
-    and reproduces its own logits (within 1e-4 of their largest magnitude in float32), else :class:`PlainLM`. On CUDA
+    """The engine for ``model``: on CPU :class:`PromptedLM` when the model has the Llama layout and reproduces its own
+    logits (within 1e-4 of their largest magnitude in float32; checked once per model), else :class:`PlainLM`. On CUDA
     the model's own forward stays, with its fused attention kernels, until the packed path (a few small products per
     prompt and layer) has been timed there (docs/mcmc.md#rows-after-prompts)."""
-    if model not in _ENGINES:
-        on_cpu = next(model.parameters()).device.type == "cpu"
-        prompted = PromptedLM(model) if on_cpu and PromptedLM.has_layout(model) else None
-        _ENGINES[model] = prompted if prompted is not None and prompted.matches_model() else PlainLM(model)
-    return _ENGINES[model]
+    if next(model.parameters()).device.type != "cpu" or not PromptedLM.has_layout(model):
+        return PlainLM(model)
+    if model not in _MATCHES:
+        _MATCHES[model] = PromptedLM(model).matches_model()
+    return PromptedLM(model) if _MATCHES[model] else PlainLM(model)
 
 
 def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -114,8 +114,8 @@ class PromptedLM:
     def prompt(self, ids: Sequence[int]) -> Prompt:
         """Run ``ids`` once: their keys and values per layer, zero-padded to a multiple of 32 positions (a width fixed
         by the prompt, from which neither a batched product nor a vectorised ``exp`` treats a row by the number of
-        rows), and the next-token
-        distribution. The prompt's KV cache, for :class:`PlainDecoding`, views the same storage."""
+        rows), and the next-token distribution. The prompt's KV cache, for :class:`PlainDecoding`, views the same
+        storage."""
         out = self.base(input_ids=torch.tensor([list(ids)], device=self.device), use_cache=True)
         cache = kv_cache_of(out)
         last = self.head(out.last_hidden_state[0, -1:].contiguous())[0]
