@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from textdiff.mcmc.prompted import PlainLM, PromptedLM, prompted_engine
+from textdiff.mcmc.prompted import PlainDecoding, PlainLM, PromptedLM, prompted_engine
 
 PROMPTS = ([1, 40, 41], [1, *range(20, 31)], [1])
 ROWS = ([5, 6, 7, 8], [9], [10, 11, 12, 13, 14, 15, 16, 17, 18], [5, 6, 7, 8], [19, 20])
@@ -77,13 +77,14 @@ def test_engine_choice_and_scoring_logits_match_the_models_own_forward(make, lay
 
 
 @pytest.mark.parametrize("make, engine_class", [(llama, PromptedLM), (llama, PlainLM), (gpt2, PlainLM)])
-def test_decoding_gives_the_full_forward_logits_while_rows_leave(make, engine_class, device):
+def test_decoding_after_either_engines_prompts_gives_the_full_forward_logits_while_rows_leave(make, engine_class,
+                                                                                               device):
     model = make().to(device)
     engine = engine_class(model)
     prompts = [engine.prompt(p) for p in PROMPTS[:2]]  # widths 3 and 12 share no bucket: decode them apart
     for prompt in prompts:
         owners = [prompt] * 3
-        decoding = engine.decoding(owners, 4)
+        decoding = PlainDecoding(model, owners)
         drawn = [[], [], []]
         assert torch.allclose(decoding.first().cpu(), prompt.log_probs.expand(3, -1))
         alive = [0, 1, 2]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from textdiff import checks, rng
-from textdiff.mcmc.prompted import Prompt
+from textdiff.mcmc.prompted import PlainDecoding, Prompt
 from textdiff.mcmc.targets import CausalLMScorer
 from textdiff.padding import by_width
 
@@ -81,7 +81,7 @@ def _decode(scorer: CausalLMScorer, prompts: list[Prompt], count: int, seeds: li
     leaves the decoding, so a prompt's generator draws for its own unfinished rows only, whatever the other prompts
     do."""
     device, eos = scorer.engine.device, scorer.eos_id
-    decoding = scorer.engine.decoding([prompt for prompt in prompts for _ in range(count)], max_new_tokens)
+    decoding = PlainDecoding(scorer.model, [prompt for prompt in prompts for _ in range(count)])
     generators = [rng.make_generator(seed, device=device) for seed in seeds]
     logits = decoding.first()  # [rows, V]: the prompts' next-token log-probabilities
     drawn = torch.full((len(prompts) * count, max_new_tokens), eos, dtype=torch.long, device=device)

@@ -37,13 +37,21 @@ def _split(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
 MIN_HEAD_ROWS = 16
 
 
+def at_least_rows(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """``x`` with zero rows appended along ``dim`` up to :data:`MIN_HEAD_ROWS` (unchanged when it has that many), so
+    that a matrix product gives each real row the same bits whatever the number of rows."""
+    missing = MIN_HEAD_ROWS - x.shape[dim]
+    if missing <= 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x, x.new_zeros(shape)], dim)
+
+
 def _split_logits(split, input_ids, attention_mask, rows, columns, inputs: dict) -> torch.Tensor:
     base, head = split
     hidden = base(input_ids=input_ids, attention_mask=attention_mask, **inputs).last_hidden_state
-    picked = hidden[rows, columns]  # [n, H]
-    if len(picked) < MIN_HEAD_ROWS:
-        picked = torch.cat([picked, picked.new_zeros(MIN_HEAD_ROWS - len(picked), picked.shape[-1])])
-    return head(picked[:, None, :])[: len(rows), 0]
+    return head(at_least_rows(hidden[rows, columns])[:, None, :])[: len(rows), 0]  # [n, V]
 
 
 def _checked_split(model, input_ids: torch.Tensor) -> tuple[torch.nn.Module, torch.nn.Module] | None:

@@ -4,16 +4,16 @@
 Every row the keyword target scores, and every draft it decodes, follows its keyword set's instruction prompt (about
 150 tokens) with a dozen tokens of its own. A prompt runs once (:meth:`prompt`); what a row needs of it is its keys
 and values in every layer and the distribution of the token after it (a :class:`Prompt`). Two engines share one
-interface, ``prompt(ids)``, ``logits(rows, prompts, counts)`` and ``decoding(prompts)``:
+interface, ``prompt(ids)`` and ``logits(rows, prompts, counts)``; drafts decode after the prompts of either through
+:class:`PlainDecoding`:
 
 * :class:`PromptedLM`, for models with the Llama layout (Llama, Mistral, Qwen2, SmolLM2), checked once per model
   against the plain forward; the default on CPU. A prompt's keys and values are stored once, ``[kv heads, P, head
-  dim]`` per layer; each token attends to them and to its own row apart, the two softmaxes merged by their
-  log-sum-exp: over the prompt, the queries of all tokens after one prompt (the grouped query heads folded into the
+  dim]`` per layer; each token attends to them and to its own row apart, the two softmaxes merged exactly by their
+  maxima and sums: over the prompt, the queries of all tokens after one prompt (the grouped query heads folded into the
   rows) meet its keys in one product per key-value head, with no per-row copy and no repeat per query head; over the
   row, rows of one bucketed width are padded to it. The linear layers run on the rows' real tokens packed end to end
-  (no padding), the output head only at the positions asked for. Drafts decode through :class:`PlainDecoding` on the
-  same stored prompt: a single new token per row favours the model's own fused attention.
+  (no padding), the output head only at the positions asked for.
 * :class:`PlainLM`, any other Hugging Face causal LM, and every model on CUDA: the model's own forward on a KV cache
   of the prompt, rows grouped by prompt width and row width (:func:`textdiff.compat.kv_cache_rows`).
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from textdiff.compat import kv_cache_argument, kv_cache_of, kv_cache_rows
-from textdiff.mcmc.positions import MIN_HEAD_ROWS, logits_at
+from textdiff.mcmc.positions import at_least_rows, logits_at
 from textdiff.padding import bucket, by_width, pad
 
 _MATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> whether PromptedLM reproduces it
@@ -133,9 +133,7 @@ class PromptedLM:
         """Final hidden states ``[T, H]`` of packed tokens ``[T]`` at ``positions [T]``; ``attend(layer, q, k, v)``
         mixes the rotated ``q [T, heads, D]``, ``k``/``v [T, kv heads, D]`` into ``[T, heads · D]``."""
         count = len(tokens)
-        if count < MIN_HEAD_ROWS:  # zero rows up to the size from which a row's products do not depend on the others
-            tokens = torch.cat([tokens, tokens.new_zeros(MIN_HEAD_ROWS - count)])
-            positions = torch.cat([positions, positions.new_zeros(MIN_HEAD_ROWS - count)])
+        tokens, positions = at_least_rows(tokens), at_least_rows(positions)  # zero tokens: a row's bits never vary
         x = self.base.embed_tokens(tokens)  # [T, H]
         cos, sin = (part[0, :, None] for part in self.base.rotary_emb(x[None], positions[None]))  # [T, 1, D]
         rows = len(x)
@@ -145,9 +143,7 @@ class PromptedLM:
             q = _rotated(attention.q_proj(y).view(rows, self.heads, self.head_dim), cos, sin)
             k = _rotated(attention.k_proj(y).view(rows, self.kv_heads, self.head_dim), cos, sin)
             v = attention.v_proj(y).view(rows, self.kv_heads, self.head_dim)
-            mixed = attend(number, q[:count], k[:count], v[:count])  # [count, heads · D]
-            if rows > count:
-                mixed = torch.cat([mixed, mixed.new_zeros(rows - count, mixed.shape[1])])
+            mixed = at_least_rows(attend(number, q[:count], k[:count], v[:count]))  # [rows, heads · D]
             x = x + attention.o_proj(mixed)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.base.norm(x)[:count]
@@ -160,8 +156,7 @@ class PromptedLM:
         keys, values = prompt.keys[number], prompt.values[number]  # [kv, P', D]
         flat = q.view(t, self.kv_heads, groups, self.head_dim).transpose(0, 1).reshape(self.kv_heads, -1, self.head_dim)
         rows = flat.shape[1]
-        if rows < MIN_HEAD_ROWS:
-            flat = torch.cat([flat, flat.new_zeros(self.kv_heads, MIN_HEAD_ROWS - rows, self.head_dim)], 1)
+        flat = at_least_rows(flat, 1)
         scores = torch.bmm(flat, keys.transpose(1, 2)).float() * self.base.layers[number].self_attn.scaling
         scores[..., len(prompt.ids):] = float("-inf")  # [kv, r, P']: the zero padding left out
         top = scores.amax(-1, keepdim=True)
@@ -240,13 +235,7 @@ class PromptedLM:
         hidden = self._layers(tokens, positions, attend)
         start_of = dict(zip(order, offsets))
         picked = torch.cat([torch.arange(c, device=self.device) + start_of[i] for i, c in enumerate(counts)])
-        return _head(self.head, hidden[picked])
-
-    def decoding(self, prompts: Sequence[Prompt], steps: int) -> PlainDecoding:
-        """A decoding of one row per entry of ``prompts`` (whose lengths share one bucketed width) through the
-        model's own forward on the prompts' KV caches: the decoding loop's one new token per row fills small products
-        that favour the model's fused attention (docs/mcmc.md#rows-after-prompts)."""
-        return PlainDecoding(self.model, list(prompts))
+        return self.head(at_least_rows(hidden[picked]))[: len(picked)]
 
 
 def _exp_per_value(x: torch.Tensor) -> torch.Tensor:
@@ -254,14 +243,6 @@ def _exp_per_value(x: torch.Tensor) -> torch.Tensor:
     of a tensor to a scalar loop whose bits differ, and which values those are depends on how many tokens share the
     call. Whole blocks of 32 are never left over (docs/mcmc.md#rows-after-prompts)."""
     return torch.exp(x[..., None].expand(*x.shape, 32).contiguous())[..., 0]
-
-
-def _head(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """``head(hidden [n, H])``, zero rows added below :data:`MIN_HEAD_ROWS` (batch independence)."""
-    count = len(hidden)
-    if count < MIN_HEAD_ROWS:
-        hidden = torch.cat([hidden, hidden.new_zeros(MIN_HEAD_ROWS - count, hidden.shape[1])])
-    return head(hidden)[:count]
 
 
 class PlainLM:
@@ -305,14 +286,12 @@ class PlainLM:
         return logits_at(self.model, ids.to(self.device), attention, where.to(self.device), position_ids=positions,
                          **kv_cache_argument(self.model, cache))
 
-    def decoding(self, prompts: Sequence[Prompt], steps: int) -> PlainDecoding:
-        """A decoding of one row per entry of ``prompts`` (whose lengths share one bucketed width)."""
-        return PlainDecoding(self.model, list(prompts))
-
 
 class PlainDecoding:
-    """Rows decoding after their prompts through the model's own forward, one token per row per :meth:`step`: the
-    prompts' KV caches left-padded to one width, rows may leave."""
+    """Rows decoding after their prompts (of either engine, whose lengths share one bucketed width) through the
+    model's own forward, one token per row per :meth:`step`: the prompts' KV caches left-padded to one width, rows may
+    leave. One new token per row fills small products that favour the model's fused attention
+    (docs/mcmc.md#rows-after-prompts)."""
 
     def __init__(self, model, prompts: list[Prompt]):
         self.model, self.prompts = model, prompts
