@@ -1,11 +1,13 @@
 """Benchmark: rows after prompts (docs/mcmc.md#rows-after-prompts), the model's own forward on a KV cache of each
-prompt (``PlainLM``) against the prompts' keys and values stored once and the linear layers on packed tokens
-(``PromptedLM``), side by side in one run.
+prompt (``PlainLM``) against the prompts' keys and values stored once, the linear layers on packed tokens and every
+token after a prompt computed once (``PromptedLM`` and its token tree), side by side in one run.
 
-Two workloads of ``textdiff generate``, with the real instruction prompts of the first ``--sets`` CommonGen dev sets:
-(1) scoring: ``--rows`` sentences of 8–17 tokens + EOS, spread over the prompts (``CausalLMScorer.log_prob_ids``);
-(2) decoding: ``--drafts`` drafts per prompt, 32 steps (``sample_drafts``). Prints seconds, the ratio, the largest
-score difference between the engines, and the linear layers' FLOP rate (the head only where used).
+Three workloads of ``textdiff generate``, with the real instruction prompts of the first ``--sets`` CommonGen dev sets:
+(1) scoring new rows: ``--rows`` sentences of 8–17 tokens + EOS, spread over the prompts, on an engine that has seen
+none of them (``CausalLMScorer.log_prob_ids``); (2) scoring proposals: the same rows once scored, then each with one
+token replaced at a uniform position, as an MH step scores them; (3) decoding: ``--drafts`` drafts per prompt, 32
+steps (``sample_drafts``). Prints seconds, the ratio, the largest score difference between the engines, and the rate
+of useful linear-layer FLOPs (the head only where used; for proposals, as if every token were computed).
 
     python recipes/bench_prompted.py [--sets 8] [--rows 256] [--drafts 8] [--device cpu] [--random-weights]
 
@@ -39,14 +41,15 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(function, device: str, repeats: int = 3) -> tuple[float, object]:
-    """Median seconds of ``repeats`` calls after one warm-up, and the last result."""
-    result = function()
+def timed(make, run, device: str, repeats: int = 3) -> tuple[float, object]:
+    """Median seconds of ``repeats`` calls ``run(make())`` after one warm-up (``make`` untimed), and the last result."""
+    result = run(make())
     times = []
     for _ in range(repeats):
+        state = make()
         synchronize(device)
         start = time.perf_counter()
-        result = function()
+        result = run(state)
         synchronize(device)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2], result
@@ -69,16 +72,30 @@ def compare(lm, tokenizer, prompts: list[list[int]], rows: int, drafts: int, dev
     seqs = [torch.randint(100, 30000, (n,), generator=generator).tolist() for n in lengths]
     owners = [prompts[i % len(prompts)] for i in range(rows)]
     tokens = sum(n + 1 for n in lengths)
+    edited = []
+    for seq in seqs:
+        at = int(torch.randint(0, len(seq), (1,), generator=generator))
+        edited.append(seq[:at] + [int(torch.randint(100, 30000, (1,), generator=generator))] + seq[at + 1:])
+    tokens = sum(n + 1 for n in lengths)
+    flops = linear_flops(lm, tokens, tokens - rows)
     out, scores = [], {}
-    for name, engine in (("PlainLM (model's own forward, KV cache)", PlainLM(lm)),
-                         ("PromptedLM (prompt stored once, packed rows)", PromptedLM(lm))):
-        scorer = CausalLMScorer(lm, tokenizer)
-        scorer.engine = engine
-        seconds, scores[name] = timed(partial(scorer.log_prob_ids, seqs, owners), device)
-        out.append({"workload": f"scoring {rows} rows ({tokens} tokens) after {len(prompts)} prompts",
-                    "engine": name, "seconds": seconds,
-                    "GFLOP/s": linear_flops(lm, tokens, tokens - rows) / seconds / 1e9})
-        seconds, _ = timed(partial(sample_drafts, scorer, prompts, drafts, list(range(len(prompts)))), device, 1)
+    for name, engine_class in (("PlainLM (model's own forward, KV cache)", PlainLM),
+                               ("PromptedLM (prompt stored once, packed rows, token tree)", PromptedLM)):
+        def fresh(seen=(), engine_class=engine_class):
+            scorer = CausalLMScorer(lm, tokenizer)
+            scorer.engine = engine_class(lm)
+            if seen:
+                scorer.log_prob_ids(seen, owners)
+            return scorer
+
+        seconds, scores[name] = timed(fresh, lambda scorer: scorer.log_prob_ids(seqs, owners), device)
+        out.append({"workload": f"scoring {rows} new rows ({tokens} tokens) after {len(prompts)} prompts",
+                    "engine": name, "seconds": seconds, "GFLOP/s": flops / seconds / 1e9})
+        seconds, _ = timed(partial(fresh, seqs), lambda scorer: scorer.log_prob_ids(edited, owners), device)
+        out.append({"workload": f"scoring {rows} proposals, one token of a scored row replaced", "engine": name,
+                    "seconds": seconds, "GFLOP/s": flops / seconds / 1e9})
+        seconds, _ = timed(fresh, partial(sample_drafts, prompts=prompts, count=drafts,
+                                          seeds=list(range(len(prompts)))), device, 1)
         out.append({"workload": f"decoding {drafts} drafts x {len(prompts)} prompts", "engine": name,
                     "seconds": seconds})
     first, second = scores.values()

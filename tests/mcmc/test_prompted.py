@@ -1,6 +1,7 @@
-"""Rows after prompts (docs/mcmc.md#rows-after-prompts): both engines give the logits of the model's own forward on
-prompt + row, in scoring and in decoding (rows leaving midway), and a row's numbers do not depend on its batchmates;
-the Llama-layout engine is taken only where it reproduces the model."""
+"""Rows after prompts (docs/mcmc.md#rows-after-prompts): both engines give the log-probabilities (scoring) and logits
+(decoding, rows leaving midway) of the model's own forward on prompt + row, and a row's numbers depend neither on its
+batchmates nor on what the token tree holds (docs/mcmc.md#a-tree-of-scored-tokens); the Llama-layout engine is taken
+only where it reproduces the model."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import transformers
 from textdiff.mcmc.prompted import PlainDecoding, PlainLM, PromptedLM, prompted_engine
 
 PROMPTS = ([1, 40, 41], [1, *range(20, 31)], [1])
-ROWS = ([5, 6, 7, 8], [9], [10, 11, 12, 13, 14, 15, 16, 17, 18], [5, 6, 7, 8], [19, 20])
-OWNERS = (0, 1, 2, 1, 0)
+ROWS = ([5, 6, 7, 8], [9], [10, 11, 12, 13, 14, 15, 16, 17, 18], [5, 6, 7, 8], [19, 20], [5, 6, 9],
+        [5, 6, 7, *range(30, 50)])  # rows 0, 5, 6 share their start after one prompt, row 3 is row 0 after another
+OWNERS = (0, 1, 2, 1, 0, 0, 0)
 
 
 def llama(**overrides):
@@ -44,6 +46,12 @@ def full_logits(model, prompt, row):
     return logits[len(prompt): len(prompt) + len(row)]
 
 
+def full_log_probs(model, prompt, row):
+    """``log p(row[j] | prompt, row[:j])`` of every token, from the model's forward on the two together."""
+    logits = full_logits(model, prompt[:-1], prompt[-1:] + row[:-1]).double().cpu()
+    return torch.log_softmax(logits, -1)[torch.arange(len(row)), row]
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     threads = torch.get_num_threads()
@@ -58,22 +66,42 @@ def test_engine_choice_and_scoring_logits_match_the_models_own_forward(make, lay
     model = make().to(device)
     chosen = PromptedLM if layout and device == "cpu" else PlainLM  # CUDA keeps the plain forward until timed there
     assert type(prompted_engine(model)) is chosen
-    engines = [PlainLM(model)] + ([PromptedLM(model)] if layout else [])
-    for engine in engines:
+    engines = [PlainLM] + ([PromptedLM] if layout else [])
+    expected = torch.cat([full_log_probs(model, PROMPTS[o], row) for o, row in zip(OWNERS, ROWS)])
+    for engine_class in engines:
+        engine = engine_class(model)
         prompts = [engine.prompt(p) for p in PROMPTS]
         for p, prompt in zip(PROMPTS, prompts):
-            expected = torch.log_softmax(full_logits(model, p[:-1], p[-1:])[0].double(), -1).cpu()
-            assert torch.allclose(prompt.log_probs, expected, atol=1e-5)
-        counts = [len(row) - 1 for row in ROWS]
-        got = engine.logits(ROWS, [prompts[o] for o in OWNERS], counts)
-        expected = torch.cat([full_logits(model, PROMPTS[o], row)[:count]
-                              for o, row, count in zip(OWNERS, ROWS, counts)])
-        assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+            last = torch.log_softmax(full_logits(model, p[:-1], p[-1:])[0].double(), -1).cpu()
+            assert torch.allclose(prompt.log_probs, last, atol=1e-5)
+        got = engine.log_probs(ROWS, [prompts[o] for o in OWNERS])
+        assert got.dtype == torch.float64 and got.shape == expected.shape
+        assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
         if device != "cpu":
             continue  # CUDA kernels may depend on the batch: there the guarantee is identity in law
-        pieces = got.split(counts)
-        for i, (row, owner, count) in enumerate(zip(ROWS, OWNERS, counts)):  # alone: the same bits
-            assert torch.equal(engine.logits([row], [prompts[owner]], [count]), pieces[i])
+        pieces = got.split([len(row) for row in ROWS])
+        for i, (row, owner) in enumerate(zip(ROWS, OWNERS)):  # the same bits alone, on a fresh and on a used engine
+            fresh = engine_class(model)
+            assert torch.equal(fresh.log_probs([row], [fresh.prompt(PROMPTS[owner])]), pieces[i])
+            assert torch.equal(engine.log_probs([row], [prompts[owner]]), pieces[i])
+
+
+def test_a_tree_that_keeps_almost_nothing_gives_the_same_bits_and_a_failed_call_leaves_it_as_it_was():
+    model = llama()
+    roomy, tight = PromptedLM(model), PromptedLM(model, cached_tokens=1)
+    expected = roomy.log_probs(ROWS, [roomy.prompt(PROMPTS[o]) for o in OWNERS])
+    for order in (range(len(ROWS)), reversed(range(len(ROWS)))):
+        got = {i: tight.log_probs([ROWS[i]], [tight.prompt(PROMPTS[OWNERS[i]])]) for i in order}
+        assert torch.equal(torch.cat([got[i] for i in range(len(ROWS))]), expected)
+        assert len(tight.tree) <= max(len(row) for row in ROWS)  # only the last call's tokens are kept
+    size = len(roomy.tree)
+    with pytest.raises(IndexError):  # a token the embedding does not have: the call fails inside the model
+        roomy.log_probs([[5, 6, 7, 99, 3]], [roomy.prompt(PROMPTS[0])])
+    assert len(roomy.tree) == size
+    with pytest.raises(ValueError, match="at least one token"):
+        roomy.log_probs([[]], [roomy.prompt(PROMPTS[0])])
+    again = roomy.log_probs(ROWS, [roomy.prompt(PROMPTS[o]) for o in OWNERS])
+    assert torch.equal(again, expected)
 
 
 @pytest.mark.parametrize("make, engine_class", [(llama, PromptedLM), (llama, PlainLM), (gpt2, PlainLM)])

@@ -4,7 +4,7 @@
 Every row the keyword target scores, and every draft it decodes, follows its keyword set's instruction prompt (about
 150 tokens) with a dozen tokens of its own. A prompt runs once (:meth:`prompt`); what a row needs of it is its keys
 and values in every layer and the distribution of the token after it (a :class:`Prompt`). Two engines share one
-interface, ``prompt(ids)`` and ``logits(rows, prompts, counts)``; drafts decode after the prompts of either through
+interface, ``prompt(ids)`` and ``log_probs(rows, prompts)``; drafts decode after the prompts of either through
 :class:`PlainDecoding`:
 
 * :class:`PromptedLM`, for models with the Llama layout (Llama, Mistral, Qwen2, SmolLM2), checked once per model
@@ -12,13 +12,14 @@ interface, ``prompt(ids)`` and ``logits(rows, prompts, counts)``; drafts decode 
   dim]`` per layer; each token attends to them and to its own row apart, the two softmaxes merged exactly by their
   maxima and sums: over the prompt, the queries of all tokens after one prompt (the grouped query heads folded into the
   rows) meet its keys in one product per key-value head, with no per-row copy and no repeat per query head; over the
-  row, rows of one bucketed width are padded to it. The linear layers run on the rows' real tokens packed end to end
-  (no padding), the output head only at the positions asked for.
+  row, its earlier tokens. The linear layers run on the rows' real tokens packed end to end (no padding), and every
+  token after a prompt is computed once and kept in a :class:`~textdiff.mcmc.token_tree.TokenTree`
+  (docs/mcmc.md#a-tree-of-scored-tokens): a row pays only for the tokens no earlier row had.
 * :class:`PlainLM`, any other Hugging Face causal LM, and every model on CUDA: the model's own forward on a KV cache
   of the prompt, rows grouped by prompt width and row width (:func:`textdiff.compat.kv_cache_rows`).
 
-In both, a row's numbers depend on its own tokens and prompt only, never on what shares its call (on CPU with one
-thread, where a matrix product gives a row the same bits for any number of rows from
+In both, a row's numbers depend on its own tokens and prompt only, never on what shares its call or what was kept
+from earlier calls (on CPU with one thread, where a matrix product gives a row the same bits for any number of rows from
 :data:`~textdiff.mcmc.positions.MIN_HEAD_ROWS` up).
 """
 
@@ -33,9 +34,14 @@ import torch
 
 from textdiff.compat import kv_cache_argument, kv_cache_of, kv_cache_rows
 from textdiff.mcmc.positions import at_least_rows, logits_at
+from textdiff.mcmc.token_tree import TokenTree
 from textdiff.padding import bucket, by_width, pad
 
 _MATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> whether PromptedLM reproduces it
+#: nodes a :class:`PromptedLM` keeps (SmolLM2-135M: 48 KB each in float32, 8192 take 400 MB)
+CACHED_TOKENS = 8192
+#: rows of the output head per product when only its log-sum-exp is kept (a block of logits stays in the cache)
+HEAD_ROWS = 64
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,7 +57,7 @@ class Prompt:
     cache: object = None
 
 
-def prompted_engine(model) -> PromptedLM | PlainLM:
+def prompted_engine(model, cached_tokens: int = CACHED_TOKENS) -> PromptedLM | PlainLM:
     """The engine for ``model``: on CPU :class:`PromptedLM` when the model has the Llama layout and reproduces its own
     logits (within 1e-4 of their largest magnitude in float32; checked once per model), else :class:`PlainLM`. On CUDA
     the model's own forward stays, with its fused attention kernels, until the packed path (a few small products per
@@ -60,7 +66,7 @@ def prompted_engine(model) -> PromptedLM | PlainLM:
         return PlainLM(model)
     if model not in _MATCHES:
         _MATCHES[model] = PromptedLM(model).matches_model()
-    return PromptedLM(model) if _MATCHES[model] else PlainLM(model)
+    return PromptedLM(model, cached_tokens) if _MATCHES[model] else PlainLM(model)
 
 
 def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -72,12 +78,14 @@ def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Ten
 class PromptedLM:
     """Rows after prompts through a Llama-layout decoder, each prompt's keys and values stored once (module docs)."""
 
-    def __init__(self, model):
+    def __init__(self, model, cached_tokens: int = CACHED_TOKENS):
         self.model, self.base, self.head = model, model.base_model, model.get_output_embeddings()
         config = model.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.device = next(model.parameters()).device
+        self.tree = TokenTree(len(self.base.layers), self.kv_heads, self.head_dim, config.hidden_size, cached_tokens,
+                              self.device, self.head.weight.dtype)
 
     @staticmethod
     def has_layout(model) -> bool:
@@ -99,15 +107,16 @@ class PromptedLM:
 
     @torch.no_grad()
     def matches_model(self) -> bool:
-        """Whether the logits of a row after a prompt equal the model's own forward on the two together."""
+        """Whether the log-probabilities of a row after a prompt equal the model's own forward on the two together."""
         vocab = self.model.config.vocab_size
         ids = [i % vocab for i in range(3, 13)]
         try:
-            full = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0, 5:-1].float()
-            mine = self.logits([ids[5:]], [self.prompt(ids[:5])], [4]).float()
+            logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0, 4:-1]
+            full = torch.log_softmax(logits.double(), -1)[torch.arange(5), ids[5:]].cpu()
+            mine = self.log_probs([ids[5:]], [self.prompt(ids[:5])])
         except Exception:  # a probe: a model that does not run this way keeps its own forward
             return False
-        tolerance = 1e-4 if full.dtype == torch.float32 and self.head.weight.dtype == torch.float32 else 3e-2
+        tolerance = 1e-4 if logits.dtype == torch.float32 and self.head.weight.dtype == torch.float32 else 3e-2
         return mine.shape == full.shape and bool((mine - full).abs().max() <= tolerance * full.abs().max().clamp(min=1))
 
     @torch.no_grad()
@@ -168,64 +177,103 @@ class PromptedLM:
 
         return per_token(out), per_token(top[:, :rows])[..., 0], per_token(weights.sum(-1)[:, :rows, None])[..., 0]
 
-    def _on_rows(self, number: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor
+    def _on_path(self, number: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor
                  ) -> tuple[torch.Tensor, ...]:
-        """Attention of ``q [m, w, heads, D]`` over the rows' own ``k``/``v [m, w, kv heads, D]`` where ``allowed
-        [m, w, w]``, unnormalised as in :meth:`_on_prompt` (each ``[m, w, heads, ...]``); one product per row and
-        key-value head."""
-        m, w, groups = len(q), q.shape[1], self.heads // self.kv_heads
-        q = q.view(m, w, self.kv_heads, groups, self.head_dim).permute(0, 2, 3, 1, 4)  # [m, kv, g, w, D]
-        q = q.reshape(m * self.kv_heads, groups * w, self.head_dim)
+        """Attention of the window's queries ``q [m, 8, heads, D]`` over their paths' ``k``/``v [m, w, kv heads, D]``
+        where ``allowed [1, 8, w]``, unnormalised as in :meth:`_on_prompt` (each ``[m, 8, heads, ...]``); one product
+        per window and key-value head."""
+        m, wq, w, groups = len(q), q.shape[1], k.shape[1], self.heads // self.kv_heads
+        q = q.view(m, wq, self.kv_heads, groups, self.head_dim).permute(0, 2, 3, 1, 4)  # [m, kv, g, 8, D]
+        q = q.reshape(m * self.kv_heads, groups * wq, self.head_dim)
         k, v = (t.permute(0, 2, 1, 3).reshape(m * self.kv_heads, w, self.head_dim) for t in (k, v))
-        scores = torch.bmm(q, k.transpose(1, 2)).view(m, self.kv_heads, groups, w, w).float()
+        scores = torch.bmm(q, k.transpose(1, 2)).view(m, self.kv_heads, groups, wq, w).float()
         scores = scores.masked_fill(~allowed[:, None, None], float("-inf")) * self.base.layers[number].self_attn.scaling
         top = scores.amax(-1, keepdim=True)
-        weights = torch.exp(scores - top)  # w·w values per query row block: a multiple of 64, never a short tail
-        out = torch.bmm(weights.to(v.dtype).view(m * self.kv_heads, groups * w, w), v)
+        weights = torch.exp(scores - top)  # 8·w values per query block: a multiple of 64, never a short tail
+        out = torch.bmm(weights.to(v.dtype).view(m * self.kv_heads, groups * wq, w), v)
 
-        def per_token(x: torch.Tensor) -> torch.Tensor:  # [m, kv, g, w, ...] -> [m, w, heads, ...]
-            return x.reshape(m, self.kv_heads, groups, w, -1).permute(0, 3, 1, 2, 4).reshape(m, w, self.heads, -1)
+        def per_token(x: torch.Tensor) -> torch.Tensor:  # [m, kv, g, 8, ...] -> [m, 8, heads, ...]
+            return x.reshape(m, self.kv_heads, groups, wq, -1).permute(0, 3, 1, 2, 4).reshape(m, wq, self.heads, -1)
 
         return per_token(out), per_token(top)[..., 0], per_token(weights.sum(-1, keepdim=True))[..., 0]
 
     @torch.no_grad()
-    def logits(self, rows: Sequence[Sequence[int]], prompts: Sequence[Prompt], counts: Sequence[int]) -> torch.Tensor:
-        """``[Σ counts, V]``: the logits after each of the first ``counts[i]`` tokens of row ``i`` (which follows
-        ``prompts[i]``), rows in order; every row in one pass.
+    def log_probs(self, rows: Sequence[Sequence[int]], prompts: Sequence[Prompt]) -> torch.Tensor:
+        """``[Σ len(rows[i])]`` float64: ``log p(rows[i][j] | prompts[i], rows[i][:j])`` for every token of every row,
+        rows in order (each row at least one token).
 
-        Attention is split in two softmaxes merged exactly by their maxima and sums: over the prompt, for each
-        prompt's tokens (rows are packed prompt by prompt, so these are one slice); over the rows' own tokens, for each
-        group of rows of one bucketed width, padded to it."""
-        by_prompt: dict[int, tuple[Prompt, list[int]]] = {}
-        for i, prompt in enumerate(prompts):
-            by_prompt.setdefault(id(prompt), (prompt, []))[1].append(i)
-        order = [i for _, members in by_prompt.values() for i in members]  # packing order: prompt by prompt
-        lengths = [len(rows[i]) for i in order]
-        tokens = torch.tensor([t for i in order for t in rows[i]], dtype=torch.long, device=self.device)
-        offsets = [0, *itertools.accumulate(lengths)]
-        starts = torch.tensor(offsets[:-1], device=self.device)
-        positions = torch.cat([torch.arange(len(rows[i]), device=self.device) + len(prompts[i].ids) for i in order])
-        prompt_plan, done = [], 0
-        for prompt, members in by_prompt.values():
-            prompt_plan.append((prompt, offsets[done], offsets[done + len(members)]))
-            done += len(members)
-        row_plan = []
-        for width, members in by_width(lengths):
-            n = torch.tensor([lengths[i] for i in members], device=self.device)[:, None]
-            column = torch.arange(width, device=self.device)[None]
-            real = column < n  # [m, w]
-            slots = torch.where(real, starts[members][:, None] + column, len(tokens))  # len(tokens): a zero row
-            row_plan.append((slots, real, (column[:, :, None] >= column[:, None, :]) & real[:, None, :]))
+        Every token but a row's last is a node of the engine's :class:`~textdiff.mcmc.token_tree.TokenTree`, computed
+        in the first call that needs it and read back afterwards; a token's log-probability is its parent's hidden
+        state times its row of the output head, less the parent's log-sum-exp."""
+        if any(len(row) == 0 for row in rows):
+            raise ValueError("rows must hold at least one token each")
+        tree = self.tree
+        paths, made = tree.insert([row[:-1] for row in rows], [tree.root(p.ids) for p in prompts])
+        try:
+            if made:
+                self._compute(made, paths, rows, prompts)
+        except BaseException:
+            tree.discard([node for node, *_ in made])
+            raise
+        tree.trim()
+        first = torch.stack([prompt.log_probs[row[0]] for prompt, row in zip(prompts, rows)])
+        parents = torch.tensor([node for path in paths for node in path], dtype=torch.long, device=self.device)
+        tokens = torch.tensor([t for row in rows for t in row[1:]], dtype=torch.long, device=self.device)
+        logit = (tree.hidden[parents].double() * self.head.weight[tokens].double()).sum(-1)
+        if self.head.bias is not None:
+            logit = logit + self.head.bias[tokens].double()
+        rest = (logit - tree.log_norm[parents]).cpu()
+        out = torch.empty(len(first) + len(rest), dtype=torch.float64)
+        starts = torch.tensor([0, *itertools.accumulate(len(row) for row in rows)][:-1])
+        taken = torch.zeros(len(out), dtype=torch.bool)
+        taken[starts] = True
+        out[taken], out[~taken] = first, rest
+        return out
+
+    def _compute(self, made: list[tuple[int, int, int]], paths: list[list[int]], rows: Sequence[Sequence[int]],
+                 prompts: Sequence[Prompt]) -> None:
+        """Fill the ``made`` nodes ``(node, row, depth)``: keys and values per layer, final hidden state, log-sum-exp.
+
+        Nodes run packed prompt by prompt; each attends to its prompt and to its own path apart, the two softmaxes
+        merged exactly by their maxima and sums. Over the path, a node at depth ``d`` is one of the 8 queries of the
+        window of depths ``[b − 8, b)``, ``b = d + 1`` rounded up to a multiple of 8, against the ``b`` first nodes of
+        the path of the row that made it: a shape fixed by the node, so its bits never depend on its call."""
+        tree, device = self.tree, self.device
+        rank: dict[int, int] = {}
+        for prompt in prompts:
+            rank.setdefault(id(prompt), len(rank))
+        made = sorted(made, key=lambda m: rank[id(prompts[m[1]])])  # packed prompt by prompt
+        slots = torch.tensor([node for node, _, _ in made], device=device)
+        tokens = torch.tensor([rows[i][d] for _, i, d in made], device=device)
+        positions = torch.tensor([len(prompts[i].ids) + d for _, i, d in made], device=device)
+        prompt_plan, first = [], 0
+        for _, group in itertools.groupby(range(len(made)), key=lambda n: rank[id(prompts[made[n][1]])]):
+            last = first + len(list(group))
+            prompt_plan.append((prompts[made[first][1]], first, last))
+            first = last
+        windows: dict[int, dict[int, list[int]]] = {}  # width -> made-by row -> its 8 query places (len(made): none)
+        for n, (_, i, d) in enumerate(made):
+            width = bucket(d + 1)
+            windows.setdefault(width, {}).setdefault(i, [len(made)] * 8)[d - width + 8] = n
+        path_plan = []
+        for width, owners in windows.items():
+            keys = torch.tensor([(paths[i] + [0] * width)[:width] for i in owners], device=device)  # [m, width]
+            queries = torch.tensor(list(owners.values()), device=device)  # [m, 8]
+            column = torch.arange(width, device=device)
+            allowed = (column[None] <= column[width - 8:, None])[None]  # [1, 8, width]
+            path_plan.append((keys, queries, queries < len(made), allowed))
 
         def attend(number, q, k, v):
-            on_prompt = [torch.cat(parts).float() for parts in zip(  # over the prompt
+            tree.keys[number][slots], tree.values[number][slots] = k, v
+            on_prompt = [torch.cat(parts).float() for parts in zip(
                 *(self._on_prompt(number, prompt, q[first:last]) for prompt, first, last in prompt_plan))]
-            on_rows = [q.new_empty(shape, dtype=torch.float32) for shape in (q.shape, q.shape[:2], q.shape[:2])]
-            q, k, v = (torch.cat([t, t.new_zeros(1, *t.shape[1:])]) for t in (q, k, v))  # row len(tokens) = zeros
-            for slots, real, allowed in row_plan:
-                for part, value in zip(on_rows, self._on_rows(number, q[slots], k[slots], v[slots], allowed)):
-                    part[slots[real]] = value[real].float()
-            (out_p, top_p, sum_p), (out_r, top_r, sum_r) = on_prompt, on_rows
+            on_path = [q.new_empty(shape, dtype=torch.float32) for shape in (q.shape, q.shape[:2], q.shape[:2])]
+            q = torch.cat([q, q.new_zeros(1, *q.shape[1:])])  # query place len(made): zeros, its output unused
+            for keys, queries, real, allowed in path_plan:
+                parts = self._on_path(number, q[queries], tree.keys[number][keys], tree.values[number][keys], allowed)
+                for part, value in zip(on_path, parts):
+                    part[queries[real]] = value[real].float()
+            (out_p, top_p, sum_p), (out_r, top_r, sum_r) = on_prompt, on_path
             top = torch.maximum(top_p, top_r)
             scale_p, scale_r = _exp_per_value(top_p - top), _exp_per_value(top_r - top)
             total = sum_p * scale_p + sum_r * scale_r
@@ -233,9 +281,10 @@ class PromptedLM:
             return mixed.to(q.dtype).flatten(1)
 
         hidden = self._layers(tokens, positions, attend)
-        start_of = dict(zip(order, offsets))
-        picked = torch.cat([torch.arange(c, device=self.device) + start_of[i] for i, c in enumerate(counts)])
-        return self.head(at_least_rows(hidden[picked]))[: len(picked)]
+        tree.hidden[slots] = hidden
+        for part in range(0, len(made), HEAD_ROWS):  # the vocabulary in blocks of rows, for the cache's sake
+            logits = self.head(at_least_rows(hidden[part: part + HEAD_ROWS]))[: len(slots[part: part + HEAD_ROWS])]
+            tree.log_norm[slots[part: part + HEAD_ROWS]] = torch.logsumexp(logits.double(), -1)
 
 
 def _exp_per_value(x: torch.Tensor) -> torch.Tensor:
@@ -259,20 +308,25 @@ class PlainLM:
         return Prompt(tuple(ids), torch.log_softmax(out.logits[0, -1].double(), -1).cpu(), cache=kv_cache_of(out))
 
     @torch.no_grad()
-    def logits(self, rows: Sequence[Sequence[int]], prompts: Sequence[Prompt], counts: Sequence[int]) -> torch.Tensor:
-        """:meth:`PromptedLM.logits`, in calls grouped by prompt width and row width (each row's padding is fixed by
-        its own lengths)."""
-        out: list[torch.Tensor | None] = [None] * len(rows)
+    def log_probs(self, rows: Sequence[Sequence[int]], prompts: Sequence[Prompt]) -> torch.Tensor:
+        """:meth:`PromptedLM.log_probs`: the logits after every token but a row's last, in calls grouped by prompt
+        width and row width (each row's padding fixed by its own lengths), less their log-sum-exp."""
+        if any(len(row) == 0 for row in rows):
+            raise ValueError("rows must hold at least one token each")
+        out = [prompt.log_probs[row[:1]] for prompt, row in zip(prompts, rows)]
         groups: dict[int, list[int]] = {}
         for i, prompt in enumerate(prompts):
-            groups.setdefault(bucket(len(prompt.ids)), []).append(i)
+            if len(rows[i]) > 1:
+                groups.setdefault(bucket(len(prompt.ids)), []).append(i)
         for p_width, members in groups.items():
             for width, chunk in by_width([len(rows[i]) for i in members]):
                 chunk = [members[i] for i in chunk]
-                part = self._logits([rows[i] for i in chunk], [prompts[i] for i in chunk], [counts[i] for i in chunk],
-                                    p_width, width)
-                for i, piece in zip(chunk, part.split([counts[i] for i in chunk])):
-                    out[i] = piece
+                logits = self._logits([rows[i] for i in chunk], [prompts[i] for i in chunk],
+                                      [len(rows[i]) - 1 for i in chunk], p_width, width).float()
+                targets = torch.tensor([t for i in chunk for t in rows[i][1:]], device=logits.device)
+                lp = logits.gather(-1, targets[:, None])[:, 0].double() - torch.logsumexp(logits, -1).double()
+                for i, piece in zip(chunk, lp.cpu().split([len(rows[i]) - 1 for i in chunk])):
+                    out[i] = torch.cat([out[i], piece])
         return torch.cat(out)
 
     def _logits(self, rows, prompts, counts, p_width: int, width: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from textdiff.mcmc.prompted import Prompt, prompted_engine
+from textdiff.mcmc.prompted import CACHED_TOKENS, Prompt, prompted_engine
 
 
 class CausalLMScorer:
@@ -36,13 +36,15 @@ class CausalLMScorer:
     ``log_prob_ids(seqs)`` returns ``Σ_j log p(x_j | prefix, x_{<j})`` over the tokens of each sequence followed by
     EOS, conditioned on ``prefix_ids`` (default: the BOS token), or per row on ``prefixes[i]`` (one prompt per keyword
     set, docs/mcmc.md#keyword-conditioned-target). Each prefix runs once (the last ``max_prefixes`` are kept) and
-    every row after it reuses its keys and values, so only the sentence tokens cost a forward pass, and the output
-    head runs only where a real token is predicted; rows of all prefixes share the pass, and a row's score never
-    depends on its batchmates (:mod:`textdiff.mcmc.prompted`).
+    every row after it reuses its keys and values, so only the sentence tokens cost a forward pass; on the Llama-layout
+    CPU engine every token after a prefix is computed once and kept (up to ``cached_tokens``,
+    docs/mcmc.md#a-tree-of-scored-tokens), so a row that starts like one scored before pays only for the rest. Rows
+    of all prefixes share the pass, and a row's score never depends on its batchmates or on what is kept
+    (:mod:`textdiff.mcmc.prompted`).
     """
 
     def __init__(self, model, tokenizer, prefix_ids: Sequence[int] | None = None, max_batch_tokens: int = 4096,
-                 max_prefixes: int = 64):
+                 max_prefixes: int = 64, cached_tokens: int = CACHED_TOKENS):
         self.model, self.tokenizer = model, tokenizer
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.prefix_ids = list(prefix_ids) if prefix_ids is not None else [bos]
@@ -50,9 +52,15 @@ class CausalLMScorer:
             raise ValueError("prefix_ids must hold at least one token (e.g. BOS)")
         self.eos_id = tokenizer.eos_token_id
         self.max_batch_tokens, self.max_prefixes = max_batch_tokens, max_prefixes
-        self.engine = prompted_engine(model)
+        self.engine = prompted_engine(model, cached_tokens)
         self.tokens_scored = 0
         self.prompts: OrderedDict[tuple[int, ...], Prompt] = OrderedDict()
+
+    def clear(self) -> None:
+        """Forget every prompt run and every token computed (the engine's memory; scores do not change)."""
+        self.prompts.clear()
+        if hasattr(self.engine, "tree"):
+            self.engine.tree.clear()
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of ``texts`` without special tokens."""
@@ -84,22 +92,16 @@ class CausalLMScorer:
             raise ValueError(f"prefixes must hold one prefix per sequence, got {len(prefixes)} for {len(seqs)}")
         full = [[*seq, self.eos_id] for seq in seqs]
         prompts = [self.prompt(self.prefix_ids if prefixes is None else prefixes[i]) for i in range(len(seqs))]
-        out = torch.stack([prompt.log_probs[row[0]] for prompt, row in zip(prompts, full)]) if full else torch.empty(
-            0, dtype=torch.float64)
+        out = torch.zeros(len(full), dtype=torch.float64)
         start = 0
         while start < len(full):
             stop, tokens = start + 1, len(full[start])
             while stop < len(full) and tokens + len(full[stop]) <= self.max_batch_tokens:
                 tokens += len(full[stop])
                 stop += 1
-            rows = [row for row in full[start:stop] if len(row) > 1]
-            index = [i for i in range(start, stop) if len(full[i]) > 1]
-            if rows:
-                logits = self.engine.logits(rows, [prompts[i] for i in index], [len(row) - 1 for row in rows]).float()
-                targets = torch.tensor([t for row in rows for t in row[1:]], device=logits.device)
-                token_lp = logits.gather(-1, targets[:, None])[:, 0].double() - torch.logsumexp(logits, -1).double()
-                owner = torch.tensor([i for i, row in zip(index, rows) for _ in row[1:]])
-                out.index_add_(0, owner, token_lp.cpu())
+            token_lp = self.engine.log_probs(full[start:stop], prompts[start:stop])
+            owner = torch.tensor([i for i in range(start, stop) for _ in full[i]])
+            out.index_add_(0, owner, token_lp)
             self.tokens_scored += tokens
             start = stop
         return out
