@@ -34,6 +34,9 @@ def test_each_state_is_scored_under_its_sets_prompt_as_a_full_forward(tiny_lm): 
     for state, value in zip(states, got):  # alone or in a mixed batch: the same bits
         assert torch.equal(target.log_prob([state]), value.reshape(1))
     assert torch.equal(target.log_prob(states[::-1]), got.flip(0))
+    target.scorer.clear()  # nothing kept: every token computed anew, the same bits
+    assert len(target.scorer.prompts) == 0 and len(getattr(target.scorer.engine, "tree", ())) == 0
+    assert torch.equal(target.log_prob(states), got)
 
 
 def test_without_prompts_every_state_uses_the_scorers_prefix(tiny_lm):  # noqa: F811

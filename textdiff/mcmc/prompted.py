@@ -284,7 +284,7 @@ class PromptedLM:
         tree.hidden[slots] = hidden
         for part in range(0, len(made), HEAD_ROWS):  # the vocabulary in blocks of rows, for the cache's sake
             logits = self.head(at_least_rows(hidden[part: part + HEAD_ROWS]))[: len(slots[part: part + HEAD_ROWS])]
-            tree.log_norm[slots[part: part + HEAD_ROWS]] = torch.logsumexp(logits.double(), -1)
+            tree.log_norm[slots[part: part + HEAD_ROWS]] = torch.logsumexp(logits.float(), -1).double()
 
 
 def _exp_per_value(x: torch.Tensor) -> torch.Tensor:

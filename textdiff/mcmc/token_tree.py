@@ -95,8 +95,9 @@ class TokenTree:
             return self.free.pop()
         slot = len(self.used)
         self.used.append(0)
-        if slot == len(self.hidden):
-            grow = len(self.hidden)
+        if slot == len(self.hidden):  # double up to the capacity, then a quarter at a time (a call beyond it)
+            size = len(self.hidden)
+            grow = min(size, self.capacity + 1 - size) if size <= self.capacity else max(1024, size // 4)
             self.keys = [torch.cat([k, k.new_zeros(grow, *k.shape[1:])]) for k in self.keys]
             self.values = [torch.cat([v, v.new_zeros(grow, *v.shape[1:])]) for v in self.values]
             self.hidden = torch.cat([self.hidden, self.hidden.new_zeros(grow, self.hidden.shape[1])])
