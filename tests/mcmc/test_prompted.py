@@ -74,6 +74,7 @@ def test_engine_choice_and_scoring_logits_match_the_models_own_forward(make, lay
         for p, prompt in zip(PROMPTS, prompts):
             last = torch.log_softmax(full_logits(model, p[:-1], p[-1:])[0].double(), -1).cpu()
             assert torch.allclose(prompt.log_probs, last, atol=1e-5)
+        assert engine.log_probs([], []).shape == (0,)
         got = engine.log_probs(ROWS, [prompts[o] for o in OWNERS])
         assert got.dtype == torch.float64 and got.shape == expected.shape
         assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()

@@ -207,6 +207,8 @@ class PromptedLM:
         state times its row of the output head, less the parent's log-sum-exp."""
         if any(len(row) == 0 for row in rows):
             raise ValueError("rows must hold at least one token each")
+        if not rows:
+            return torch.empty(0, dtype=torch.float64)
         tree = self.tree
         paths, made = tree.insert([row[:-1] for row in rows], [tree.root(p.ids) for p in prompts])
         try:
@@ -313,6 +315,8 @@ class PlainLM:
         width and row width (each row's padding fixed by its own lengths), less their log-sum-exp."""
         if any(len(row) == 0 for row in rows):
             raise ValueError("rows must hold at least one token each")
+        if not rows:
+            return torch.empty(0, dtype=torch.float64)
         out = [prompt.log_probs[row[:1]] for prompt, row in zip(prompts, rows)]
         groups: dict[int, list[int]] = {}
         for i, prompt in enumerate(prompts):
