@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -354,57 +354,51 @@ class PlainLM:
 
     @torch.no_grad()
     def log_probs(self, rows: Sequence[Sequence[int]], prompts: Sequence[Prompt]) -> torch.Tensor:
-        """:meth:`PromptedLM.log_probs`: the logits after every token but a row's last, in calls grouped by prompt
-        width and row width (each row's padding fixed by its own lengths), less their log-sum-exp."""
+        """:meth:`PromptedLM.log_probs`: the logits after every token but a row's last, less their log-sum-exp."""
         if any(len(row) == 0 for row in rows):
             raise ValueError("rows must hold at least one token each")
         if not rows:
             return torch.empty(0, dtype=torch.float64)
         out = [prompt.log_probs[row[:1]] for prompt, row in zip(prompts, rows)]
-        groups: dict[int, list[int]] = {}
-        for i, prompt in enumerate(prompts):
-            if len(rows[i]) > 1:
-                groups.setdefault(bucket(len(prompt.ids)), []).append(i)
-        for p_width, members in groups.items():
-            for width, chunk in by_width([len(rows[i]) for i in members]):
-                chunk = [members[i] for i in chunk]
-                logits = self._logits([rows[i] for i in chunk], [prompts[i] for i in chunk],
-                                      [len(rows[i]) - 1 for i in chunk], p_width, width).float()
-                targets = torch.tensor([t for i in chunk for t in rows[i][1:]], device=logits.device)
-                lp = logits.gather(-1, targets[:, None])[:, 0].double() - torch.logsumexp(logits, -1).double()
-                for i, piece in zip(chunk, lp.cpu().split([len(rows[i]) - 1 for i in chunk])):
-                    out[i] = torch.cat([out[i], piece])
+        for chunk, logits in self._forwards(rows, prompts, minimum=2, last=False):
+            targets = torch.tensor([t for i in chunk for t in rows[i][1:]], device=logits.device)
+            logits = logits.float()
+            lp = logits.gather(-1, targets[:, None])[:, 0].double() - torch.logsumexp(logits, -1).double()
+            for i, piece in zip(chunk, lp.cpu().split([len(rows[i]) - 1 for i in chunk])):
+                out[i] = torch.cat([out[i], piece])
         return torch.cat(out)
 
     @torch.no_grad()
     def next_log_probs(self, rows: Sequence[Sequence[int]], prompts: Sequence[Prompt]) -> torch.Tensor:
-        """:meth:`PromptedLM.next_log_probs`: the logits after each row's last token, in calls grouped by prompt width
-        and row width, log-softmaxed."""
+        """:meth:`PromptedLM.next_log_probs`: the logits after each row's last token, log-softmaxed."""
         out = torch.stack([prompt.log_probs for prompt in prompts]) if rows else torch.empty(
             0, self.model.config.vocab_size, dtype=torch.float64)
+        for chunk, logits in self._forwards(rows, prompts, minimum=1, last=True):
+            out[chunk] = torch.log_softmax(logits.double(), -1).cpu()
+        return out
+
+    def _forwards(self, rows, prompts, minimum: int, last: bool) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """Per group of the rows of at least ``minimum`` tokens (one prompt width and one row width, so each row's
+        padding is fixed by its own lengths): the rows' indices and ``[n, V]`` logits after every token but each row's
+        last (``last``: after its last token only)."""
         groups: dict[int, list[int]] = {}
         for i, prompt in enumerate(prompts):
-            if rows[i]:
+            if len(rows[i]) >= minimum:
                 groups.setdefault(bucket(len(prompt.ids)), []).append(i)
         for p_width, members in groups.items():
             for width, chunk in by_width([len(rows[i]) for i in members]):
                 chunk = [members[i] for i in chunk]
-                logits = self._logits([rows[i] for i in chunk], [prompts[i] for i in chunk],
-                                      [len(rows[i]) - 1 for i in chunk], p_width, width, last=True)
-                out[chunk] = torch.log_softmax(logits.double(), -1).cpu()
-        return out
+                yield chunk, self._logits([rows[i] for i in chunk], [prompts[i] for i in chunk], p_width, width, last)
 
-    def _logits(self, rows, prompts, counts, p_width: int, width: int, last: bool = False) -> torch.Tensor:
-        """The logits after each of the first ``counts[i]`` tokens of each row (``last``: after token ``counts[i]``
-        only)."""
+    def _logits(self, rows, prompts, p_width: int, width: int, last: bool) -> torch.Tensor:
         ids, mask = pad(rows, 0, width=width)
         cache = kv_cache_rows([p.cache for p in prompts], p_width)
         lengths = torch.tensor([len(p.ids) for p in prompts])
         seen = torch.arange(p_width)[None] >= p_width - lengths[:, None]  # [n, p_width]: the prompt, left-padded
         attention = torch.cat([seen, mask], 1).long().to(self.device)
         positions = (lengths[:, None] + torch.arange(width)[None]).to(self.device)
-        column, counts = torch.arange(width)[None], torch.tensor(counts)[:, None]
-        where = column == counts if last else column < counts
+        column, ends = torch.arange(width)[None], torch.tensor([len(row) - 1 for row in rows])[:, None]
+        where = column == ends if last else column < ends
         return logits_at(self.model, ids.to(self.device), attention, where.to(self.device), position_ids=positions,
                          **kv_cache_argument(self.model, cache))
 
