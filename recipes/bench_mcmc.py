@@ -4,10 +4,11 @@ Side by side in one run, on the same models (SmolLM2-135M scorer; MiniLM MLM pro
 
 1. accepted edits per second of
    * textdiff MH, B chains, MLM proposal (one batched MLM pass + one batched LM scoring per step);
-   * textdiff MH, B chains, causal-LM proposal (top-K prefix candidates, all re-scored in one batch with KV reuse);
+   * textdiff MH, B chains, causal-LM proposal (top-K prefix candidates, all re-scored through the LM's engine of rows
+     after a prompt: the prefix once, each candidate only for its own token and the rest of the sentence);
    * a faithful CGMH-style loop (Su's ``gpt_cgmh.py``): one chain, top-K candidates from the prefix, each candidate
      sentence scored by its own forward pass, Su's acceptance ratios;
-2. sampler overhead: total wall time of the textdiff MLM run vs the time spent inside model forwards.
+2. sampler overhead: total wall time of the textdiff MLM run vs the time spent inside model forwards and LM scoring.
 
     python recipes/bench_mcmc.py [--chains 8] [--steps 40] [--cgmh-steps 4] [--mlm DIR] [--device cpu]
 """
@@ -28,21 +29,38 @@ KEYWORDS = "dog frisbee catch"
 
 
 class ForwardTimer:
-    """Wall time spent inside the forward passes of the given modules."""
+    """Wall time spent inside the forward passes of the given modules and inside the wrapped methods (the LM scorer's,
+    whose CPU engine runs the model's layers without calling the model); nested intervals count once."""
 
     def __init__(self, *modules):
-        self.total, self._start = 0.0, None
+        self.total, self._start, self._depth = 0.0, None, 0
         for module in modules:
-            module.register_forward_pre_hook(self._pre)
-            module.register_forward_hook(self._post)
+            module.register_forward_pre_hook(lambda *_: self._enter())
+            module.register_forward_hook(lambda *_: self._leave())
 
-    def _pre(self, *_):
-        self._sync()
-        self._start = time.perf_counter()
+    def wrap(self, owner, name: str) -> None:
+        method = getattr(owner, name)
 
-    def _post(self, *_):
-        self._sync()
-        self.total += time.perf_counter() - self._start
+        def timed(*args, **kwargs):
+            self._enter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._leave()
+
+        setattr(owner, name, timed)
+
+    def _enter(self):
+        if self._depth == 0:
+            self._sync()
+            self._start = time.perf_counter()
+        self._depth += 1
+
+    def _leave(self):
+        self._depth -= 1
+        if self._depth == 0:
+            self._sync()
+            self.total += time.perf_counter() - self._start
 
     @staticmethod
     def _sync():
@@ -128,6 +146,7 @@ def main() -> None:
     print(f"device={args.device} threads={torch.get_num_threads()} keywords={KEYWORDS!r} chains={args.chains}")
 
     mlm_gen = KeywordGenerator(lm, lm_tok, mlm, mlm_tok)
+    timer.wrap(mlm_gen.scorer, "log_prob_ids")
     run_textdiff(mlm_gen, 2, 2, args.seed)  # warm-up
     timer.total = 0.0
     acc_mlm, wall_mlm = run_textdiff(mlm_gen, args.chains, args.steps, args.seed)
