@@ -4,8 +4,8 @@
 Every row the keyword target scores, and every draft it decodes, follows its keyword set's instruction prompt (about
 150 tokens) with a dozen tokens of its own. A prompt runs once (:meth:`prompt`); what a row needs of it is its keys
 and values in every layer and the distribution of the token after it (a :class:`Prompt`). Two engines share one
-interface, ``prompt(ids)`` and ``log_probs(rows, prompts)``; drafts decode after the prompts of either through
-:class:`PlainDecoding`:
+interface, ``prompt(ids)``, ``log_probs(rows, prompts)`` and ``next_log_probs(rows, prompts)``; drafts decode after
+the prompts of either through :class:`PlainDecoding`:
 
 * :class:`PromptedLM`, for models with the Llama layout (Llama, Mistral, Qwen2, SmolLM2), checked once per model
   against the plain forward; the default on CPU. A prompt's keys and values are stored once, ``[kv heads, P, head
