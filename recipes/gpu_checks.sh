@@ -2,7 +2,8 @@
 # Every GPU check of issues 11 and 13 in one call on a GPU machine (about 8 minutes on an H200): the CUDA-marked
 # tests of the samplers and the tokenizer, recipes/bench_gpu.py (random-weight models from the real configs, so no
 # weight file is needed there), recipes/bench_prompted.py (which LM engine pays on CUDA: the model's own forward, the
-# default there, or the packed rows after stored prompts, the default on CPU) and the CUDA rows of
+# default there, or the packed rows after stored prompts with their tree of scored tokens, the default on CPU; new
+# rows and MH-like proposals) and the CUDA rows of
 # recipes/bench_tokenize.py. Logs and JSON go to $OUT (the device
 # tool's output folder), else ./gpu-out.
 #
@@ -25,6 +26,6 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/mcmc tests/udm
   tests/bad_input/test_keywords_input.py 2>&1 | tee "$out/gpu_tests.log"
 timeout 240 python3 recipes/bench_gpu.py --compile --sets 64 --out "$out/bench_gpu.json" 2>&1 \
   | grep -v "it/s\]" | tee "$out/bench_gpu.log"
-timeout 60 python3 recipes/bench_prompted.py --device cuda --random-weights --rows 512 2>&1 | tee "$out/bench_prompted.log"
+timeout 90 python3 recipes/bench_prompted.py --device cuda --random-weights --rows 512 2>&1 | tee "$out/bench_prompted.log"
 timeout 90 python3 recipes/bench_tokenize.py --lines 50000 --workers 0 --repeats 2 \
   --rows "sentencepiece sample,sentencepiece viterbi,sample cpu,sample cuda,viterbi cuda" 2>&1 | tee "$out/bench_tokenize.log"
