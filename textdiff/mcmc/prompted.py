@@ -261,6 +261,10 @@ class PromptedLM:
             out[ended] = (logits.double() - self.tree.log_norm[last][:, None]).cpu()
         return out
 
+    def clear(self) -> None:
+        """Forget every token computed (scores do not change)."""
+        self.tree.clear()
+
     def _nodes(self, rows: Sequence[Sequence[int]], prompts: Sequence[Prompt]) -> list[list[int]]:
         """The tree's node of every token of every row (row ``i`` after ``prompts[i]``), computing those it lacks; a
         call that fails forgets the nodes it made."""
@@ -345,6 +349,9 @@ class PlainLM:
     def __init__(self, model):
         self.model = model
         self.device = next(model.parameters()).device
+
+    def clear(self) -> None:
+        """Nothing to forget: this engine keeps no token."""
 
     @torch.no_grad()
     def prompt(self, ids: Sequence[int]) -> Prompt:

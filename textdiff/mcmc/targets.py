@@ -58,8 +58,7 @@ class CausalLMScorer:
     def clear(self) -> None:
         """Forget every prompt run and every token computed (the engine's memory; scores do not change)."""
         self.prompts.clear()
-        if hasattr(self.engine, "tree"):
-            self.engine.tree.clear()
+        self.engine.clear()
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of ``texts`` without special tokens."""
