@@ -331,9 +331,9 @@ class PromptedLM:
 
         hidden = self._layers(tokens, positions, attend)
         tree.hidden[slots] = hidden
-        for part in range(0, len(made), HEAD_ROWS):  # the vocabulary in blocks of rows, for the cache's sake
-            logits = self.head(at_least_rows(hidden[part: part + HEAD_ROWS]))[: len(slots[part: part + HEAD_ROWS])]
-            tree.log_norm[slots[part: part + HEAD_ROWS]] = torch.logsumexp(logits.float(), -1).double()
+        for block, block_slots in zip(hidden.split(HEAD_ROWS), slots.split(HEAD_ROWS)):  # for the cache's sake
+            logits = self.head(at_least_rows(block))[: len(block)]
+            tree.log_norm[block_slots] = torch.logsumexp(logits.float(), -1).double()
 
 
 def _exp_per_value(x: torch.Tensor) -> torch.Tensor:
