@@ -10,6 +10,7 @@ import torch
 import transformers
 
 from textdiff.mcmc.prompted import PlainDecoding, PlainLM, PromptedLM, prompted_engine
+from textdiff.models import for_few_rows
 
 PROMPTS = ([1, 40, 41], [1, *range(20, 31)], [1])
 ROWS = ([5, 6, 7, 8], [9], [10, 11, 12, 13, 14, 15, 16, 17, 18], [5, 6, 7, 8], [19, 20], [5, 6, 9],
@@ -60,8 +61,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("make, layout", [(llama, True), (lambda: llama(attention_bias=True), True), (gpt2, False),
-                                          (qwen3, False)])
+@pytest.mark.parametrize("make, layout", [(llama, True), (lambda: llama(attention_bias=True), True),
+                                          (lambda: for_few_rows(llama()), True), (gpt2, False), (qwen3, False)])
 def test_engine_choice_and_scoring_logits_match_the_models_own_forward(make, layout, device):
     model = make().to(device)
     chosen = PromptedLM if layout and device == "cpu" else PlainLM  # CUDA keeps the plain forward until timed there

@@ -15,6 +15,7 @@ from textdiff.models.hub import (
                                  resolve,
 )
 from textdiff.models.insertion import InsertionConfig, InsertionModel
+from textdiff.models.layout import for_few_rows
 from textdiff.models.sentence_encoder import SentenceEncoder
 from textdiff.models.weights import check_safetensors_dir
 
@@ -24,5 +25,5 @@ load_insertion_model = load_insertion
 
 __all__ = ["Conditions", "DenoiserConfig", "DenoiserModel", "DenoiserPredictor", "InsertionConfig", "InsertionModel",
            "MaskedLMPredictor", "SentenceEncoder", "SequenceClassifier", "check_safetensors_dir", "default_asset",
-           "load_classifier", "load_conditional", "load_denoiser", "load_insertion", "load_insertion_model", "load_lm",
-           "load_masked_lm", "load_mlm", "resolve"]
+           "for_few_rows", "load_classifier", "load_conditional", "load_denoiser", "load_insertion",
+           "load_insertion_model", "load_lm", "load_masked_lm", "load_mlm", "resolve"]

@@ -19,7 +19,8 @@ of a label's task, ``assets/models/classifier-<task>``) and ``load_conditional``
 masked LM ``assets/models/minilm-mlm-cond``); ``$TEXTDIFF_CLASSIFIER_<TASK>`` and ``$TEXTDIFF_MLM_COND`` override.
 
 Weights are safetensors only (:mod:`textdiff.models.weights`). Models come back in ``eval()`` mode with gradients
-off, on the requested device.
+off, on the requested device; on CPU with their linear weights laid out for products of few rows
+(:func:`textdiff.models.layout.for_few_rows`: same values, ``save_pretrained`` unchanged).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from textdiff.models.classifier import SequenceClassifier
 from textdiff.models.denoiser import DenoiserModel, DenoiserPredictor, MaskedLMPredictor
 from textdiff.models.gguf import smollm2_dir
 from textdiff.models.insertion import InsertionModel
+from textdiff.models.layout import for_few_rows
 from textdiff.models.weights import check_safetensors_dir
 
 _HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
@@ -89,11 +91,11 @@ def _architecture_check(config, kind: str, name, refused: str) -> None:
                          f"{'causal' if kind == 'lm' else 'masked'} LM")
 
 
-def _finish(model: torch.nn.Module, device) -> torch.nn.Module:
+def _finish(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     model.to(device)  # a no-op when the weights were loaded onto the device
     model.eval()
     model.requires_grad_(False)
-    return model
+    return for_few_rows(model) if device.type == "cpu" else model
 
 
 def _read(auto_class, name, kind: str, what: str):
