@@ -29,6 +29,18 @@ def test_cli_help_lists_every_verb_without_importing_torch():
         assert f"{action.dest} {action.help}" in words
 
 
+def test_every_verbs_help_names_each_default_once_and_no_repository_path():
+    """An option's help names its default once (its own words or argparse's suffix, never both, never ``None``), and
+    never as a path of this repository, which an installed package does not have."""
+    verbs = build_parser()._subparsers._group_actions[0].choices
+    for name, parser in verbs.items():
+        text = " ".join(parser.format_help().split())
+        assert "(default: None)" not in text and "data/models" not in text, name
+        for action in parser._actions:
+            help_text = parser._get_formatter()._expand_help(action) if action.help else ""
+            assert help_text.count("(default") <= 1, (name, action.dest, help_text)
+
+
 def test_sample_categorical_matches_law():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
     gen = rng.make_generator(seed=0)

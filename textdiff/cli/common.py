@@ -9,6 +9,17 @@ from textdiff import checks
 from textdiff.checks import SEED_LIMIT
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to an option's help only where it says something: not where the help already names
+    the default, and not for a default of ``None``, ``False`` or a preset flag's constant."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return super()._get_help_string(action)
+
+
 def _argument_type(convert):
     """An argparse ``type=`` that turns the ``ValueError``/``TypeError`` of ``convert`` into a usage error."""
 

@@ -8,6 +8,7 @@ import sys
 
 from textdiff import checks
 from textdiff.cli.common import (
+    HelpFormatter,
     add_device_option,
     add_dtype_option,
     add_guidance_options,
@@ -31,7 +32,7 @@ def add_parser(subparsers) -> None:
         description="Generate sentences containing every keyword with batched Metropolis-Hastings chains: "
         "a masked LM (MiniLM) proposes replace/insert/delete edits, SmolLM2-135M scores fluency, keywords are "
         "protected blocks, and simulated annealing keeps the best sentence each chain visits.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--keywords", "-k", help='keywords, e.g. "dog frisbee catch" (any order)')
@@ -61,7 +62,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--proposal", choices=list(PROPOSALS), default="mlm",
                         help="edit proposal: masked-LM conditional, or causal-LM top-K re-scored (Su's CGMH)")
     parser.add_argument("--lm", default=None, help="causal LM directory or hub name (default: SmolLM2-135M)")
-    parser.add_argument("--mlm", default=None, help="masked LM directory or hub name (default: data/models/minilm-mlm)")
+    parser.add_argument("--mlm", default=None,
+                        help="masked LM directory or hub name (default: the shipped MiniLM MLM; "
+                        "$TEXTDIFF_MLM overrides)")
     parser.add_argument("--schedule", choices=["geometric", "linear", "constant"], default="geometric",
                         help="annealing schedule of the temperature")
     parser.add_argument("--temperature", type=float, default=1.0, help="initial temperature τ0 (> 0)")
@@ -76,7 +79,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--method", choices=list(METHODS), default="mh",
                         help="mh: Metropolis-Hastings chains; diffusion: insertion chain of the deletion process "
                         "started from x_t = keywords (keywords kept in order, lemma form)")
-    diffusion.add_argument("--insertion-model", default=None, help="model folder (default: data/models/insertion)")
+    diffusion.add_argument("--insertion-model", default=None,
+                           help="insertion model directory (default: the shipped one; $TEXTDIFF_INSERTION overrides)")
     diffusion.add_argument("--orders", type=orders_option, default=6,
                            help="keyword orders to try: 'all', 'given' or a number")
     diffusion.add_argument("--samples-per-order", type=int, default=4, help="chains per keyword order")

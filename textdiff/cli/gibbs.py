@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-
 from textdiff import rng
 from textdiff.cli.common import (
+    HelpFormatter,
     add_device_option,
     add_dtype_option,
     add_guidance_options,
@@ -38,10 +37,11 @@ def add_parser(subparsers) -> None:
         "(--text) or from [MASK]s of a given or random length. With --label (or --reference) every redraw becomes an "
         "MH proposal for the target exp(-E) w(x)^γ, E the pseudo-log-likelihood energy (Goyal et al.'s MH-corrected "
         "Gibbs).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", default=None,
-                        help="masked LM directory or hub name (default: data/models/minilm-mlm)")
+                        help="masked LM directory or hub name (default: the shipped MiniLM MLM; "
+                        "$TEXTDIFF_MLM overrides)")
     parser.add_argument("--text", action="append", default=None, help="seed sentence (repeatable; one chain each)")
     parser.add_argument("--chains", type=int, default=4, help="chains started from [MASK]s (without --text)")
     parser.add_argument("--length", type=int, default=None,
