@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from textdiff import checks
-from textdiff.models.hub import _load_tokenizer, _local_weights, _pretrained, resolve
+from textdiff.models.hub import _finish, _load_tokenizer, _local_weights, _pretrained, resolve
 from textdiff.padding import by_width, pad
 
 KIND = "sentence encoder"
@@ -64,8 +64,8 @@ class SentenceEncoder(torch.nn.Module):
 
         device = checks.device(device)
         name = _local_weights(package_model_dir() if path_or_name is None else resolve(path_or_name, KIND))
-        model = _pretrained(AutoModel, name, KIND, dtype=checks.dtype(dtype, device), device=device)
-        return cls(model, _load_tokenizer(name, KIND), **kwargs).to(device)
+        model = _finish(_pretrained(AutoModel, name, KIND, dtype=checks.dtype(dtype, device), device=device), device)
+        return cls(model, _load_tokenizer(name, KIND), **kwargs)
 
     @property
     def device(self) -> torch.device:
