@@ -54,6 +54,18 @@ def test_a_tied_head_stays_tied_and_gradients_match():
         assert torch.allclose(p.grad, q.grad, atol=1e-5), name
 
 
+def test_a_weight_of_a_parameter_subclass_is_left_alone():
+    class Quantised(torch.nn.Parameter):
+        pass
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    model[0].weight = Quantised(model[0].weight.detach())
+    kept = model[0].weight
+    for_few_rows(model)
+    assert model[0].weight is kept and kept.is_contiguous()
+    assert model[1].weight.t().is_contiguous()
+
+
 @pytest.mark.parametrize("make", [llama, bert])
 def test_save_pretrained_writes_the_file_of_the_plain_model(make, tmp_path):
     make().save_pretrained(tmp_path / "plain")

@@ -18,14 +18,15 @@ _HOOKED = "_textdiff_contiguous_state"
 def for_few_rows(model: nn.Module) -> nn.Module:
     """``model`` with every ``nn.Linear`` weight stored ``[in, out]``-contiguous (in place; returned for chaining).
 
-    A weight shared with another module (an output head tied to the embeddings) stays one parameter. The model's
-    ``state_dict`` gives contiguous tensors, shared ones still shared, so ``save_pretrained`` writes the usual file.
-    Calling it again changes nothing."""
+    A weight shared with another module (an output head tied to the embeddings) stays one parameter; weights of a
+    ``Parameter`` subclass (quantised layers) are left as they are. The model's ``state_dict`` gives contiguous
+    tensors, shared ones still shared, so ``save_pretrained`` writes the usual file. Calling it again changes
+    nothing."""
     relaid: dict[int, nn.Parameter] = {}
     for module in model.modules():
         weight = module.weight if isinstance(module, nn.Linear) else None
-        if weight is None or id(weight) in relaid or weight.dim() != 2 or weight.t().is_contiguous():
-            continue
+        if type(weight) is not nn.Parameter or id(weight) in relaid or weight.t().is_contiguous():
+            continue  # absent, a quantised subclass, already laid out, or a vector
         relaid[id(weight)] = nn.Parameter(weight.detach().t().contiguous().t(), requires_grad=weight.requires_grad)
     for module in model.modules():
         for name, param in list(module.named_parameters(recurse=False)):
