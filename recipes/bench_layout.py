@@ -7,7 +7,7 @@ ratio. (b) The keyword generator (default preset) on the first ``--sets`` Common
 all sets in one population (``generate_many``), with both models in one layout, then in the other, ``--repeats``
 times alternating: wall time (model loading excluded, every run from an empty cache), the ratios, and whether the two
 layouts gave the same sentences. Both models come from the loaders; the plain layout
-is made from them by contiguous copies (same values).
+is made from them by contiguous copies (same values). The runs are `recipes/bench_many_sets.py`'s.
 
     python recipes/bench_layout.py [--rows 1 8 16 32 64 128 256] [--sets 4] [--repeats 2] [--skip linears keywords]
 """
@@ -18,16 +18,14 @@ import argparse
 import copy
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from bench_many_sets import RUNS, first_sets, keyword_runs, timed_run  # recipes/ is on sys.path
 from torch import nn
 
 from textdiff.keywords import KeywordGenerator
 from textdiff.keywords.presets import preset
 from textdiff.models import load_lm, load_mlm
-
-DATA = Path(__file__).resolve().parents[1] / "data" / "commongen" / "commongen.dev.src_alpha.txt"
 
 
 def plain_layout(model: nn.Module) -> nn.Module:
@@ -80,32 +78,30 @@ def main() -> None:
                 print(f"| {name} | {rows} | {plain:.1f} | {few:.1f} | {plain / few:.2f}x |")
     if "keywords" in args.skip:
         return
-    sets = list(dict.fromkeys(line.strip() for line in DATA.read_text().splitlines()))[: args.sets]
+    sets = first_sets(args.sets)
     options = dict(seed=args.seed, inflect=True, **preset("default").options())
     generators = {name: KeywordGenerator(lm_model, lm_tok, mlm_model, mlm_tok)
                   for name, (lm_model, mlm_model) in models.items()}
-    runs = {"one set at a time": lambda g: [g.generate(keywords, 1, **options)[0].text for keywords in sets],
-            "all sets in one population": lambda g: [r[0].text for r in g.generate_many(sets, 1, **options)]}
-    times = {(run, name): [] for run in runs for name in generators}
+    runs = keyword_runs(sets, options, batch_size=64)
+    times = {(run, name): [] for run in RUNS for name in generators}
     texts = {}
     for generator in generators.values():
         generator.generate(sets[0], steps=2, chains=2, drafts=1, seed=0)  # warm-up
     for _ in range(args.repeats):
         for run, name in times:
-            generators[name].scorer.clear()  # every run from an empty cache of prompts and tokens
-            start = time.perf_counter()
-            texts[run, name] = runs[run](generators[name])
-            times[run, name].append(time.perf_counter() - start)
+            seconds, texts[run, name] = timed_run(generators[name], runs[run])
+            times[run, name].append(seconds)
     print(f"\nkeyword generator, default preset, {len(sets)} CommonGen dev sets (model loading excluded)")
     print("| run | [out, in] s (median; every run) | [in, out] s | ratio | same sentences |\n|---|---|---|---|---|")
-    for run in runs:
+    for run in RUNS:
         plain, few = times[run, "plain"], times[run, "few rows"]
         print(f"| {run} | {statistics.median(plain):.1f} ({' '.join(f'{t:.1f}' for t in plain)}) | "
               f"{statistics.median(few):.1f} ({' '.join(f'{t:.1f}' for t in few)}) | "
               f"{statistics.median(plain) / statistics.median(few):.2f}x | "
               f"{texts[run, 'plain'] == texts[run, 'few rows']} |")
-    for keywords, text in zip(sets, texts["all sets in one population", "few rows"]):
-        print(f"  {keywords:32s} {text}")
+    for keywords, result in zip(sets, texts[RUNS[1], "few rows"]):
+        print(f"  {keywords:32s} {result[0] if isinstance(result, list) else result}")
+
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,6 +27,34 @@ from textdiff.keywords.presets import PRESETS, preset
 from textdiff.models import load_lm, load_mlm
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "commongen" / "commongen.dev.src_alpha.txt"
+
+
+RUNS = ("one set at a time", "all sets in one population")
+
+
+def first_sets(count: int) -> list[str]:
+    """The first ``count`` distinct CommonGen dev concept sets."""
+    return list(dict.fromkeys(line.strip() for line in DATA.read_text().splitlines()))[:count]
+
+
+def keyword_runs(sets: list[str], options: dict, batch_size: int) -> dict[str, Callable[[KeywordGenerator], list]]:
+    """The two ways of writing one sentence per set (:data:`RUNS`): ``KeywordGenerator.generate`` set by set, and
+    ``generate_many`` with every set's chains in one population. Each gives per set its sentence texts, or the error
+    of a set that could not run."""
+
+    def texts(result) -> list[str] | str:
+        return [sentence.text for sentence in result] if isinstance(result, list) else str(result)
+
+    return {RUNS[0]: lambda g: [texts(g.generate(keywords, 1, **options)) for keywords in sets],
+            RUNS[1]: lambda g: [texts(r) for r in g.generate_many(sets, 1, batch_size=batch_size, **options)]}
+
+
+def timed_run(generator: KeywordGenerator, run: Callable[[KeywordGenerator], list]) -> tuple[float, list]:
+    """Wall seconds and result of ``run(generator)``, started from an empty cache of prompts and tokens."""
+    generator.scorer.clear()
+    start = time.perf_counter()
+    result = run(generator)
+    return time.perf_counter() - start, result
 
 
 def main() -> None:
@@ -42,37 +71,32 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    sets = list(dict.fromkeys(line.strip() for line in DATA.read_text().splitlines()))[: args.sets]
+    sets = first_sets(args.sets)
     lm, lm_tok = load_lm(None, device=args.device)
     mlm, mlm_tok = load_mlm(None, device=args.device)
     generator = KeywordGenerator(lm, lm_tok, mlm, mlm_tok)
     options = dict(seed=args.seed, inflect=True,
                    **preset(args.preset).options(steps=args.steps, chains=args.chains, drafts=args.drafts))
     generator.generate(sets[0], steps=2, chains=2, drafts=1, seed=0)  # warm-up
-    one_by_one, batched = [], []
+    runs = keyword_runs(sets, options, args.batch_size)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    texts = {}
     for _ in range(args.repeats):
-        generator.scorer.clear()  # each run starts with no prompt or token computed
-        start = time.perf_counter()
-        alone = [generator.generate(keywords, 1, **options) for keywords in sets]
-        one_by_one.append(time.perf_counter() - start)
-        generator.scorer.clear()
-        start = time.perf_counter()
-        together = generator.generate_many(sets, 1, batch_size=args.batch_size, **options)
-        batched.append(time.perf_counter() - start)
-    same = [[s.text for s in a] for a in alone] == [[s.text for s in t] for t in together]
+        for name, run in runs.items():
+            seconds, texts[name] = timed_run(generator, run)
+            times[name].append(seconds)
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, {len(sets)} CommonGen dev sets, "
           f"preset {args.preset}: {options['steps']} steps x {options['chains']} chains, {options['drafts']} drafts "
           f"each, batch {args.batch_size} chains (model loading excluded)")
-    first, second = statistics.median(one_by_one), statistics.median(batched)
+    first = statistics.median(times[RUNS[0]])
     print("| run | wall s (median) | every run | sets/s | ratio |\n|---|---|---|---|---|")
-    print(f"| one set at a time | {first:.1f} | {' '.join(f'{t:.1f}' for t in one_by_one)} | {len(sets) / first:.3f} | "
-          "1.00x |")
-    print(f"| all sets in one population | {second:.1f} | {' '.join(f'{t:.1f}' for t in batched)} | "
-          f"{len(sets) / second:.3f} | {first / second:.2f}x |")
-    print(f"same sentences: {same}")
-    for keywords, result in zip(sets, together):
-        print(f"  {keywords:32s} {result[0].text if isinstance(result, list) else result}")
-
+    for name in RUNS:
+        median = statistics.median(times[name])
+        print(f"| {name} | {median:.1f} | {' '.join(f'{t:.1f}' for t in times[name])} | {len(sets) / median:.3f} | "
+              f"{first / median:.2f}x |")
+    print(f"same sentences: {texts[RUNS[0]] == texts[RUNS[1]]}")
+    for keywords, result in zip(sets, texts[RUNS[1]]):
+        print(f"  {keywords:32s} {result[0] if isinstance(result, list) else result}")
 
 if __name__ == "__main__":
     main()
