@@ -90,6 +90,19 @@ def row_log_probs(engine: PromptedLM | PlainLM, rows: Sequence[Sequence[int]], p
     return out
 
 
+def _scored_rows(rows: Sequence[Sequence[int]]) -> bool:
+    """Whether there are rows to score; ``ValueError`` if one is empty (each needs a token to score)."""
+    if any(len(row) == 0 for row in rows):
+        raise ValueError("rows must hold at least one token each")
+    return bool(rows)
+
+
+def _after_prompts(rows: Sequence[Sequence[int]], prompts: Sequence[Prompt], vocab: int) -> torch.Tensor:
+    """``[len(rows), vocab]`` float64: the next-token log-probabilities of each row's prompt (a fresh tensor)."""
+    return torch.stack([prompt.log_probs for prompt in prompts]) if rows else torch.empty(
+        0, vocab, dtype=torch.float64)
+
+
 def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding of ``x [T, heads, D]`` (``cos``/``sin`` ``[T, 1, D]``), as the Llama layout does."""
     half = x.shape[-1] // 2
@@ -226,9 +239,7 @@ class PromptedLM:
         Every token but a row's last is a node of the engine's :class:`~textdiff.mcmc.token_tree.TokenTree`, computed
         in the first call that needs it and read back afterwards; a token's log-probability is its parent's hidden
         state times its row of the output head, less the parent's log-sum-exp."""
-        if any(len(row) == 0 for row in rows):
-            raise ValueError("rows must hold at least one token each")
-        if not rows:
+        if not _scored_rows(rows):
             return torch.empty(0, dtype=torch.float64)
         tree = self.tree
         paths = self._nodes([row[:-1] for row in rows], prompts)
@@ -251,8 +262,7 @@ class PromptedLM:
         """``[len(rows), V]`` float64: ``log p(· | prompts[i], rows[i])``, the distribution of the token after each row
         (an empty row: its prompt's). Every token of a row is a node of the tree; the head runs once more, on each
         row's last node, normalised by the same log-sum-exp as :meth:`log_probs`."""
-        out = torch.stack([prompt.log_probs for prompt in prompts]) if rows else torch.empty(
-            0, self.head.out_features, dtype=torch.float64)
+        out = _after_prompts(rows, prompts, self.head.out_features)
         paths = self._nodes(rows, prompts)
         ended = [i for i, path in enumerate(paths) if path]
         if ended:
@@ -362,9 +372,7 @@ class PlainLM:
     @torch.no_grad()
     def log_probs(self, rows: Sequence[Sequence[int]], prompts: Sequence[Prompt]) -> torch.Tensor:
         """:meth:`PromptedLM.log_probs`: the logits after every token but a row's last, less their log-sum-exp."""
-        if any(len(row) == 0 for row in rows):
-            raise ValueError("rows must hold at least one token each")
-        if not rows:
+        if not _scored_rows(rows):
             return torch.empty(0, dtype=torch.float64)
         out = [prompt.log_probs[row[:1]] for prompt, row in zip(prompts, rows)]
         for chunk, logits in self._forwards(rows, prompts, minimum=2, last=False):
@@ -378,8 +386,7 @@ class PlainLM:
     @torch.no_grad()
     def next_log_probs(self, rows: Sequence[Sequence[int]], prompts: Sequence[Prompt]) -> torch.Tensor:
         """:meth:`PromptedLM.next_log_probs`: the logits after each row's last token, log-softmaxed."""
-        out = torch.stack([prompt.log_probs for prompt in prompts]) if rows else torch.empty(
-            0, self.model.config.vocab_size, dtype=torch.float64)
+        out = _after_prompts(rows, prompts, self.model.config.vocab_size)
         for chunk, logits in self._forwards(rows, prompts, minimum=1, last=True):
             out[chunk] = torch.log_softmax(logits.double(), -1).cpu()
         return out
