@@ -105,7 +105,7 @@ def test_completed_drafts_are_valid_states_holding_every_keyword(generator):
         return sample_drafts(generator.scorer, [generator.set_prompt(w) for w in sets], 4, seeds)
 
     (texts,) = drafts([words], [0])
-    states = generator.draft_states(forms, texts, target, group=4)
+    (states,) = generator.draft_states([forms], [texts], target, [4])
     assert states
     continuation = frozenset(generator.proposal.support.continuation_ids)
     for state in states:
@@ -118,6 +118,12 @@ def test_completed_drafts_are_valid_states_holding_every_keyword(generator):
     assert drafts([words], [0]) == [texts]  # seeded
     with_others = drafts([["guitar", "stool"], words, ["snow", "car", "drive"]], [1, 0, 2])
     assert with_others[1] == texts  # a set's drafts do not depend on the other sets decoded with it
+    other = ["guitar", "stool"]
+    both = generator.make_target(1, [], [], {4: generator.set_prompt(words), 5: generator.set_prompt(other)})
+    completed = generator.draft_states([[generator.keyword_forms(w, True) for w in other], forms],
+                                       [with_others[0], texts], both, [5, 4])
+    assert completed[1] == states  # completed beside another set's drafts: the same states
+    assert completed[0] and all(state.group == 5 for state in completed[0])
 
 
 @needs_models

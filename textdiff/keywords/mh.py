@@ -17,6 +17,7 @@ import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -36,6 +37,17 @@ OUTPUTS = ("best", "final")
 #: a word for the distinct-keywords rule: letters, with inner hyphens and apostrophes ("t-shirt", "don't" are one)
 WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 Insertion = tuple[tuple[int, ...], int]  # a keyword span and the slot it goes before
+
+
+class SetPlan(NamedTuple):
+    """A keyword set ready to run: its place in the input, keyword forms, keyword-order starts, generator and the
+    seed of its drafts."""
+
+    index: int
+    forms: list[list[tuple[int, ...]]]
+    starts: list[State]
+    generator: torch.Generator
+    draft_seed: int
 
 
 def scoring_prefix(tokenizer, prompt: str | None) -> list[int] | None:
@@ -105,10 +117,10 @@ def with_block(state: State, span: tuple[int, ...], slot: int) -> State:
                                                              + b[slot:]), state.group)
 
 
-def best_insertions(pending: Sequence[tuple[State, list[int]]], options: Sequence[list[Insertion]],
-                    target: KeywordMeasure) -> list[Insertion]:
-    """Per pending state, the ``(span, slot)`` of its options whose insertion ``target`` scores best (one batch)."""
-    candidates = [with_block(state, span, slot) for (state, _), row in zip(pending, options) for span, slot in row]
+def best_insertions(states: Sequence[State], options: Sequence[list[Insertion]], target: KeywordMeasure
+                    ) -> list[Insertion]:
+    """Per state, the ``(span, slot)`` of its options whose insertion ``target`` scores best (one batch)."""
+    candidates = [with_block(state, span, slot) for state, row in zip(states, options) for span, slot in row]
     scores = target.log_prob(candidates).tolist()
     best, offset = [], 0
     for row in options:
@@ -217,42 +229,55 @@ class KeywordGenerator:
                              "max_length or use fewer keywords")
         return forms, [State.from_keywords(spans, group) for spans in candidate_starts(forms, MAX_STARTS, generator)]
 
-    def start_states(self, starts: Sequence[State], chains: int, target: KeywordMeasure) -> list[State]:
-        """``chains`` start states: the best-scoring under ``target`` of ``starts`` (cycled when fewer)."""
-        starts = list(dict.fromkeys(s for s in starts if len(s.tokens) <= self.max_length))
-        ranked = torch.argsort(target.log_prob(starts), descending=True, stable=True).tolist()
-        return [starts[ranked[c % len(ranked)]] for c in range(chains)]
+    def start_states(self, starts: Sequence[Sequence[State]], chains: int, target: KeywordMeasure
+                     ) -> list[list[State]]:
+        """Per set, ``chains`` start states: the best-scoring under ``target`` of its ``starts`` (cycled when fewer);
+        the candidates of every set scored in one batch."""
+        kept = [list(dict.fromkeys(s for s in states if len(s.tokens) <= self.max_length)) for states in starts]
+        scores = target.log_prob([state for states in kept for state in states]).split([len(k) for k in kept])
+        chosen = []
+        for states, score in zip(kept, scores):
+            ranked = torch.argsort(score, descending=True, stable=True).tolist()
+            chosen.append([states[ranked[c % len(ranked)]] for c in range(chains)])
+        return chosen
 
-    def draft_states(self, forms: Sequence[Sequence[tuple[int, ...]]], texts: Sequence[str], target: KeywordMeasure,
-                     group: int = 0) -> list[State]:
-        """Valid states of ``group`` from LM drafts (``sample_drafts``; docs/mcmc.md#drafts-as-start-states): the
-        keyword forms a draft holds become protected blocks, and each missing keyword is inserted, at the word boundary
-        and then in the form that ``target`` scores best, one keyword per round for all drafts at once."""
+    def draft_states(self, forms: Sequence[Sequence[Sequence[tuple[int, ...]]]], texts: Sequence[Sequence[str]],
+                     target: KeywordMeasure, groups: Sequence[int]) -> list[list[State]]:
+        """Per set (its keyword ``forms``, its LM drafts ``texts``, its ``group``), the valid states made of its drafts
+        (``sample_drafts``; docs/mcmc.md#drafts-as-start-states): the keyword forms a draft holds become protected
+        blocks, and each missing keyword is inserted, at the word boundary and then in the form that ``target`` scores
+        best, one keyword per round for the drafts of every set at once."""
         continuation = frozenset(self.proposal.support.continuation_ids)
-        pending: list[tuple[State, list[int]]] = []
-        for text in texts:
-            tokens = tuple(self.proposal.keyword_ids(text))
-            found = locate_keywords(tokens, forms, continuation)
-            missing = [k for k, hit in enumerate(found) if hit is None]
-            if not tokens or len(tokens) + sum(len(forms[k][0]) for k in missing) > self.max_length:
-                continue
-            blocks = [-1] * len(tokens)
-            for k, hit in enumerate(found):
-                if hit is not None:
-                    blocks[hit[0]: hit[0] + len(hit[1])] = [k] * len(hit[1])
-            pending.append((State(tokens, blocks_in_order(blocks), group), missing))
-        done: list[State] = []
+        pending: list[tuple[int, State, list[int]]] = []  # (set, state, its missing keywords)
+        for s, (set_forms, set_texts, group) in enumerate(zip(forms, texts, groups)):
+            for text in set_texts:
+                tokens = tuple(self.proposal.keyword_ids(text))
+                found = locate_keywords(tokens, set_forms, continuation)
+                missing = [k for k, hit in enumerate(found) if hit is None]
+                if not tokens or len(tokens) + sum(len(set_forms[k][0]) for k in missing) > self.max_length:
+                    continue
+                blocks = [-1] * len(tokens)
+                for k, hit in enumerate(found):
+                    if hit is not None:
+                        blocks[hit[0]: hit[0] + len(hit[1])] = [k] * len(hit[1])
+                pending.append((s, State(tokens, blocks_in_order(blocks), group), missing))
+        done: list[list[State]] = [[] for _ in forms]
         while True:
-            done += [state for state, missing in pending if not missing]
-            pending = [(state, missing) for state, missing in pending if missing]
+            for s, state, missing in pending:
+                if not missing:
+                    done[s].append(state)
+            pending = [entry for entry in pending if entry[2]]
             if not pending:
                 return done
-            slots = [[(forms[missing[0]][0], j) for j in state.insertion_slots()
-                      if j == len(state.tokens) or state.tokens[j] not in continuation] for state, missing in pending]
-            at = [slot for _, slot in best_insertions(pending, slots, target)]
-            best = best_insertions(pending, [[(span, slot) for span in forms[missing[0]]]
-                                             for slot, (_, missing) in zip(at, pending)], target)
-            pending = [(with_block(state, *choice), missing[1:]) for choice, (state, missing) in zip(best, pending)]
+            states = [state for _, state, _ in pending]
+            slots = [[(forms[s][missing[0]][0], j) for j in state.insertion_slots()
+                      if j == len(state.tokens) or state.tokens[j] not in continuation]
+                     for s, state, missing in pending]
+            at = [slot for _, slot in best_insertions(states, slots, target)]
+            best = best_insertions(states, [[(span, slot) for span in forms[s][missing[0]]]
+                                            for slot, (s, _, missing) in zip(at, pending)], target)
+            pending = [(s, with_block(state, *choice), missing[1:])
+                       for choice, (s, state, missing) in zip(best, pending)]
 
     def run_many(self, keyword_sets: Sequence[str | Iterable[str]], *, steps: int = STEPS, chains: int = 4,
                  seed: int | None = None, inflect: bool = False, schedule: str = "geometric",
@@ -281,7 +306,7 @@ class KeywordGenerator:
                 results[index] = err if isinstance(err, ValueError) else ValueError(str(err))
         prompts = None if self.instruction is None else {i: self.set_prompt(w) for i, w in words_of.items()}
         target = self.make_target(min_length, banned, soft, prompts)
-        planned: list[tuple[int, list, list[State], torch.Generator, int]] = []
+        planned: list[SetPlan] = []
         for index, words in words_of.items():
             generator = rng.make_generator(seed)
             try:
@@ -290,7 +315,7 @@ class KeywordGenerator:
                 results[index] = err
                 continue
             draft_seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if drafts else 0
-            planned.append((index, forms, starts, generator, draft_seed))
+            planned.append(SetPlan(index, forms, starts, generator, draft_seed))
         sampler = MetropolisHastings(self.proposal, target, max_length=self.max_length)
         temperatures = temperature_schedule(steps, schedule, temperature, final_temperature)
         per_batch = max(1, batch_size // chains)
@@ -298,16 +323,15 @@ class KeywordGenerator:
             part = planned[start: start + per_batch]
             texts: list[list[str]] = [[] for _ in part]
             if drafts:  # the drafts of the whole batch in one decoding loop, each set under its own prompt
-                set_prompts = [self.scorer.prefix_ids if prompts is None else prompts[index] for index, *_ in part]
-                texts = sample_drafts(self.scorer, set_prompts, drafts, [draft_seed for *_, draft_seed in part])
-            batch = [(index, self.start_states(starts + self.draft_states(forms, drafted, target, index), chains,
-                                               target), generator)
-                     for (index, forms, starts, generator, _), drafted in zip(part, texts)]
-            streams = ChainStreams([(chains, generator) for _, _, generator in batch])
-            initial = [state for _, states, _ in batch for state in states]
+                set_prompts = [self.scorer.prefix_ids if prompts is None else prompts[plan.index] for plan in part]
+                texts = sample_drafts(self.scorer, set_prompts, drafts, [plan.draft_seed for plan in part])
+            drafted = self.draft_states([plan.forms for plan in part], texts, target, [plan.index for plan in part])
+            chosen = self.start_states([plan.starts + more for plan, more in zip(part, drafted)], chains, target)
+            streams = ChainStreams([(chains, plan.generator) for plan in part])
+            initial = [state for states in chosen for state in states]
             outcome = sampler.run(initial, steps, temperatures=temperatures, generator=streams, progress=progress)
-            for (index, _, _), result in zip(batch, outcome.split([chains] * len(batch))):
-                results[index] = result
+            for plan, result in zip(part, outcome.split([chains] * len(part))):
+                results[plan.index] = result
         return results
 
     def run(self, keywords: str | Iterable[str], **options) -> MHResult:

@@ -6,6 +6,7 @@ irregular words; a keyword always keeps its lemma as one of its forms.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -110,12 +111,14 @@ def _suffix_ing(word: str) -> str:
     return word + word[-1] + "ing" if _doubles_final(word) else word + "ing"
 
 
-def inflections(word: str) -> list[str]:
-    """The word and its plausible English inflected forms (lemma first, no duplicates)."""
+@functools.lru_cache(maxsize=1 << 16)
+def inflections(word: str) -> tuple[str, ...]:
+    """The word and its plausible English inflected forms (lemma first, no duplicates); kept per word, since the
+    keyword target asks for the forms of every word of every sentence it scores."""
     lower = word.lower()
     if not lower.isalpha():
-        return [word]
+        return (word,)
     forms = [word, _suffix_s(lower), _suffix_ing(lower), *IRREGULAR.get(lower, [])]
     if lower not in IRREGULAR_PAST:
         forms.append(_suffix_ed(lower))
-    return list(dict.fromkeys(forms))
+    return tuple(dict.fromkeys(forms))
