@@ -89,6 +89,26 @@ def test_engine_choice_and_scoring_logits_match_the_models_own_forward(make, lay
 
 
 @pytest.mark.parametrize("engine_class", [PlainLM, PromptedLM])
+def test_a_prompt_run_after_its_head_scores_and_decodes_as_the_whole_prompt(engine_class, device):
+    model = llama().to(device)
+    engine = engine_class(model)
+    ids = PROMPTS[1]
+    head = engine.prompt(ids[:5])
+    after, whole = engine.prompt(ids, after=head), engine.prompt(ids)
+    assert after.ids == whole.ids and torch.allclose(after.log_probs, whole.log_probs, atol=1e-5)
+    got, expected = (engine.log_probs(ROWS[:3], [prompt] * 3) for prompt in (after, whole))
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.equal(engine_class(model).log_probs(ROWS[:3], [after] * 3), got)  # its own bits, not the head's
+    assert torch.equal(engine.prompt(ids, after=head).log_probs, after.log_probs)  # the head's cache stays as it was
+    decoding = PlainDecoding(model, [after, whole])
+    step = decoding.step(torch.tensor([5, 5], device=device))
+    assert torch.allclose(step[0], step[1], atol=1e-4)
+    for wrong in (ids[:5], [2, *ids[1:]]):
+        with pytest.raises(ValueError, match="proper prefix"):
+            engine.prompt(wrong, after=head)
+
+
+@pytest.mark.parametrize("engine_class", [PlainLM, PromptedLM])
 def test_the_next_token_distribution_after_a_row_is_the_full_forwards_whatever_shares_the_call(engine_class, device):
     model = llama().to(device)
     engine = engine_class(model)

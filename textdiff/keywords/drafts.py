@@ -46,6 +46,15 @@ def instruction_prefix(tokenizer, words: Sequence[str], instruction: str = INSTR
     return tokenizer.encode(text, add_special_tokens=False)
 
 
+def instruction_head(tokenizer, instruction: str = INSTRUCTION,
+                     examples: Sequence[tuple[str, str]] = EXAMPLES) -> list[int]:
+    """The ids every keyword set's :func:`instruction_prefix` starts with (the worked examples and the user turn up to
+    the keywords): the common start of the prompts of two sets without a word in common."""
+    first, second = (instruction_prefix(tokenizer, [word], instruction, examples) for word in ("dog", "sky"))
+    same = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+    return first[:same]
+
+
 def single_sentence(text: str) -> str | None:
     """The draft without its final ``.``/``!``/``?`` when it is exactly one complete sentence, else ``None``."""
     text = text.strip()

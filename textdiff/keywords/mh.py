@@ -22,7 +22,8 @@ from typing import NamedTuple
 import torch
 
 from textdiff import checks, rng
-from textdiff.keywords.drafts import INSTRUCTION, blocks_in_order, instruction_prefix, locate_keywords, sample_drafts
+from textdiff.keywords.drafts import (INSTRUCTION, blocks_in_order, instruction_head, instruction_prefix, locate_keywords,
+                                      sample_drafts)
 from textdiff.keywords.parse import capitalize, detokenize, inflections, parse_keywords
 from textdiff.keywords.result import Sentence
 from textdiff.mcmc.mh import ChainStreams, MetropolisHastings, MHResult, State, temperature_schedule
@@ -152,7 +153,8 @@ class KeywordGenerator:
             instruction_prefix(lm_tokenizer, ["x"], instruction)  # ValueError naming a malformed instruction
         self.instruction, self.distinct_keywords = instruction, distinct_keywords
         prefix = scoring_prefix(lm_tokenizer, prompt)
-        self.scorer = CausalLMScorer(lm, lm_tokenizer, prefix_ids=prefix)
+        head = () if instruction is None else instruction_head(lm_tokenizer, instruction)
+        self.scorer = CausalLMScorer(lm, lm_tokenizer, prefix_ids=prefix, prompt_head=head)
         self.lm_tokenizer = lm_tokenizer
         self.gamma, self.length_bonus, self.max_length, self.end = gamma, length_bonus, max_length, end
         models = ProposalModels(lm, lm_tokenizer, mlm, mlm_tokenizer, prefix)

@@ -48,7 +48,7 @@ HEAD_ROWS = 64
 class Prompt:
     """A prompt run once: its ids, ``log p(· | prompt)`` ``[V]`` (float64, CPU) and the model's state after it: its KV
     cache (both engines; :class:`PlainDecoding` decodes on it) and, for :class:`PromptedLM`, the same keys and values
-    per layer as ``[kv heads, P', head dim]``, zero-padded to ``P'`` positions (the cache views them)."""
+    per layer as ``[kv heads, P, head dim]`` (views of the cache's)."""
 
     ids: tuple[int, ...]
     log_probs: torch.Tensor
@@ -103,6 +103,18 @@ def _after_prompts(rows: Sequence[Sequence[int]], prompts: Sequence[Prompt], voc
         0, vocab, dtype=torch.float64)
 
 
+def _run_after(model, device: torch.device, ids: Sequence[int], after: Prompt | None):
+    """``model``'s forward (with its KV cache) on ``ids``, or on the tokens of ``ids`` past ``after`` on a copy of
+    ``after``'s cache (``ValueError`` unless ``after.ids`` is a proper prefix of ``ids``)."""
+    if after is None:
+        return model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True)
+    if len(after.ids) >= len(ids) or tuple(ids[: len(after.ids)]) != after.ids:
+        raise ValueError("after must be a prompt whose ids are a proper prefix of ids")
+    cache = kv_cache_rows([after.cache], len(after.ids))
+    return model(input_ids=torch.tensor([list(ids[len(after.ids):])], device=device), use_cache=True,
+                 **kv_cache_argument(model, cache))
+
+
 def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding of ``x [T, heads, D]`` (``cos``/``sin`` ``[T, 1, D]``), as the Llama layout does."""
     half = x.shape[-1] // 2
@@ -154,23 +166,14 @@ class PromptedLM:
         return mine.shape == full.shape and bool((mine - full).abs().max() <= tolerance * full.abs().max().clamp(min=1))
 
     @torch.no_grad()
-    def prompt(self, ids: Sequence[int]) -> Prompt:
-        """Run ``ids`` once: their keys and values per layer, zero-padded to a multiple of 32 positions (a width fixed
-        by the prompt, from which neither a batched product nor a vectorised ``exp`` treats a row by the number of
-        rows), and the next-token distribution. The prompt's KV cache, for :class:`PlainDecoding`, views the same
-        storage."""
-        out = self.base(input_ids=torch.tensor([list(ids)], device=self.device), use_cache=True)
+    def prompt(self, ids: Sequence[int], after: Prompt | None = None) -> Prompt:
+        """Run ``ids`` once (after the prompt ``after``, a prefix of them: only the tokens past it): their keys and
+        values per layer and the next-token distribution."""
+        out = _run_after(self.base, self.device, ids, after)
         cache = kv_cache_of(out)
         last = self.head(out.last_hidden_state[0, -1:].contiguous())[0]
-        width = bucket(len(ids), 32)
-        stored = {"keys": [], "values": []}
-        for layer in cache.layers:
-            for name, kept in stored.items():
-                padded = torch.nn.functional.pad(getattr(layer, name)[0], (0, 0, 0, width - len(ids)))  # [kv, P', D]
-                kept.append(padded)
-                setattr(layer, name, padded[None, :, : len(ids)])
-        return Prompt(tuple(ids), torch.log_softmax(last.double(), -1).cpu(), tuple(stored["keys"]),
-                      tuple(stored["values"]), cache)
+        keys, values = (tuple(getattr(layer, name)[0] for layer in cache.layers) for name in ("keys", "values"))
+        return Prompt(tuple(ids), torch.log_softmax(last.double(), -1).cpu(), keys, values, cache)
 
     def _layers(self, tokens: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
         """Final hidden states ``[T, H]`` of packed tokens ``[T]`` at ``positions [T]``; ``attend(layer, q, k, v)``
@@ -191,45 +194,35 @@ class PromptedLM:
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.base.norm(x)[:count]
 
-    def _on_prompt(self, number: int, prompt: Prompt, q: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Attention of ``q [t, heads, D]`` over the prompt's keys alone, unnormalised: ``(Σ e·V [t, heads, D], max
-        score [t, heads], Σ e [t, heads])`` with ``e = exp(score − max)``; one batched product per key-value head's
-        queries (the grouped query heads folded into rows), at least 16 rows."""
+    def _on_prompt(self, number: int, prompt: Prompt, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention of ``q [t, heads, D]`` over the prompt's keys alone: ``(output [t, heads, D], log Σ exp(score)
+        [t, heads])``; one fused product per key-value head, its queries the tokens' grouped query heads folded into
+        rows (a multiple of 16 of them)."""
         t, groups = len(q), self.heads // self.kv_heads
-        keys, values = prompt.keys[number], prompt.values[number]  # [kv, P', D]
         flat = q.view(t, self.kv_heads, groups, self.head_dim).transpose(0, 1).reshape(self.kv_heads, -1, self.head_dim)
-        rows = flat.shape[1]
-        flat = at_least_rows(flat, 1)
-        scores = torch.bmm(flat, keys.transpose(1, 2)).float() * self.base.layers[number].self_attn.scaling
-        scores[..., len(prompt.ids):] = float("-inf")  # [kv, r, P']: the zero padding left out
-        top = scores.amax(-1, keepdim=True)
-        weights = torch.exp(scores - top)
-        out = torch.bmm(weights.to(q.dtype), values)[:, :rows]  # [kv, t·g, D]
+        keys, values = prompt.keys[number][None], prompt.values[number][None]  # [1, kv, P, D]
+        out, lse = _attention(_whole_blocks(flat, 1)[None], keys, values, self.base.layers[number].self_attn.scaling)
 
         def per_token(x: torch.Tensor) -> torch.Tensor:  # [kv, t·g, ...] -> [t, heads, ...]
-            return x.reshape(self.kv_heads, t, groups, -1).transpose(0, 1).reshape(t, self.heads, -1)
+            return x[:, : t * groups].reshape(self.kv_heads, t, groups, -1).transpose(0, 1).reshape(t, self.heads, -1)
 
-        return per_token(out), per_token(top[:, :rows])[..., 0], per_token(weights.sum(-1)[:, :rows, None])[..., 0]
+        return per_token(out[0]), per_token(lse[0, ..., None])[..., 0]
 
     def _on_path(self, number: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor
-                 ) -> tuple[torch.Tensor, ...]:
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention of the window's queries ``q [m, 8, heads, D]`` over their paths' ``k``/``v [m, w, kv heads, D]``
-        where ``allowed [1, 8, w]``, unnormalised as in :meth:`_on_prompt` (each ``[m, 8, heads, ...]``); one product
-        per window and key-value head."""
-        m, wq, w, groups = len(q), q.shape[1], k.shape[1], self.heads // self.kv_heads
+        (``allowed [8, w]``: 0, or ``-inf`` where a query may not look), as in :meth:`_on_prompt` (each ``[m, 8,
+        heads, ...]``); one fused product per window and key-value head."""
+        m, wq, groups = len(q), q.shape[1], self.heads // self.kv_heads
         q = q.view(m, wq, self.kv_heads, groups, self.head_dim).permute(0, 2, 3, 1, 4)  # [m, kv, g, 8, D]
-        q = q.reshape(m * self.kv_heads, groups * wq, self.head_dim)
-        k, v = (t.permute(0, 2, 1, 3).reshape(m * self.kv_heads, w, self.head_dim) for t in (k, v))
-        scores = torch.bmm(q, k.transpose(1, 2)).view(m, self.kv_heads, groups, wq, w).float()
-        scores = scores.masked_fill(~allowed[:, None, None], float("-inf")) * self.base.layers[number].self_attn.scaling
-        top = scores.amax(-1, keepdim=True)
-        weights = torch.exp(scores - top)  # 8·w values per query block: a multiple of 64, never a short tail
-        out = torch.bmm(weights.to(v.dtype).view(m * self.kv_heads, groups * wq, w), v)
+        q = q.reshape(m, self.kv_heads, groups * wq, self.head_dim)
+        k, v = (t.transpose(1, 2) for t in (k, v))  # [m, kv, w, D]
+        out, lse = _attention(q, k, v, self.base.layers[number].self_attn.scaling, allowed.repeat(groups, 1))
 
-        def per_token(x: torch.Tensor) -> torch.Tensor:  # [m, kv, g, 8, ...] -> [m, 8, heads, ...]
+        def per_token(x: torch.Tensor) -> torch.Tensor:  # [m, kv, g·8, ...] -> [m, 8, heads, ...]
             return x.reshape(m, self.kv_heads, groups, wq, -1).permute(0, 3, 1, 2, 4).reshape(m, wq, self.heads, -1)
 
-        return per_token(out), per_token(top)[..., 0], per_token(weights.sum(-1, keepdim=True))[..., 0]
+        return per_token(out), per_token(lse[..., None])[..., 0]
 
     @torch.no_grad()
     def log_probs(self, rows: Sequence[Sequence[int]], prompts: Sequence[Prompt]) -> torch.Tensor:
@@ -319,24 +312,24 @@ class PromptedLM:
             keys = torch.tensor([(paths[i] + [0] * width)[:width] for i in owners], device=device)  # [m, width]
             queries = torch.tensor(list(owners.values()), device=device)  # [m, 8]
             column = torch.arange(width, device=device)
-            allowed = (column[None] <= column[width - 8:, None])[None]  # [1, 8, width]
+            allowed = torch.zeros(8, width, device=device).masked_fill(
+                column[None] > column[width - 8:, None], float("-inf"))  # [8, width]: additive
             path_plan.append((keys, queries, queries < len(made), allowed))
 
         def attend(number, q, k, v):
             tree.keys[number][slots], tree.values[number][slots] = k, v
             on_prompt = [torch.cat(parts).float() for parts in zip(
                 *(self._on_prompt(number, prompt, q[first:last]) for prompt, first, last in prompt_plan))]
-            on_path = [q.new_empty(shape, dtype=torch.float32) for shape in (q.shape, q.shape[:2], q.shape[:2])]
+            on_path = [q.new_empty(shape, dtype=torch.float32) for shape in (q.shape, q.shape[:2])]
             q = torch.cat([q, q.new_zeros(1, *q.shape[1:])])  # query place len(made): zeros, its output unused
             for keys, queries, real, allowed in path_plan:
                 parts = self._on_path(number, q[queries], tree.keys[number][keys], tree.values[number][keys], allowed)
                 for part, value in zip(on_path, parts):
                     part[queries[real]] = value[real].float()
-            (out_p, top_p, sum_p), (out_r, top_r, sum_r) = on_prompt, on_path
-            top = torch.maximum(top_p, top_r)
-            scale_p, scale_r = _exp_per_value(top_p - top), _exp_per_value(top_r - top)
-            total = sum_p * scale_p + sum_r * scale_r
-            mixed = (out_p * scale_p[..., None] + out_r * scale_r[..., None]) / total[..., None]
+            (out_p, lse_p), (out_r, lse_r) = on_prompt, on_path
+            top = torch.maximum(lse_p, lse_r)
+            scale_p, scale_r = _exp_per_value(lse_p - top), _exp_per_value(lse_r - top)
+            mixed = (out_p * scale_p[..., None] + out_r * scale_r[..., None]) / (scale_p + scale_r)[..., None]
             return mixed.to(q.dtype).flatten(1)
 
         hidden = self._layers(tokens, positions, attend)
@@ -344,6 +337,26 @@ class PromptedLM:
         for block, block_slots in zip(hidden.split(HEAD_ROWS), slots.split(HEAD_ROWS)):  # for the cache's sake
             logits = self.head(at_least_rows(block))[: len(block)]
             tree.log_norm[block_slots] = torch.logsumexp(logits.float(), -1).double()
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(softmax(s) v [B, H, L, D], log Σ exp(s) [B, H, L])`` with ``s = q kᵀ · scale + mask`` for ``q [B, H, L, D]``,
+    ``k``/``v [B, H, S, D]`` and an additive ``mask [L, S]``: the CPU's fused attention kernel. It splits the queries
+    into blocks of 32 to 256 rows, and a row's bits depend on nothing else as long as no block holds fewer than 3
+    rows: every ``L`` here is a multiple of 16 (docs/mcmc.md#rows-after-prompts)."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask,
+                                                                       scale=scale)
+
+
+def _whole_blocks(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """``x`` with zero rows appended along ``dim`` up to a multiple of 16 rows (at least 16)."""
+    missing = max(16, -(-x.shape[dim] // 16) * 16) - x.shape[dim]
+    if missing == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x, x.new_zeros(shape)], dim)
 
 
 def _exp_per_value(x: torch.Tensor) -> torch.Tensor:
@@ -364,9 +377,10 @@ class PlainLM:
         """Nothing to forget: this engine keeps no token."""
 
     @torch.no_grad()
-    def prompt(self, ids: Sequence[int]) -> Prompt:
-        """Run ``ids`` once: their KV cache and the next-token distribution."""
-        out = self.model(input_ids=torch.tensor([list(ids)], device=self.device), use_cache=True)
+    def prompt(self, ids: Sequence[int], after: Prompt | None = None) -> Prompt:
+        """Run ``ids`` once (after the prompt ``after``, as :meth:`PromptedLM.prompt`): their KV cache and the
+        next-token distribution."""
+        out = _run_after(self.model, self.device, ids, after)
         return Prompt(tuple(ids), torch.log_softmax(out.logits[0, -1].double(), -1).cpu(), cache=kv_cache_of(out))
 
     @torch.no_grad()

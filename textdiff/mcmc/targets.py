@@ -41,10 +41,14 @@ class CausalLMScorer:
     docs/mcmc.md#a-tree-of-scored-tokens), so a row that starts like one scored before pays only for the rest. Rows
     of all prefixes share the pass, and a row's score never depends on its batchmates or on what is kept
     (:mod:`textdiff.mcmc.prompted`).
+
+    ``prompt_head``: ids that many prefixes start with (the worked examples of every keyword set's instruction): run
+    once, and every prefix that starts with them and goes on runs only its own tokens after them, always, whatever
+    is kept (docs/mcmc.md#rows-after-prompts).
     """
 
     def __init__(self, model, tokenizer, prefix_ids: Sequence[int] | None = None, max_batch_tokens: int = 4096,
-                 max_prefixes: int = 64, cached_tokens: int = CACHED_TOKENS):
+                 max_prefixes: int = 64, cached_tokens: int = CACHED_TOKENS, prompt_head: Sequence[int] = ()):
         self.model, self.tokenizer = model, tokenizer
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.prefix_ids = list(prefix_ids) if prefix_ids is not None else [bos]
@@ -54,10 +58,12 @@ class CausalLMScorer:
         self.max_batch_tokens, self.max_prefixes = max_batch_tokens, max_prefixes
         self.engine = prompted_engine(model, cached_tokens)
         self.prompts: OrderedDict[tuple[int, ...], Prompt] = OrderedDict()
+        self.prompt_head, self._head = tuple(prompt_head), None
 
     def clear(self) -> None:
         """Forget every prompt run and every token computed (the engine's memory; scores do not change)."""
         self.prompts.clear()
+        self._head = None
         self.engine.clear()
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -70,12 +76,18 @@ class CausalLMScorer:
 
     def prompt(self, prefix: Sequence[int]) -> Prompt:
         """A prefix run once (:class:`~textdiff.mcmc.prompted.Prompt`: its keys and values and ``log p(· | prefix)``),
-        kept for later calls (the least recently used of more than ``max_prefixes`` dropped first)."""
+        kept for later calls (the least recently used of more than ``max_prefixes`` dropped first); a prefix that goes
+        on after ``prompt_head`` runs after the head's prompt."""
         key = tuple(prefix)
         if key not in self.prompts:
             if not key:
                 raise ValueError("prefixes must hold at least one token each (e.g. BOS)")
-            self.prompts[key] = self.engine.prompt(key)
+            head = self.prompt_head
+            if head and len(key) > len(head) and key[: len(head)] == head:
+                self._head = self._head or self.engine.prompt(head)
+                self.prompts[key] = self.engine.prompt(key, after=self._head)
+            else:
+                self.prompts[key] = self.engine.prompt(key)
             while len(self.prompts) > self.max_prefixes:
                 self.prompts.popitem(last=False)
         self.prompts.move_to_end(key)
