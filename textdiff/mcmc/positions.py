@@ -37,15 +37,20 @@ def _split(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
 MIN_HEAD_ROWS = 16
 
 
-def at_least_rows(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """``x`` with zero rows appended along ``dim`` up to :data:`MIN_HEAD_ROWS` (unchanged when it has that many), so
-    that a matrix product gives each real row the same bits whatever the number of rows."""
-    missing = MIN_HEAD_ROWS - x.shape[dim]
+def zero_rows_to(x: torch.Tensor, rows: int, dim: int = 0) -> torch.Tensor:
+    """``x`` with zero rows appended along ``dim`` up to ``rows`` (unchanged when it has that many)."""
+    missing = rows - x.shape[dim]
     if missing <= 0:
         return x
     shape = list(x.shape)
     shape[dim] = missing
     return torch.cat([x, x.new_zeros(shape)], dim)
+
+
+def at_least_rows(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """``x`` with zero rows appended along ``dim`` up to :data:`MIN_HEAD_ROWS` (unchanged when it has that many), so
+    that a matrix product gives each real row the same bits whatever the number of rows."""
+    return zero_rows_to(x, MIN_HEAD_ROWS, dim)
 
 
 def _split_logits(split, input_ids, attention_mask, rows, columns, inputs: dict) -> torch.Tensor:

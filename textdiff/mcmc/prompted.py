@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from textdiff.compat import kv_cache_argument, kv_cache_of, kv_cache_rows
-from textdiff.mcmc.positions import at_least_rows, logits_at
+from textdiff.mcmc.positions import at_least_rows, logits_at, zero_rows_to
 from textdiff.mcmc.token_tree import TokenTree
 from textdiff.padding import bucket, by_width, pad
 
@@ -201,7 +201,8 @@ class PromptedLM:
         t, groups = len(q), self.heads // self.kv_heads
         flat = q.view(t, self.kv_heads, groups, self.head_dim).transpose(0, 1).reshape(self.kv_heads, -1, self.head_dim)
         keys, values = prompt.keys[number][None], prompt.values[number][None]  # [1, kv, P, D]
-        out, lse = _attention(_whole_blocks(flat, 1)[None], keys, values, self.base.layers[number].self_attn.scaling)
+        flat = zero_rows_to(flat, bucket(flat.shape[1], 16), 1)  # whole blocks of 16 rows
+        out, lse = _attention(flat[None], keys, values, self.base.layers[number].self_attn.scaling)
 
         def per_token(x: torch.Tensor) -> torch.Tensor:  # [kv, t·g, ...] -> [t, heads, ...]
             return x[:, : t * groups].reshape(self.kv_heads, t, groups, -1).transpose(0, 1).reshape(t, self.heads, -1)
@@ -347,16 +348,6 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, 
     rows: every ``L`` here is a multiple of 16 (docs/mcmc.md#rows-after-prompts)."""
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask,
                                                                        scale=scale)
-
-
-def _whole_blocks(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """``x`` with zero rows appended along ``dim`` up to a multiple of 16 rows (at least 16)."""
-    missing = max(16, -(-x.shape[dim] // 16) * 16) - x.shape[dim]
-    if missing == 0:
-        return x
-    shape = list(x.shape)
-    shape[dim] = missing
-    return torch.cat([x, x.new_zeros(shape)], dim)
 
 
 def _exp_per_value(x: torch.Tensor) -> torch.Tensor:
