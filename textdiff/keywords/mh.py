@@ -22,8 +22,14 @@ from typing import NamedTuple
 import torch
 
 from textdiff import checks, rng
-from textdiff.keywords.drafts import (INSTRUCTION, blocks_in_order, instruction_head, instruction_prefix, locate_keywords,
-                                      sample_drafts)
+from textdiff.keywords.drafts import (
+    INSTRUCTION,
+    blocks_in_order,
+    instruction_head,
+    instruction_prefix,
+    locate_keywords,
+    sample_drafts,
+)
 from textdiff.keywords.parse import capitalize, detokenize, inflections, parse_keywords
 from textdiff.keywords.result import Sentence
 from textdiff.mcmc.mh import ChainStreams, MetropolisHastings, MHResult, State, temperature_schedule
