@@ -345,7 +345,8 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, 
     """``(softmax(s) v [B, H, L, D], log Σ exp(s) [B, H, L])`` with ``s = q kᵀ · scale + mask`` for ``q [B, H, L, D]``,
     ``k``/``v [B, H, S, D]`` and an additive ``mask [L, S]``: the CPU's fused attention kernel. It splits the queries
     into blocks of 32 to 256 rows, and a row's bits depend on nothing else as long as no block holds fewer than 3
-    rows: every ``L`` here is a multiple of 16 (docs/mcmc.md#rows-after-prompts)."""
+    rows: here ``L`` is a multiple of 16 (over a prompt) or fixed by the model (a window's ``8 · groups`` queries;
+    docs/mcmc.md#rows-after-prompts)."""
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask,
                                                                        scale=scale)
 
