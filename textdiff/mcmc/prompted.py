@@ -25,6 +25,7 @@ from earlier calls (on CPU with one thread, where a matrix product gives a row t
 
 from __future__ import annotations
 
+import copy
 import itertools
 import weakref
 from collections.abc import Iterator, Sequence
@@ -110,7 +111,7 @@ def _run_after(model, device: torch.device, ids: Sequence[int], after: Prompt | 
         return model(input_ids=torch.tensor([list(ids)], device=device), use_cache=True)
     if len(after.ids) >= len(ids) or tuple(ids[: len(after.ids)]) != after.ids:
         raise ValueError("after must be a prompt whose ids are a proper prefix of ids")
-    cache = kv_cache_rows([after.cache], len(after.ids))
+    cache = copy.deepcopy(after.cache)  # the forward extends the cache it is given
     return model(input_ids=torch.tensor([list(ids[len(after.ids):])], device=device), use_cache=True,
                  **kv_cache_argument(model, cache))
 
@@ -212,13 +213,13 @@ class PromptedLM:
     def _on_path(self, number: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention of the window's queries ``q [m, 8, heads, D]`` over their paths' ``k``/``v [m, w, kv heads, D]``
-        (``allowed [8, w]``: 0, or ``-inf`` where a query may not look), as in :meth:`_on_prompt` (each ``[m, 8,
-        heads, ...]``); one fused product per window and key-value head."""
+        (``allowed [groups · 8, w]``: 0, or ``-inf`` where a query may not look), as in :meth:`_on_prompt` (each
+        ``[m, 8, heads, ...]``); one fused product per window and key-value head."""
         m, wq, groups = len(q), q.shape[1], self.heads // self.kv_heads
         q = q.view(m, wq, self.kv_heads, groups, self.head_dim).permute(0, 2, 3, 1, 4)  # [m, kv, g, 8, D]
         q = q.reshape(m, self.kv_heads, groups * wq, self.head_dim)
         k, v = (t.transpose(1, 2) for t in (k, v))  # [m, kv, w, D]
-        out, lse = _attention(q, k, v, self.base.layers[number].self_attn.scaling, allowed.repeat(groups, 1))
+        out, lse = _attention(q, k, v, self.base.layers[number].self_attn.scaling, allowed)
 
         def per_token(x: torch.Tensor) -> torch.Tensor:  # [m, kv, g·8, ...] -> [m, 8, heads, ...]
             return x.reshape(m, self.kv_heads, groups, wq, -1).permute(0, 3, 1, 2, 4).reshape(m, wq, self.heads, -1)
@@ -313,8 +314,9 @@ class PromptedLM:
             keys = torch.tensor([(paths[i] + [0] * width)[:width] for i in owners], device=device)  # [m, width]
             queries = torch.tensor(list(owners.values()), device=device)  # [m, 8]
             column = torch.arange(width, device=device)
-            allowed = torch.zeros(8, width, device=device).masked_fill(
-                column[None] > column[width - 8:, None], float("-inf"))  # [8, width]: additive
+            allowed = torch.zeros(8, width, device=device).masked_fill(column[None] > column[width - 8:, None],
+                                                                        float("-inf"))  # [8, width]: additive
+            allowed = allowed.repeat(self.heads // self.kv_heads, 1)  # [g · 8, width]: the queries' order
             path_plan.append((keys, queries, queries < len(made), allowed))
 
         def attend(number, q, k, v):

@@ -58,12 +58,11 @@ class CausalLMScorer:
         self.max_batch_tokens, self.max_prefixes = max_batch_tokens, max_prefixes
         self.engine = prompted_engine(model, cached_tokens)
         self.prompts: OrderedDict[tuple[int, ...], Prompt] = OrderedDict()
-        self.prompt_head, self._head = tuple(prompt_head), None
+        self.prompt_head = tuple(prompt_head)
 
     def clear(self) -> None:
         """Forget every prompt run and every token computed (the engine's memory; scores do not change)."""
         self.prompts.clear()
-        self._head = None
         self.engine.clear()
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -77,17 +76,14 @@ class CausalLMScorer:
     def prompt(self, prefix: Sequence[int]) -> Prompt:
         """A prefix run once (:class:`~textdiff.mcmc.prompted.Prompt`: its keys and values and ``log p(· | prefix)``),
         kept for later calls (the least recently used of more than ``max_prefixes`` dropped first); a prefix that goes
-        on after ``prompt_head`` runs after the head's prompt."""
+        on after ``prompt_head`` runs after the head's prompt (itself kept as a prefix)."""
         key = tuple(prefix)
         if key not in self.prompts:
             if not key:
                 raise ValueError("prefixes must hold at least one token each (e.g. BOS)")
             head = self.prompt_head
-            if head and len(key) > len(head) and key[: len(head)] == head:
-                self._head = self._head or self.engine.prompt(head)
-                self.prompts[key] = self.engine.prompt(key, after=self._head)
-            else:
-                self.prompts[key] = self.engine.prompt(key)
+            after = self.prompt(head) if head and len(key) > len(head) and key[: len(head)] == head else None
+            self.prompts[key] = self.engine.prompt(key, after=after)
             while len(self.prompts) > self.max_prefixes:
                 self.prompts.popitem(last=False)
         self.prompts.move_to_end(key)
