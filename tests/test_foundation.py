@@ -98,10 +98,38 @@ def test_nucleus_keeps_what_a_full_sort_keeps(top_p):
     assert torch.equal(rng.filter_logits(logits, top_p=top_p), logits.masked_fill(drop, -math.inf))
 
 
+@pytest.mark.parametrize("top_p", [0.5, 0.9])
+@pytest.mark.parametrize("logits", [[2.0, 1.5, 1.0, 0.2, -0.5, -3.0, -math.inf], [0.0] * 300],
+                         ids=["peaked", "flat"])
+def test_sample_nucleus_draws_the_filtered_law(logits, top_p):
+    """Inverse CDF over the ranked nucleus (one uniform per row) draws the law of Gumbel-max over ``filter_logits``:
+    nothing outside the nucleus, chi-square against the enumerated law, on a peaked row and on a flat one whose
+    nucleus lies beyond the first ranked entries; the whole row's CDF (the nucleus forgotten) is rejected."""
+    logits = torch.tensor(logits, dtype=torch.float64)
+    n = 200_000
+    u = rng.uniform((n,), rng.make_generator(seed=3))
+    law = torch.softmax(rng.filter_logits(logits[None], top_p=top_p)[0], -1)
+    support = law > 0
+
+    def p_value(draws: torch.Tensor) -> float:
+        counts = torch.bincount(draws, minlength=len(logits))
+        if counts[~support].any():
+            return 0.0
+        return stats.chisquare(counts[support].numpy(), (law[support] * n).numpy()).pvalue
+
+    assert p_value(rng.sample_nucleus(logits.expand(n, -1), u, top_p)) > 1e-4
+    assert p_value(rng.sample_nucleus(logits.expand(n, -1), u, 1.0)) < 1e-6
+
+
 @pytest.mark.parametrize("kwargs", [{"temperature": 0.0}, {"temperature": -1.0}, {"top_k": 0}, {"top_p": 0.0}])
 def test_bad_sampling_parameters(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         rng.sample_categorical(torch.zeros(2, 3), rng.make_generator(seed=0), **kwargs)
+
+
+def test_bad_nucleus_mass():
+    with pytest.raises(ValueError, match="top_p"):
+        rng.sample_nucleus(torch.zeros(2, 3), torch.full((2,), 0.5, dtype=torch.float64), 0.0)
 
 
 def test_all_inf_row_rejected():

@@ -90,10 +90,19 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 
-def _nucleus(logits: torch.Tensor, top_p: float, first: int = 64) -> torch.Tensor:
-    """Keep, per row, the most probable entries while the mass before them is below ``top_p``. Only the top ``k``
-    entries are ranked (``torch.topk``, ``k = first, 4·first, …``) until they hold ``top_p`` in every row: every entry
-    beyond them has at least that much mass before it, so a full sort of ``V`` entries would drop them too."""
+def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``logits`` with every entry outside its row's nucleus set to ``-inf``."""
+    top, order, _, kept = _ranked_nucleus(logits, top_p)
+    return torch.full_like(logits, -math.inf).scatter(-1, order, top.masked_fill(~kept, -math.inf))
+
+
+def _ranked_nucleus(logits: torch.Tensor, top_p: float, first: int = 64
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row, ``(top, order, probs, kept)`` over its ``k`` largest entries in descending order: their logits,
+    indices, probabilities under ``softmax(logits)``, and whether each is in the nucleus (the mass before it is below
+    ``top_p``). Only the top ``k`` entries are ranked (``torch.topk``, ``k = first, 4·first, …``) until they hold
+    ``top_p`` in every row: every entry beyond them has at least that much mass before it, so a full sort of ``V``
+    entries would drop them too."""
     width = logits.shape[-1]
     log_total = torch.logsumexp(logits, dim=-1, keepdim=True)
     k = min(first, width)
@@ -102,9 +111,22 @@ def _nucleus(logits: torch.Tensor, top_p: float, first: int = 64) -> torch.Tenso
         probs = torch.exp(top - log_total)
         cumulative = torch.cumsum(probs, dim=-1)
         if k == width or bool((cumulative[..., -1] >= top_p).all()):
-            kept = torch.where(cumulative - probs < top_p, top, torch.full_like(top, -math.inf))
-            return torch.full_like(logits, -math.inf).scatter(-1, order, kept)
+            return top, order, probs, cumulative - probs < top_p
         k = min(4 * k, width)
+
+
+def sample_nucleus(logits: torch.Tensor, u: torch.Tensor, top_p: float) -> torch.Tensor:
+    """One index per row of ``logits [N, V]``, drawn from ``softmax(logits)`` restricted to the row's nucleus (as
+    :func:`filter_logits` with ``top_p``), by inverse CDF at the row's float64 uniform ``u [N]`` (:func:`uniform`):
+    the law of ``sample_categorical(logits, top_p=top_p)`` from one uniform per row instead of ``V`` Gumbels. Every
+    row must have an entry of positive probability."""
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    _, order, probs, kept = _ranked_nucleus(logits.double(), top_p)
+    cumulative = torch.cumsum(probs.masked_fill(~kept, 0.0), dim=-1)  # [N, k], non-decreasing
+    below = (u.double() * cumulative[:, -1])[:, None]  # in (0, the row's nucleus mass)
+    pick = torch.searchsorted(cumulative, below).clamp_(max=order.shape[-1] - 1)  # first entry reaching it
+    return order.gather(-1, pick)[:, 0]
 
 
 def sample_categorical(

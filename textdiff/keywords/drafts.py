@@ -97,9 +97,8 @@ def _decode(scorer: CausalLMScorer, prompts: list[Prompt], count: int, seeds: li
     alive = torch.arange(len(drawn), device=device)  # the rows still decoding, in row order
     sizes = [count] * len(prompts)  # unfinished rows per prompt
     for step in range(max_new_tokens):
-        logits = rng.filter_logits(logits.double() / temperature, top_p=top_p)  # [alive, V]
-        token = torch.cat([rng.sample_categorical(part, g, check=False)
-                           for part, g, size in zip(logits.split(sizes), generators, sizes) if size])
+        u = torch.cat([rng.uniform((size,), g) for g, size in zip(generators, sizes) if size])  # [alive]
+        token = rng.sample_nucleus(logits.double() / temperature, u, top_p)  # [alive]
         drawn[alive, step] = token
         going = token != eos
         if not bool(going.all()):
