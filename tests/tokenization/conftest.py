@@ -57,9 +57,9 @@ def held_out(corpus_lines) -> list[str]:
 def fixed_shapes(monkeypatch):
     """Run the CUDA code path on the CPU: loops of fixed shape that never read device values on the host
     (``compact=False`` in ``textdiff.tokenization.viterbi`` and ``lattice``)."""
-    from textdiff.tokenization import UnigramTokenizer
+    from textdiff.tokenization.segmenter import WordSegmenter
 
-    monkeypatch.setattr(UnigramTokenizer, "_compact", staticmethod(lambda device: False))
+    monkeypatch.setattr(WordSegmenter, "compact", staticmethod(lambda device: False))
 
 
 def _cjk_lines(n: int, seed: int = 0) -> list[str]:

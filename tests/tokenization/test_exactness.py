@@ -17,6 +17,7 @@ import torch
 from scipy import stats
 
 from textdiff.tokenization import UnigramTokenizer, wordcache
+from textdiff.tokenization.segmenter import WordSegmenter
 
 N_DRAWS = 100_000
 ABABAB_COUNTS = {"a": 4, "b": 4, "ab": 3, "ba": 2, "aba": 1, "bab": 1, "abab": 1}
@@ -144,7 +145,7 @@ def walk_draws(text: str, tok: UnigramTokenizer, alpha: float, compact: bool, bi
     exact predecessor law), and every table uniform over its segmentations; ``shared=True``: one draw reused for
     every occurrence of the word in the batch (the mistake a cache of word tables invites)."""
     cpu = torch.device("cpu")
-    tables = tok._word_tables([text], alpha, cpu)
+    tables = tok.segmenter.word_tables([text], alpha, cpu)
     edges, rows = tables.data[wordcache.EDGE], tables.data[wordcache.ROW]
     if biased:
         count = torch.diff(torch.cat([rows["first"], torch.tensor([edges["cdf"].numel()])]))
@@ -164,7 +165,7 @@ def walk_draws(text: str, tok: UnigramTokenizer, alpha: float, compact: bool, bi
     lengths = torch.full((paths,), len(text))
     gen = torch.Generator().manual_seed(7)
     table = wordcache.walk(store, entry.repeat(paths), lengths, torch.arange(paths) * len(text), out,
-                           torch.zeros_like(out), gen, len(text), tok._trie("cpu").max_len, compact)
+                           torch.zeros_like(out), gen, len(text), tok.segmenter.trie("cpu").max_len, compact)
     seg_first, seg_count = store.column(wordcache.SEG, "first"), store.column(wordcache.SEG, "count")
     pieces = store.column(wordcache.PIECE, "piece")
     counts = Counter()
@@ -194,7 +195,7 @@ def test_tables_hold_every_segmentation_with_its_exact_probability():
     a cache that holds it)."""
     tok = ababab()
     law = exact_law("ababab", tok, 0.7)
-    tables = tok._word_tables(["ababab"], 0.7, torch.device("cpu"))
+    tables = tok.segmenter.word_tables(["ababab"], 0.7, torch.device("cpu"))
     seg, piece = tables.data[wordcache.SEG], tables.data[wordcache.PIECE]["piece"]
     assert tables.data[wordcache.ROW]["segs"].tolist() == [0] * 5 + [len(law)]  # one table: the whole word
     probability = torch.diff(seg["cdf"], prepend=torch.zeros(1)).tolist()
@@ -216,10 +217,10 @@ def test_cpu_tables_are_the_fixed_shape_tables_bit_for_bit(alpha, sp_model, held
              (watching(), ["watching" * 3, "watching", "w"], 1)]  # chunks of prefixes that have no path
     for tok, keys, chunk in cases:
         monkeypatch.setattr(wordcache, "_CHUNK_PREFIXES", chunk)
-        cpu = tok._word_tables(keys, alpha, torch.device("cpu"))
+        cpu = tok.segmenter.word_tables(keys, alpha, torch.device("cpu"))
         with monkeypatch.context() as patch:
-            patch.setattr(UnigramTokenizer, "_compact", staticmethod(lambda device: False))
-            fixed = tok._word_tables(keys, alpha, torch.device("cpu"))
+            patch.setattr(WordSegmenter, "compact", staticmethod(lambda device: False))
+            fixed = tok.segmenter.word_tables(keys, alpha, torch.device("cpu"))
         assert cpu.sizes.keys() == fixed.sizes.keys() and cpu.data.keys() == fixed.data.keys()
         assert all(torch.equal(cpu.sizes[g], fixed.sizes[g]) for g in cpu.sizes)
         for group, fields in cpu.data.items():

@@ -48,7 +48,7 @@ def test_every_option_is_exercised(pairs):
     assert normalized["nmt_nfkc"] == "▁A▁グ" and normalized["identity"] == "▁Ａ▁ｸﾞ"
     assert normalized["spaces_kept"] == "▁▁▁A▁▁グ▁" and normalized["no_dummy_prefix"] == "A▁グ"
     cjk, _ = pairs["cjk_bytes"]
-    assert cjk.vocab_size == 6000 and cjk.vocab.byte_fallback and len(cjk._trie("cpu").cid_table) > 0x4E00
+    assert cjk.vocab_size == 6000 and cjk.vocab.byte_fallback and len(cjk.segmenter.trie("cpu").cid_table) > 0x4E00
 
 
 @SETTINGS
@@ -184,7 +184,7 @@ def test_256k_vocabulary_over_28k_characters_matches_sentencepiece(huge_model, c
     tok = UnigramTokenizer.from_sentencepiece(huge_model)
     sp = spm.SentencePieceProcessor(model_file=huge_model)
     assert tok.vocab_size == sp.get_piece_size() == 256_000
-    trie = tok._trie("cpu")
+    trie = tok.segmenter.trie("cpu")
     assert trie.alphabet_size > 28_000 and not trie.dense  # states x alphabet > 2**33
     memory = sum(t.numel() * t.element_size() for t in trie._tensors.values())
     assert memory < 64 * 2**20  # bounded: proportional to the transitions, not states x alphabet

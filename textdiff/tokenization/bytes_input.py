@@ -276,7 +276,7 @@ def encode_bytes(tok, data: torch.Tensor, offsets: torch.Tensor, alpha, seed, de
         tables = tok._byte_tables.get(str(device))
         if tables is None:
             tables = tok._byte_tables[str(device)] = ByteRouteTables.of(route, device)
-        limit = tokenizer._UNITS_PER_BATCH if tok._compact(device) else DEVICE_BYTES_PER_BATCH
+        limit = tokenizer._UNITS_PER_BATCH if tok.segmenter.compact(device) else DEVICE_BYTES_PER_BATCH
         on_device = data.to(device)
         for begin, end in _group_bounds(offsets, limit):
             count, piece, group_slow = _encode_group(tok, tables, on_device, offsets[begin : end + 1], alpha, gen,
@@ -321,15 +321,16 @@ def _encode_group(tok, tables: ByteRouteTables, data: torch.Tensor, offsets: tor
         return torch.zeros(n_lines, dtype=torch.int64, device=device), empty, slow
     word_line = line.index_select(0, start)
     hashes = word_hash(text, start, length)
-    store = tok._store(device, alpha)
-    entry = _lookup(tok, store, text, start, length, hashes, alpha, device)
-    tokens = tok._segment_words(store, entry, word_line, n_lines, alpha, gen, device, spans=False,
-                                split_tables=not tok._compact(device))
+    segmenter = tok.segmenter
+    store = segmenter.store(device, alpha)
+    entry = _lookup(segmenter, store, text, start, length, hashes, alpha, device)
+    tokens = segmenter.segment_words(store, entry, word_line, n_lines, alpha, gen, device, spans=False,
+                                     split_tables=not segmenter.compact(device))
     store.trim()
     return tokens.count.to(device), tokens.piece.to(device), slow
 
 
-def _lookup(tok, store: wordcache.WordStore, text: torch.Tensor, start: torch.Tensor, length: torch.Tensor,
+def _lookup(segmenter, store: wordcache.WordStore, text: torch.Tensor, start: torch.Tensor, length: torch.Tensor,
             hashes: torch.Tensor, alpha, device: torch.device) -> torch.Tensor:
     """Cache entry of every word occurrence: hits found on the device (bytes checked), the distinct missing words'
     bytes copied to the host once each and built there (:meth:`WordStore.resolve`)."""
@@ -353,7 +354,7 @@ def _lookup(tok, store: wordcache.WordStore, text: torch.Tensor, start: torch.Te
         odd = missing.index_select(0, torch.nonzero(~same).squeeze(1))
         keys = _host_keys(text, start, length, torch.cat([first, odd]))
     ids = np.concatenate([hit_entries.cpu().numpy(), np.full(len(keys), -1, dtype=np.int64)])
-    build = lambda new_keys: tok._word_tables(new_keys, alpha, device)
+    build = lambda new_keys: segmenter.word_tables(new_keys, alpha, device)
     ids, remap = store.resolve(ids, lambda at: keys, build)
     if remap is not None and found.numel():  # appending moved the store: entries found before move too
         entry.index_copy_(0, found, remap.to(device).index_select(0, entry.index_select(0, found)))

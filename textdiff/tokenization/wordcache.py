@@ -657,7 +657,7 @@ def table_prefixes_numpy(row_count: np.ndarray, edge_mass: np.ndarray, edge_leng
 class TablePaths:
     """Every segmentation of the prefixes that get a table (:func:`table_paths_numpy`), in table order: by prefix,
     then number of pieces, then as :func:`enumerate_paths` finds them. Per path: its ``prefix``, ``count`` of
-    pieces and ``cdf`` (cumulative probability in its prefix's table, as ``tokenizer._path_cdf`` computes it); per
+    pieces and ``cdf`` (cumulative probability in its prefix's table, as ``segmenter._path_cdf`` computes it); per
     piece, paths end to end: its ``piece`` id and first unit ``start`` in the word."""
 
     prefix: np.ndarray
@@ -738,7 +738,7 @@ def _chunk_paths(edges: tuple[np.ndarray, ...], piece_weight: np.ndarray, row: n
 
 
 def _path_cdf_numpy(path_prefix: np.ndarray, log_weight: np.ndarray, n_prefixes: int) -> np.ndarray:
-    """``tokenizer._path_cdf`` (same numbers, bit for bit) of paths grouped by prefix (ascending), with numpy
+    """``segmenter._path_cdf`` (same numbers, bit for bit) of paths grouped by prefix (ascending), with numpy
     arrays: ``exp(log_weight - max)`` (torch's exp) summed in order row by row of a ``[prefix, path]`` grid."""
     if len(path_prefix) == 0:
         return np.zeros(0)
