@@ -7,7 +7,8 @@ preset (``--preset``, default: the default preset, LM drafts included; ``--steps
 override it); model loading excluded, every run from an empty cache of prompts and tokens. Prints wall times, sets
 per second, the ratio, and whether (b) gave the very same sentences as (a) (it should: each set draws from its own
 generator, and rows are padded to widths fixed by their own length). ``--repeats N`` alternates (a) and (b) N times
-and reports the medians and every run, for a machine whose speed drifts between runs.
+and reports the medians, every run and the ratio of each repeat's back-to-back pair, for a machine whose speed
+drifts between runs.
 
     python recipes/bench_many_sets.py [--sets 8] [--preset default] [--steps N] [--batch-size 64] [--repeats 1]
 """
@@ -94,6 +95,9 @@ def main() -> None:
         median = statistics.median(times[name])
         print(f"| {name} | {median:.1f} | {' '.join(f'{t:.1f}' for t in times[name])} | {len(sets) / median:.3f} | "
               f"{first / median:.2f}x |")
+    if args.repeats > 1:  # each repeat's two runs ran back to back: their ratio does not see the drift between repeats
+        paired = [one / together for one, together in zip(times[RUNS[0]], times[RUNS[1]])]
+        print(f"ratio per repeat: {' '.join(f'{r:.2f}x' for r in paired)} (median {statistics.median(paired):.2f}x)")
     print(f"same sentences: {texts[RUNS[0]] == texts[RUNS[1]]}")
     for keywords, result in zip(sets, texts[RUNS[1]]):
         print(f"  {keywords:32s} {result[0] if isinstance(result, list) else result}")
