@@ -1,0 +1,457 @@
+"""Paths through the word-lattice blocks of :mod:`~textdiff.tokenization.wordcache` (docs/tokenization.md,
+"Word-lattice cache").
+
+:func:`walk` (:func:`walk_numpy` on the CPU) follows one path per occurrence backwards from the word's end, vectorised
+over every occurrence of a batch, drawing each visited predecessor, or the rest of the path from a table, by inverse
+CDF from its own float64 uniform: two occurrences of one word get independent draws, and the draws do not depend on
+whether a block was cached. :func:`table_prefixes` picks the words and word beginnings that get a table of all their
+segmentations, and :func:`enumerate_paths` / :func:`table_paths_numpy` list those segmentations with their exact
+probabilities.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from textdiff import rng
+from textdiff.tokenization.wordcache import EDGE, ROW, SEG, WordStore
+
+TABLE_LIMIT = 64  # sampling: words with at most this many segmentations get a table of all of them
+TABLE_UNITS = 16  # ... and at most this many units (bounds the counting pass)
+SCALAR_PATHS = 128  # a compact walk finishes path by path in Python once at most this many paths are left
+
+
+class _Backend:
+    """The array operations of :func:`walk`: numpy on CPU tensors (lower per-call cost than torch for the many
+    small steps of a walk), torch elsewhere."""
+
+    def __init__(self, use_numpy: bool, device: torch.device) -> None:
+        self.xp = np if use_numpy else torch
+        self.array = (lambda t: t.numpy()) if use_numpy else (lambda t: t)
+        self.nonzero = np.flatnonzero if use_numpy else (lambda mask: torch.nonzero(mask).squeeze(1))
+        self.arange = (lambda n: np.arange(n)) if use_numpy else (lambda n: torch.arange(n, device=device))
+
+    def put(self, out, at, values) -> None:
+        if self.xp is np:
+            out[at] = values
+        else:
+            out.index_copy_(0, at, values.to(out.dtype))
+
+
+def bisect(xp, cdf, first, count, u, rounds: int):
+    """Inverse-CDF draws from tables (``xp``: numpy or torch): ``first`` + the number of entries ``<= u`` among
+    ``cdf[first : first + count - 1]``, i.e. the first entry whose cumulative probability exceeds ``u`` when the
+    table's last entry is 1 > ``u``; ``rounds`` branch-free bisection steps cover tables of up to ``2**rounds``
+    entries. ``first + count - 1`` must index ``cdf``."""
+    last = first + count - 1  # never compared: its cdf is 1 > u
+    for shift in reversed(range(rounds)):
+        probe = xp.minimum(first + ((1 << shift) - 1), last)
+        first = first + ((probe < last) & (cdf[probe] <= u)) * (1 << shift)
+    return first
+
+
+def _edge_sampler(be: _Backend, store: WordStore, width: int):
+    """``draw(row, u) -> (piece, length)``: per row, the first edge whose cumulative probability exceeds ``u`` (the
+    last edge's is exactly 1 > u), from a window of ``width`` edges."""
+    first_of, last_of = be.array(store.column(ROW, "first")), be.array(store.column(ROW, "last"))
+    cdf, piece, length = (be.array(store.column(EDGE, name)) for name in ("cdf", "piece", "length"))
+    offsets = be.arange(width)
+
+    def draw(row, u):
+        first, last = first_of[row], last_of[row]
+        window = cdf[first[:, None] + be.xp.minimum(offsets, last[:, None])]
+        edge = first + (window <= u[:, None]).sum(1)  # #{cdf <= u}
+        return piece[edge], length[edge]
+
+    return draw
+
+
+def walk(store: WordStore, entry: torch.Tensor, length: torch.Tensor, out_base: torch.Tensor, picked: torch.Tensor,
+         picked_length: torch.Tensor, generator: torch.Generator | None, steps: int, width: int,
+         compact: bool = True) -> torch.Tensor:
+    """One path per occurrence, from the word's end back to 0: occurrence ``i`` is a word of ``length[i]`` units
+    with cache entry ``entry[i]``; its piece ``(s, e)`` is written as ``picked[out_base[i] + s] = piece`` and
+    ``picked_length[...] = e - s`` (the last entry of both is scratch space).
+
+    With a ``generator`` (sampling store) each step draws one fresh float64 uniform per path. At a position ``e``
+    whose row has a table of the segmentations of the word's first ``e`` units, the uniform draws one of them by
+    inverse CDF and the path ends there: that segmentation's ``SEG`` index is returned (-1 for paths that end
+    without one). Elsewhere it draws the predecessor, the first edge whose cumulative probability exceeds it, an
+    exact draw from ``Z(s) e^{alpha v} / Z(e)``. Given the position reached, the rest of a path has the law of the
+    segmentations of the word's first ``e`` units, which the table holds; draws are independent across steps and
+    occurrences, so every path has the exact law (docs/tokenization.md). Without a generator (decoding store) the
+    path follows each position's best piece. ``width``: the most edges a row can hold (the longest piece).
+    ``steps``: the longest word (in units). ``compact=True`` (CPU, numpy) drops finished paths after every step and
+    stops when none is left; ``compact=False`` (CUDA, torch) keeps fixed shapes for ``steps`` steps and never reads
+    a device value on the host.
+    """
+    be = _Backend(compact and entry.device.type == "cpu", entry.device)
+    table = torch.full((entry.numel(),), -1, dtype=torch.int64, device=entry.device)
+    if entry.numel() == 0:
+        return table
+    if be.xp is np and generator is not None:
+        walked = walk_numpy(store, entry.numpy(), length.numpy(), table.numpy(), generator)
+        at = out_base.numpy()[walked.occurrence] + walked.start
+        picked.numpy()[at], picked_length.numpy()[at] = walked.piece, walked.length
+        return table
+    column = lambda group, name: be.array(store.column(group, name))
+    out, out_length, drawn = be.array(picked), be.array(picked_length), be.array(table)
+    scratch = picked.numel() - 1
+    end, base = be.array(length), be.array(out_base)
+    row = be.array(store.row_base)[be.array(entry)] + end - 1  # row of every path's current end
+    if generator is not None:
+        seg_of, segs_of, seg_cdf = column(ROW, "seg"), column(ROW, "segs"), column(SEG, "cdf")
+        draw_edges = _edge_sampler(be, store, width)
+    else:
+        row_piece, row_length = column(ROW, "piece"), column(ROW, "length")
+    for _ in range(steps):
+        ended = None  # paths that this step ends with a table draw
+        if generator is not None:  # fixed shapes (compact sampling walks are walk_numpy's)
+            u = be.array(rng.uniform((len(row),), generator, entry.device))
+            tables = segs_of[row]
+            ended = (tables > 0) & (end > 0)
+            first = seg_of[row].long().clamp(max=max(len(seg_cdf) - 1, 0))
+            count = tables.long().clamp(min=1).minimum(len(seg_cdf) - first)
+            if len(seg_cdf):
+                pick = bisect(torch, seg_cdf, first, count, u, (TABLE_LIMIT - 1).bit_length())
+                drawn.copy_(torch.where(ended, pick, drawn))
+            piece, piece_length = draw_edges(row, u)
+            piece_length = torch.where(ended, end, piece_length)
+        else:
+            piece, piece_length = row_piece[row], row_length[row]
+        if compact:
+            end = end - piece_length
+            at = base + end
+            be.put(out, at, piece)
+            be.put(out_length, at, piece_length)
+            alive = be.nonzero(end > 0)
+            if len(alive) == 0:
+                break
+            row, end, base = (row - piece_length)[alive], end[alive], base[alive]
+        else:  # finished paths (end 0) stay on their first row and write to the scratch entry
+            live = end > 0
+            written = live if ended is None else live & ~ended
+            piece_length = be.xp.where(live, piece_length, 0)
+            end = end - piece_length
+            at = be.xp.where(written, base + end, scratch)
+            be.put(out, at, piece)
+            be.put(out_length, at, piece_length)
+            row = row - piece_length
+    return table
+
+
+def _bisect_numpy(cdf: np.ndarray, first: np.ndarray, last: np.ndarray, u: np.ndarray, rounds: int) -> np.ndarray:
+    """:func:`bisect` with numpy, for CDFs whose last entry is exactly 1 (> ``u``, so a probe clamped to ``last``
+    never moves ``first``), as segmentation tables and the predecessor CDF of every row end: ``first`` + the number
+    of entries ``<= u`` among ``cdf[first : last]`` (the CDFs are non-decreasing)."""
+    for shift in reversed(range(rounds)):
+        probe = np.minimum(first + ((1 << shift) - 1), last)
+        first = first + (cdf[probe] <= u) * (1 << shift)
+    return first
+
+
+@dataclass
+class Walked:
+    """The pieces that a sampling walk (:func:`walk_numpy`) draws, in the order drawn: per piece its
+    ``occurrence``, its ``step`` (0 for the occurrence's last piece, 1 for the one before, ...), first unit
+    ``start`` in the word, ``piece`` id and ``length``."""
+
+    occurrence: np.ndarray
+    step: np.ndarray
+    start: np.ndarray
+    piece: np.ndarray
+    length: np.ndarray
+
+    @classmethod
+    def of(cls, parts: list[tuple[np.ndarray, ...]]) -> Walked:
+        """The pieces of ``parts`` (each the fields' values in field order), end to end."""
+        if not parts:
+            return cls(*(np.zeros(0, dtype=np.int64) for _ in range(5)))
+        return cls(*(np.concatenate(values) for values in zip(*parts)))
+
+
+def walk_numpy(store: WordStore, entry: np.ndarray, end: np.ndarray, drawn: np.ndarray, generator: torch.Generator
+               ) -> Walked:
+    """The compact sampling walk of :func:`walk` on CPU numpy arrays (``end``: every occurrence's length in units;
+    ``drawn``: the table index of every occurrence, -1 on entry): per step, one float64 uniform per live path, in
+    path order; the paths at a row with a table draw from it and end, the others draw their predecessor edge (both
+    by :func:`_bisect_numpy`). Returns the pieces drawn. Once at most :data:`SCALAR_PATHS` paths are left,
+    :func:`_finish_scalar` makes the same draws path by path."""
+    column = lambda group, name: store.column(group, name).numpy()
+    seg_of, segs_of, seg_cdf = column(ROW, "seg"), column(ROW, "segs"), column(SEG, "cdf")
+    first_of, last_of = column(ROW, "first"), column(ROW, "last")
+    cdf, edge_piece, edge_length = column(EDGE, "cdf"), column(EDGE, "piece"), column(EDGE, "length")
+    cpu = torch.device("cpu")
+    occurrence = np.arange(len(entry))
+    row = store.row_base.numpy()[entry] + end - 1  # row of every path's current end
+    parts = []  # the pieces of every step
+    while len(row):
+        if parts and len(row) <= SCALAR_PATHS:
+            parts.append(_finish_scalar(store, row, end, occurrence, len(parts), drawn, generator))
+            break
+        u = rng.uniform((len(row),), generator, cpu).numpy()
+        segs = segs_of[row]
+        tabled = segs > 0
+        if tabled.any():  # table draws end these paths; the others draw a predecessor
+            at = np.flatnonzero(tabled)
+            first, count = seg_of[row[at]].astype(np.int64), segs[at]
+            drawn[occurrence[at]] = _bisect_numpy(seg_cdf, first, first + (count - 1), u[at],
+                                                  int(count.max() - 1).bit_length())
+            rest = np.flatnonzero(~tabled)
+            row, end, occurrence, u = row[rest], end[rest], occurrence[rest], u[rest]
+            if not len(row):
+                break
+        first, last = first_of[row], last_of[row]
+        edge = _bisect_numpy(cdf, first, first + last, u, int(last.max()).bit_length())
+        length = edge_length[edge]
+        end = end - length
+        parts.append((occurrence, np.full(len(row), len(parts)), end, edge_piece[edge], length))
+        row = row - length
+        alive = end > 0
+        if not alive.all():
+            alive = np.flatnonzero(alive)
+            row, end, occurrence = row[alive], end[alive], occurrence[alive]
+    return Walked.of(parts)
+
+
+def _finish_scalar(store: WordStore, row, end, occurrence, step: int, drawn, generator: torch.Generator
+                   ) -> tuple[np.ndarray, ...]:
+    """The rest of a compact sampling walk from its step ``step``, path by path in Python (numpy arrays in, CPU):
+    the same draws from the same uniforms as the vectorised steps (one per path and step, in path order), without
+    their fixed cost per step, which dominates once few paths are left. Returns the pieces drawn, as the values of
+    :class:`Walked`'s fields."""
+    column = lambda group, name: memoryview(store.column(group, name).numpy())  # Python numbers, no copy
+    seg_of, segs_of, seg_cdf = column(ROW, "seg"), column(ROW, "segs"), column(SEG, "cdf")
+    first_of, last_of = column(ROW, "first"), column(ROW, "last")
+    cdf, edge_piece, edge_length = column(EDGE, "cdf"), column(EDGE, "piece"), column(EDGE, "length")
+    paths = list(zip(row.tolist(), end.tolist(), occurrence.tolist()))
+    pieces = []  # (occurrence, step, start, piece, length)
+    while paths:
+        uniforms = rng.uniform((len(paths),), generator, torch.device("cpu")).tolist()
+        left = []
+        for (r, e, o), u in zip(paths, uniforms):
+            if segs_of[r]:  # #{cdf <= u} among the table's entries but its last (cdf 1 > u)
+                drawn[o] = bisect_right(seg_cdf, u, seg_of[r], seg_of[r] + segs_of[r] - 1)
+                continue
+            edge = bisect_right(cdf, u, first_of[r], first_of[r] + last_of[r])
+            length = edge_length[edge]
+            e -= length
+            pieces.append((o, step, e, edge_piece[edge], length))
+            if e > 0:
+                left.append((r - length, e, o))
+        paths = left
+        step += 1
+    return tuple(np.array(pieces, dtype=np.int64).reshape(-1, 5).T)
+
+
+def table_prefixes(row_first: torch.Tensor, row_count: torch.Tensor, edge_mass: torch.Tensor,
+                   edge_length: torch.Tensor, word_rows: torch.Tensor, word_length: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(word, units)`` of the prefixes that get a table of all their segmentations, by word then length: the whole
+    word when it has at most ``TABLE_LIMIT`` of them, else its first 1, 2, ... units while the tables hold at most
+    ``TABLE_LIMIT`` segmentations in all (within ``TABLE_UNITS`` units). Segmentations are counted over the edges of
+    positive predecessor mass (the paths a walk can take). Rows: the units of all words end to end (word ``w``'s
+    first at ``word_rows[w]``); row ``r``'s edges ``row_first[r] ..`` (``row_count[r]`` of them)."""
+    device = row_first.device
+    n_words = word_length.numel()
+    base = word_rows + torch.arange(n_words, device=device)  # position (w, e) at base[w] + e
+    paths = torch.zeros(int(word_length.sum()) + n_words, dtype=torch.int64, device=device)
+    paths.index_fill_(0, base, 1)  # one way to reach each word's start
+    row_word = torch.repeat_interleave(torch.arange(n_words, device=device), word_length)
+    edge_row = torch.repeat_interleave(torch.arange(row_count.numel(), device=device), row_count)
+    edge_word = row_word.index_select(0, edge_row)
+    end = edge_row - word_rows.index_select(0, edge_word) + 1  # end unit in the word
+    edge_end = base.index_select(0, edge_word) + end
+    usable = torch.nonzero((edge_mass > 0) & (end <= TABLE_UNITS)).squeeze(1)
+    usable = usable.index_select(0, torch.argsort(end.index_select(0, usable), stable=True))  # by end position
+    target = edge_end.index_select(0, usable)
+    source = target - edge_length.index_select(0, usable)
+    bounds = torch.cumsum(torch.bincount(end.index_select(0, usable), minlength=TABLE_UNITS + 1), 0).tolist()
+    for e in range(1, TABLE_UNITS + 1):  # number of paths to every position, by end position
+        step = slice(bounds[e - 1], bounds[e])
+        paths.index_add_(0, target[step], paths.index_select(0, source[step]))
+    units = torch.arange(1, TABLE_UNITS + 1, device=device)
+    inside = units[None, :] <= word_length[:, None]
+    counts = torch.where(inside, paths[(base[:, None] + units[None, :]).clamp(max=paths.numel() - 1)], 0)
+    whole = (word_length <= TABLE_UNITS) & (counts.gather(1, (word_length - 1).clamp(max=TABLE_UNITS - 1)[:, None])
+                                            .squeeze(1) <= TABLE_LIMIT)
+    prefix = inside & (units[None, :] < word_length[:, None]) & (torch.cumsum(counts, 1) <= TABLE_LIMIT)
+    chosen = torch.where(whole[:, None], units[None, :] == word_length[:, None], prefix & ~whole[:, None])
+    word, length = torch.nonzero(chosen).unbind(1)
+    return word, length + 1
+
+
+def enumerate_paths(row_first: torch.Tensor, row_count: torch.Tensor, edge_mass: torch.Tensor,
+                    edge_length: torch.Tensor, word_rows: torch.Tensor, prefix_word: torch.Tensor,
+                    prefix_length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                          torch.Tensor, torch.Tensor]:
+    """Every segmentation of each prefix (its word's first ``prefix_length`` units), walking back from its end over
+    the edges of positive predecessor mass (rows and edges as in :func:`table_prefixes`). Returns ``(edge, parent,
+    start)`` per path node: its edge, the node of the next piece (-1 at the prefix's end) and the edge's first unit;
+    and ``(leaf, prefix, depth)`` per path: its node starting at 0 (first piece; ascending), its prefix and its
+    number of pieces."""
+    device = row_first.device
+    edges, parents, starts, leaves, leaf_prefixes, depths = [], [], [], [], [], []
+    prefix, at = torch.arange(prefix_word.numel(), device=device), prefix_length
+    node = torch.full_like(prefix, -1)
+    depth = 1
+    count = 0
+    while prefix.numel():  # expand every open path by the usable edges into its current start
+        row = word_rows.index_select(0, prefix_word.index_select(0, prefix)) + at - 1
+        n_edges = row_count.index_select(0, row)
+        spread = torch.repeat_interleave(torch.arange(row.numel(), device=device), n_edges)
+        edge = row_first.index_select(0, row).index_select(0, spread) + torch.arange(spread.numel(), device=device) \
+            - (torch.cumsum(n_edges, 0) - n_edges).index_select(0, spread)
+        keep = torch.nonzero(edge_mass.index_select(0, edge) > 0).squeeze(1)
+        spread, edge = spread.index_select(0, keep), edge.index_select(0, keep)
+        owner = prefix.index_select(0, spread)
+        start = at.index_select(0, spread) - edge_length.index_select(0, edge)
+        edges.append(edge)
+        parents.append(node.index_select(0, spread))
+        starts.append(start)
+        ids = count + torch.arange(edge.numel(), device=device)
+        count += edge.numel()
+        done = start == 0
+        ended, open_ = torch.nonzero(done).squeeze(1), torch.nonzero(~done).squeeze(1)
+        leaves.append(ids.index_select(0, ended))
+        leaf_prefixes.append(owner.index_select(0, ended))
+        depths.append(torch.full_like(ended, depth))
+        depth += 1
+        prefix, at, node = owner.index_select(0, open_), start.index_select(0, open_), ids.index_select(0, open_)
+    empty = torch.zeros(0, dtype=torch.int64, device=device)
+    cat = lambda parts: torch.cat(parts) if parts else empty
+    return cat(edges), cat(parents), cat(starts), cat(leaves), cat(leaf_prefixes), cat(depths)
+
+
+def table_prefixes_numpy(row_count: np.ndarray, edge_mass: np.ndarray, edge_length: np.ndarray,
+                         word_rows: np.ndarray, word_length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`table_prefixes` with numpy arrays (same prefixes, same order; rows are given by their edge count
+    only, edges in row order): the paths to every position are
+    counted on a ``[word, position]`` grid, one end position at a time."""
+    n_words = len(word_length)
+    row_word = np.repeat(np.arange(n_words), word_length)
+    edge_row = np.repeat(np.arange(len(row_count)), row_count)
+    end = edge_row - word_rows[row_word[edge_row]] + 1  # end unit in the word
+    usable = np.flatnonzero((edge_mass > 0) & (end <= TABLE_UNITS))
+    usable = usable[np.argsort(end[usable].astype(np.int16), kind="stable")]  # by end position
+    word, end = row_word[edge_row[usable]], end[usable]
+    start = end - edge_length[usable]
+    bounds = np.cumsum(np.bincount(end, minlength=TABLE_UNITS + 1)).tolist()
+    paths = np.zeros((n_words, TABLE_UNITS + 1), dtype=np.int64)
+    paths[:, 0] = 1  # one way to reach each word's start
+    for e in range(1, TABLE_UNITS + 1):  # number of paths to every position, by end position
+        step = slice(bounds[e - 1], bounds[e])
+        paths[:, e] = np.bincount(word[step], weights=paths[word[step], start[step]], minlength=n_words)
+    units = np.arange(1, TABLE_UNITS + 1)
+    inside = units[None, :] <= word_length[:, None]
+    counts = np.where(inside, paths[:, 1:], 0)
+    whole = (word_length <= TABLE_UNITS) & (
+        counts[np.arange(n_words), np.minimum(word_length - 1, TABLE_UNITS - 1)] <= TABLE_LIMIT)
+    prefix = inside & (units[None, :] < word_length[:, None]) & (np.cumsum(counts, 1) <= TABLE_LIMIT)
+    chosen = np.where(whole[:, None], units[None, :] == word_length[:, None], prefix & ~whole[:, None])
+    word, length = np.nonzero(chosen)
+    return word, length + 1
+
+
+@dataclass
+class TablePaths:
+    """Every segmentation of the prefixes that get a table (:func:`table_paths_numpy`), in table order: by prefix,
+    then number of pieces, then as :func:`enumerate_paths` finds them. Per path: its ``prefix``, ``count`` of
+    pieces and ``cdf`` (cumulative probability in its prefix's table, as ``segmenter._path_cdf`` computes it); per
+    piece, paths end to end: its ``piece`` id and first unit ``start`` in the word."""
+
+    prefix: np.ndarray
+    count: np.ndarray
+    cdf: np.ndarray
+    piece: np.ndarray
+    start: np.ndarray
+
+
+_START_BITS = 5  # a node's code: piece id << _START_BITS | first unit (< TABLE_UNITS)
+_CODE_BITS = 32  # a node's link: (parent + 1) << _CODE_BITS | code
+_CHUNK_PREFIXES = 4096  # prefixes enumerated at a time, so that their arrays stay in the CPU caches
+
+
+def table_paths_numpy(row_count: np.ndarray, edge_mass: np.ndarray, edge_length: np.ndarray, edge_piece: np.ndarray,
+                      piece_weight: np.ndarray, word_rows: np.ndarray, prefix_word: np.ndarray,
+                      prefix_length: np.ndarray) -> TablePaths:
+    """The paths of :func:`enumerate_paths` (same segmentations, same order within each prefix) with numpy arrays,
+    their pieces laid out and their table's cdf (rows and edges as in :func:`table_prefixes`; ``piece_weight``:
+    ``alpha * score`` of every piece id), a few thousand prefixes at a time (:func:`_chunk_paths`)."""
+    usable = np.flatnonzero(edge_mass > 0)  # rows keep their edge order (longest piece first)
+    usable_count = np.bincount(np.repeat(np.arange(len(row_count)), row_count)[usable], minlength=len(row_count))
+    edges = (np.cumsum(usable_count) - usable_count, usable_count, edge_length[usable],
+             edge_piece[usable].astype(np.int64) << _START_BITS)
+    end_row = word_rows[prefix_word] + prefix_length - 1
+    parts = [_chunk_paths(edges, piece_weight, end_row[lo : lo + _CHUNK_PREFIXES],
+                          prefix_length[lo : lo + _CHUNK_PREFIXES].astype(np.int64), lo)
+             for lo in range(0, len(prefix_word), _CHUNK_PREFIXES)]
+    prefix, count, cdf, code = (np.concatenate(p) for p in zip(*parts)) if parts else (
+        np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64))
+    return TablePaths(prefix, count, cdf, code >> _START_BITS, code & ((1 << _START_BITS) - 1))
+
+
+def _chunk_paths(edges: tuple[np.ndarray, ...], piece_weight: np.ndarray, row: np.ndarray, at: np.ndarray,
+                 offset: int) -> tuple[np.ndarray, ...]:
+    """``(prefix, count, cdf, code)`` of the paths of the prefixes ending at rows ``row`` (``at`` units long; ids
+    from ``offset``), ``code``: piece id << ``_START_BITS`` | first unit of each piece. A backward breadth-first
+    search from the prefixes' ends over the usable ``edges`` (first and number per row, length and code per edge)
+    links each node to the next piece (its parent); its levels list the paths by number of pieces. Then one step
+    per piece rank, over the paths still that long, writes every path's pieces first piece first and sums their
+    weights in that order."""
+    usable_first, usable_count, usable_length, usable_code = edges
+    n_prefixes = len(row)
+    prefix, link = np.arange(n_prefixes), np.zeros(n_prefixes, dtype=np.int64)
+    links, leaves, leaf_prefixes = [], [], []
+    count = 0
+    while len(prefix):  # level d: the nodes d pieces from a prefix's end
+        n_edges = usable_count[row]
+        total = int(n_edges.sum())
+        spread = np.repeat(np.arange(len(row)), n_edges)
+        edge = np.arange(total) + (usable_first[row] - (np.cumsum(n_edges) - n_edges))[spread]
+        start = at[spread] - usable_length[edge]
+        links.append(link[spread] | usable_code[edge] | start)
+        done, open_ = np.flatnonzero(start == 0), np.flatnonzero(start)
+        leaves.append(done + count)  # node ids, from 0 in the order made
+        leaf_prefixes.append(prefix[spread[done]])
+        spread, at, link = spread[open_], start[open_], (open_ + (count + 1)) << _CODE_BITS  # link 0: no parent
+        prefix, row = prefix[spread], row[spread] - usable_length[edge[open_]]
+        count += total
+    links = np.concatenate(links)
+    depth = np.repeat(np.arange(1, len(leaves) + 1), [len(level) for level in leaves])  # ascending
+    leaf, path_prefix = np.concatenate(leaves), np.concatenate(leaf_prefixes)
+    order = np.argsort(path_prefix, kind="stable")  # table order: by prefix, then level (a merge of sorted runs)
+    piece_at = np.empty_like(order)
+    piece_at[order] = np.cumsum(depth[order]) - depth[order]  # where every leaf's path begins, by level
+    codes = np.empty(int(depth.sum()), dtype=np.int64)
+    log_weight = np.zeros(len(leaf), dtype=np.float64)
+    code_mask = (1 << _CODE_BITS) - 1
+    for first in np.searchsorted(depth, np.arange(len(leaves)), side="right").tolist():  # paths longer than k
+        link = links[leaf[first:]]
+        code = link & code_mask
+        codes[piece_at[first:]] = code
+        log_weight[first:] += piece_weight[code >> _START_BITS]
+        piece_at[first:] += 1
+        leaf[first:] = (link >> _CODE_BITS) - 1
+    path_prefix = path_prefix[order]
+    return path_prefix + offset, depth[order], _path_cdf_numpy(path_prefix, log_weight[order], n_prefixes), codes
+
+
+def _path_cdf_numpy(path_prefix: np.ndarray, log_weight: np.ndarray, n_prefixes: int) -> np.ndarray:
+    """``segmenter._path_cdf`` (same numbers, bit for bit) of paths grouped by prefix (ascending), with numpy
+    arrays: ``exp(log_weight - max)`` (torch's exp) summed in order row by row of a ``[prefix, path]`` grid."""
+    if len(path_prefix) == 0:
+        return np.zeros(0)
+    paths = np.bincount(path_prefix, minlength=n_prefixes)
+    first = np.cumsum(paths) - paths
+    rank = np.arange(len(path_prefix)) - first[path_prefix]
+    top = np.zeros(n_prefixes)
+    top[paths > 0] = np.maximum.reduceat(log_weight, first[paths > 0])
+    grid = np.zeros((n_prefixes, int(paths.max())))
+    grid[path_prefix, rank] = torch.exp(torch.from_numpy(log_weight - top[path_prefix])).numpy()
+    np.cumsum(grid, axis=1, out=grid)
+    return grid[path_prefix, rank] / grid[path_prefix, -1]
