@@ -84,8 +84,6 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
         kth = torch.topk(logits, k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
     if top_p is not None:
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         logits = _nucleus(logits, top_p)
     return logits
 
@@ -103,6 +101,8 @@ def _ranked_nucleus(logits: torch.Tensor, top_p: float, first: int = 64
     ``top_p``). Only the top ``k`` entries are ranked (``torch.topk``, ``k = first, 4·first, …``) until they hold
     ``top_p`` in every row: every entry beyond them has at least that much mass before it, so a full sort of ``V``
     entries would drop them too."""
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     width = logits.shape[-1]
     log_total = torch.logsumexp(logits, dim=-1, keepdim=True)
     k = min(first, width)
@@ -120,8 +120,6 @@ def sample_nucleus(logits: torch.Tensor, u: torch.Tensor, top_p: float) -> torch
     :func:`filter_logits` with ``top_p``), by inverse CDF at the row's float64 uniform ``u [N]`` (:func:`uniform`):
     the law of ``sample_categorical(logits, top_p=top_p)`` from one uniform per row instead of ``V`` Gumbels. Every
     row must have an entry of positive probability."""
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     _, order, probs, kept = _ranked_nucleus(logits.double(), top_p)
     cumulative = torch.cumsum(probs.masked_fill(~kept, 0.0), dim=-1)  # [N, k], non-decreasing
     below = (u.double() * cumulative[:, -1])[:, None]  # in (0, the row's nucleus mass)

@@ -27,6 +27,7 @@ from textdiff import checks, rng
 from textdiff.padding import pad_flat
 from textdiff.tokenization import wordcache
 from textdiff.tokenization.normalization import METASPACE
+from textdiff.tokenization.segmenter import spread
 
 MODULI = (2147483647, 2147483629)  # primes below 2**31: products of two residues stay below 2**62
 BASES = (911382323, 972663749)
@@ -145,21 +146,13 @@ def _powers(n: int, device: torch.device) -> torch.Tensor:
     return table
 
 
-def _spread(length: torch.Tensor, total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """For ``length[i]`` items of every group ``i`` laid end to end: each item's group and rank inside it."""
-    total = int(length.sum()) if total is None else total
-    group = torch.repeat_interleave(torch.arange(length.numel(), device=length.device), length, output_size=total)
-    rank = torch.arange(total, device=length.device) - (torch.cumsum(length, 0) - length).index_select(0, group)
-    return group, rank
-
-
 def word_hash(data: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
     """Hash of every word ``data[start[i] : start[i] + length[i]]`` (uint8 ``data``): ``Σ_j (b_j + 1) B^j mod p``
     for two ``(B, p)``, packed into one non-negative int64 (``h_0 * 2**31 + h_1``). Equal bytes give equal hashes on
     every device; unequal bytes may collide (callers compare bytes)."""
     if start.numel() == 0:
         return torch.zeros(0, dtype=torch.int64, device=data.device)
-    word, rank = _spread(length)
+    word, rank = spread(length)
     byte = data.index_select(0, start.index_select(0, word) + rank).long() + 1
     powers = _powers(int(length.max()), data.device)
     out = torch.zeros(start.numel(), dtype=torch.int64, device=data.device)
@@ -172,7 +165,7 @@ def word_hash(data: torch.Tensor, start: torch.Tensor, length: torch.Tensor) -> 
 def same_bytes(data_a: torch.Tensor, start_a: torch.Tensor, data_b: torch.Tensor, start_b: torch.Tensor,
                length: torch.Tensor) -> torch.Tensor:
     """Per word: whether ``data_a[start_a[i] :][: length[i]]`` equals ``data_b[start_b[i] :][: length[i]]``."""
-    word, rank = _spread(length)
+    word, rank = spread(length)
     differ = data_a.index_select(0, start_a.index_select(0, word) + rank) != \
         data_b.index_select(0, start_b.index_select(0, word) + rank)
     return torch.zeros(length.numel(), dtype=torch.int64, device=length.device).index_add_(0, word, differ.long()) == 0
@@ -368,7 +361,7 @@ def _lookup(segmenter, store: wordcache.WordStore, text: torch.Tensor, start: to
 def _host_keys(text: torch.Tensor, start: torch.Tensor, length: torch.Tensor, words: torch.Tensor) -> list[bytes]:
     """The bytes of the listed words (cache keys: a word without its ``▁``), copied to the host in one piece."""
     word_start, word_length = start.index_select(0, words), length.index_select(0, words)
-    group, rank = _spread(word_length)
+    group, rank = spread(word_length)
     blob = text.index_select(0, word_start.index_select(0, group) + rank).cpu().numpy().tobytes()
     ends = torch.cumsum(word_length, 0).tolist()
     return [blob[b:e] for b, e in zip([0] + ends[:-1], ends)]
@@ -392,8 +385,8 @@ def _merge_host_lines(tok, data: torch.Tensor, offsets: torch.Tensor, slow: list
     total = count.index_copy(0, at, host_count)
     first = torch.cumsum(total, 0) - total
     out = torch.empty(int(total.sum()), dtype=torch.int64, device=device)
-    line, rank = _spread(count, flat.numel())
+    line, rank = spread(count, flat.numel())
     out.index_copy_(0, first.index_select(0, line) + rank, flat.long())
-    line, rank = _spread(host_count)
+    line, rank = spread(host_count)
     out.index_copy_(0, first.index_select(0, at.index_select(0, line)) + rank, host.piece.to(device).long())
     return out, total

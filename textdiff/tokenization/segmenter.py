@@ -271,9 +271,9 @@ class WordSegmenter:
         out_first = torch.cumsum(count, 0) - count
         piece = torch.empty(int(count.sum()), dtype=torch.int64, device=device)
         for source_first, source_count, pieces in sources:  # copy each occurrence's pieces out
-            spread, within = _spread(source_count)
-            at = out_first.index_select(0, spread) + within
-            piece.index_copy_(0, at, pieces.index_select(0, source_first.index_select(0, spread) + within).long())
+            owner, within = spread(source_count)
+            at = out_first.index_select(0, owner) + within
+            piece.index_copy_(0, at, pieces.index_select(0, source_first.index_select(0, owner) + within).long())
             out_first = out_first + source_count
         text_count = torch.zeros(n_texts, dtype=torch.int64, device=device).index_add_(0, text, count)
         if spans:
@@ -455,9 +455,9 @@ def _by_row_longest_first(row: torch.Tensor, length: torch.Tensor, count: torch.
     return torch.from_numpy(ordered)
 
 
-def _spread(count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For ``count[i]`` items of every group ``i`` laid end to end: each item's group and rank inside it."""
-    total = int(count.sum())
+def spread(count: torch.Tensor, total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``count[i]`` items of every group ``i`` laid end to end (``total`` of them, when known): each item's group
+    and rank inside it."""
+    total = int(count.sum()) if total is None else total
     group = torch.repeat_interleave(torch.arange(count.numel(), device=count.device), count, output_size=total)
     return group, torch.arange(total, device=count.device) - (torch.cumsum(count, 0) - count).index_select(0, group)
-

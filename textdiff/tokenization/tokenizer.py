@@ -438,35 +438,6 @@ class UnigramTokenizer:
         return tokens
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def check_alpha(alpha) -> float | None:
     """``None`` for decoding (alpha None or < 0), else the float alpha in ``[0, ALPHA_MAX]``; ``ValueError`` /
     ``TypeError`` naming ``alpha`` otherwise (far beyond ``ALPHA_MAX``, ``alpha * score`` overflows float64, while
