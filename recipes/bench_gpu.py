@@ -24,7 +24,9 @@ the tuple MH engine they replaced is gone (issue 11 measured it on the H200 at 2
 
 Rows 2 and 3 print the bf16 roofline: the FLOPs of the forwards per step (matmuls of the encoder on every token,
 attention, the head where it runs) over the GPU's dense bf16 peak (790 TFLOP/s on the H200, 990 on the H100), and
-the fraction of it reached. ``--compile`` adds a row with the encoder under ``torch.compile``. On CPU (no GPU lent)
+the fraction of it reached. ``--compile`` adds two rows to each, the encoder under ``torch.compile`` and under
+``torch.compile(mode="reduce-overhead")``, which captures the step's kernel launches in CUDA graphs (the reverse loop
+and the Gibbs step call the encoder on one padded shape, so one graph serves every step). On CPU (no GPU lent)
 ``--quick`` runs every row at small sizes, as a check that the recipe works.
 
     python recipes/bench_gpu.py [--device cuda] [--quick] [--compile] [--sets 64] [--out bench_gpu.json]
@@ -58,6 +60,10 @@ MLM_CONFIG = ROOT / "textdiff" / "assets" / "models" / "minilm-mlm"
 LM_CONFIG = ROOT / "recipes" / "assets" / "smollm2-135m-instruct"
 COMMONGEN = ROOT / "data" / "commongen" / "commongen.dev.src_alpha.txt"
 PEAK_BF16 = {"H200": 790e12, "H100": 990e12}  # dense bf16 TFLOP/s
+#: ``torch.compile`` modes of the ``--compile`` rows: fused kernels, and the same with the step's launches captured
+#: in CUDA graphs (``reduce-overhead``; on CPU it compiles as the default mode)
+COMPILE_MODES = {"default": "torch.compile(encoder)",
+                 "reduce-overhead": "torch.compile(encoder, mode='reduce-overhead'): CUDA graphs"}
 
 
 def random_models(directory: Path) -> tuple[Path, Path]:
@@ -72,6 +78,14 @@ def random_models(directory: Path) -> tuple[Path, Path]:
         transformers.AutoTokenizer.from_pretrained(source).save_pretrained(directory / name)
         out.append(directory / name)
     return out[0], out[1]
+
+
+def compile_encoder(model, mode: str) -> None:
+    """``model``'s encoder under ``torch.compile`` in ``mode``, from empty compile caches: the variants share the
+    encoder's code, and the caches of earlier variants would otherwise reach dynamo's recompile limit and leave this
+    one running eagerly."""
+    torch.compiler.reset()
+    model.bert = torch.compile(model.bert, dynamic=False, mode=mode)
 
 
 def synchronize(device: str) -> None:
@@ -136,7 +150,7 @@ import torch, transformers, textdiff.keywords, textdiff.models.hub; print(time.p
     return seconds
 
 
-def diffusion(mlm_dir: Path, device: str, batch: int, length: int, compile_encoder: bool) -> list[dict]:
+def diffusion(mlm_dir: Path, device: str, batch: int, length: int, compile_rows: bool) -> list[dict]:
     """The masked reverse loop (count form, one token per row and step): old (float32, the head on every position,
     ``[B, L, V]`` logits), the head at the masked positions with ``[B, L, V]`` logits still built (the path before
     ``logits_at``), new (forward dtype, logits at the one drawn position per row only)."""
@@ -144,14 +158,14 @@ def diffusion(mlm_dir: Path, device: str, batch: int, length: int, compile_encod
     variants = [("old: float32, head on every position, [B, L, V] logits", "float32", "whole"),
                 ("default dtype, head at masked positions, [B, L, V] logits", "auto", "masked"),
                 ("new: default dtype, logits at drawn positions only", "auto", "drawn")]
-    if compile_encoder:
-        variants.append(("new + torch.compile(encoder)", "auto", "compiled"))
+    if compile_rows:
+        variants += [(f"new + {label}", "auto", mode) for mode, label in COMPILE_MODES.items()]
     for name, dtype, head in variants:
         model, tokenizer = load_mlm(mlm_dir, device=device, dtype=dtype)
         if head == "whole":
             run_whole(model)
-        if head == "compiled":
-            model.bert = torch.compile(model.bert, dynamic=False)
+        if head in COMPILE_MODES:
+            compile_encoder(model, head)
         predictor = MaskedLMPredictor(model, tokenizer.mask_token_id)
         if head in ("whole", "masked"):
             predictor = partial(MaskedLMPredictor.__call__, predictor)  # no logits_at: the dense [B, L, V] path
@@ -170,14 +184,20 @@ def diffusion(mlm_dir: Path, device: str, batch: int, length: int, compile_encod
     return rows
 
 
-def gibbs(mlm_dir: Path, device: str, chains: int, steps: int) -> list[dict]:
+def gibbs(mlm_dir: Path, device: str, chains: int, steps: int, compile_rows: bool) -> list[dict]:
     """Gibbs chains of 32 tokens: old (float32, head everywhere) and new (forward dtype, head at one position)."""
     rows = []
-    for name, dtype, whole in (("old: float32, head on every position", "float32", True),
-                               ("new: default dtype, head at the resampled position", "auto", False)):
+    variants = [("old: float32, head on every position", "float32", "whole"),
+                ("new: default dtype, head at the resampled position", "auto", "one")]
+    if compile_rows:
+        variants += [(f"new + {label}", "auto", mode) for mode, label in COMPILE_MODES.items()]
+    for name, dtype, head in variants:
         model, tokenizer = load_mlm(mlm_dir, device=device, dtype=dtype)
+        whole = head == "whole"
         if whole:
             run_whole(model)
+        if head in COMPILE_MODES:
+            compile_encoder(model, head)
         support = TokenSupport.from_tokenizer(tokenizer, model.config.vocab_size)
         init = masked_init(tokenizer, [32] * chains)
         seconds = timed(partial(gibbs_sample, model, init, support, steps=steps, burn_in=steps - 1, seed=0,
@@ -237,7 +257,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="small sizes (a CPU check that every row runs)")
-    parser.add_argument("--compile", action="store_true", help="add the torch.compile row to the diffusion rows")
+    parser.add_argument("--compile", action="store_true",
+                        help="add rows with the encoder under torch.compile, plain and with CUDA graphs "
+                             "(mode reduce-overhead), to the diffusion and Gibbs rows")
     parser.add_argument("--sets", type=int, default=64, help="CommonGen dev sets of the --input row")
     parser.add_argument("--batch", type=int, default=None, help="diffusion rows (default 256; 8 with --quick)")
     parser.add_argument("--length", type=int, default=None, help="diffusion tokens and steps (default 128; 16 quick)")
@@ -262,7 +284,7 @@ def main() -> None:
         if "diffusion" not in args.skip:
             rows += diffusion(mlm_dir, device, batch, length, args.compile)
         if "gibbs" not in args.skip:
-            rows += gibbs(mlm_dir, device, gibbs_chains, gibbs_steps)
+            rows += gibbs(mlm_dir, device, gibbs_chains, gibbs_steps, args.compile)
         if "keywords" not in args.skip:
             rows += keyword_rows(lm_dir, mlm_dir, device, sets, chain_counts, 10 if quick else 100)
     print("| workload | path | measured | speed-up | roofline |\n|---|---|---|---|---|")
