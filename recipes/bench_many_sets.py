@@ -8,9 +8,11 @@ override it); model loading excluded, every run from an empty cache of prompts a
 per second, the ratio, and whether (b) gave the very same sentences as (a) (it should: each set draws from its own
 generator, and rows are padded to widths fixed by their own length). ``--repeats N`` alternates (a) and (b) N times
 and reports the medians, every run and the ratio of each repeat's back-to-back pair, for a machine whose speed
-drifts between runs.
+drifts between runs. ``--scaling 8,16,32`` instead times only (b), for each number of sets in turn (``--repeats``
+rounds), to show how sets per second grow with the population.
 
     python recipes/bench_many_sets.py [--sets 8] [--preset default] [--steps N] [--batch-size 64] [--repeats 1]
+    python recipes/bench_many_sets.py --scaling 8,16,32 [--repeats 2]
 """
 
 from __future__ import annotations
@@ -58,6 +60,28 @@ def timed_run(generator: KeywordGenerator, run: Callable[[KeywordGenerator], lis
     return time.perf_counter() - start, result
 
 
+def _counts(text: str) -> list[int]:
+    counts = [int(part) for part in text.split(",")]
+    if min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"every count must be >= 1, got {text}")
+    return counts
+
+
+def scaling(generator: KeywordGenerator, sets: list[str], options: dict, batch_size: int, counts: list[int],
+            repeats: int) -> None:
+    """Wall time and sets per second of the first ``count`` sets in one population, for each count in turn."""
+    times: dict[int, list[float]] = {count: [] for count in counts}
+    for _ in range(repeats):
+        for count in counts:
+            seconds, _ = timed_run(generator, keyword_runs(sets[:count], options, batch_size)[RUNS[1]])
+            times[count].append(seconds)
+    print(f"all sets in one population, batch {batch_size} chains (model loading excluded)")
+    print("| sets | wall s (median) | every run | sets/s |\n|---|---|---|---|")
+    for count, runs in times.items():
+        median = statistics.median(runs)
+        print(f"| {count} | {median:.1f} | {' '.join(f'{t:.1f}' for t in runs)} | {count / median:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", type=int, default=8)
@@ -69,16 +93,20 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1, help="alternate the two runs this many times")
+    parser.add_argument("--scaling", type=_counts, default=None, metavar="N,N,...",
+                        help="time only all sets in one population, for each of these numbers of sets")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    sets = first_sets(args.sets)
+    sets = first_sets(max(args.scaling or [args.sets]))
     lm, lm_tok = load_lm(None, device=args.device)
     mlm, mlm_tok = load_mlm(None, device=args.device)
     generator = KeywordGenerator(lm, lm_tok, mlm, mlm_tok)
     options = dict(seed=args.seed, inflect=True,
                    **preset(args.preset).options(steps=args.steps, chains=args.chains, drafts=args.drafts))
     generator.generate(sets[0], steps=2, chains=2, drafts=1, seed=0)  # warm-up
+    if args.scaling:
+        return scaling(generator, sets, options, args.batch_size, args.scaling, args.repeats)
     runs = keyword_runs(sets, options, args.batch_size)
     times: dict[str, list[float]] = {name: [] for name in runs}
     texts = {}
@@ -101,6 +129,7 @@ def main() -> None:
     print(f"same sentences: {texts[RUNS[0]] == texts[RUNS[1]]}")
     for keywords, result in zip(sets, texts[RUNS[1]]):
         print(f"  {keywords:32s} {result[0] if isinstance(result, list) else result}")
+
 
 if __name__ == "__main__":
     main()
