@@ -14,7 +14,7 @@ import torch
 from test_exactness import ABABAB_COUNTS, N_DRAWS, exact_law, law_test
 
 from textdiff import rng
-from textdiff.tokenization import UnigramTokenizer, bytes_input, wordpaths
+from textdiff.tokenization import UnigramTokenizer, bytes_input, wordtables
 from textdiff.tokenization.bytes_input import arrow_text
 from textdiff.tokenization.charsmap import SentencePieceNormalizer
 from textdiff.tokenization.normalization import METASPACE, TextPipeline
@@ -103,13 +103,13 @@ def joint_law(tok: UnigramTokenizer, word: str, alpha: float) -> dict:
     return {(a, b): p * q for a, p in single.items() for b, q in single.items()}
 
 
-@pytest.mark.parametrize("limit", [wordpaths.TABLE_LIMIT, 4, 0])
+@pytest.mark.parametrize("limit", [wordtables.TABLE_LIMIT, 4, 0])
 @pytest.mark.parametrize("loops", ["compact", "fixed_shapes"])
 def test_device_path_draws_follow_exact_law(loops, limit, request, monkeypatch):
     """Two occurrences of ``ababab`` per line: the joint law of their segmentations is the product of the exact
     laws, on first sight (a miss built on the host) and from the cache (a hit found on the device); ``limit``: a
     table of the whole word, tables of its first units, or predecessor draws only."""
-    monkeypatch.setattr(wordpaths, "TABLE_LIMIT", limit)
+    monkeypatch.setattr(wordtables, "TABLE_LIMIT", limit)
     if loops == "fixed_shapes":
         request.getfixturevalue("fixed_shapes")
     tok = spaced(ABABAB_COUNTS)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from scipy import stats
 
-from textdiff.tokenization import UnigramTokenizer, wordcache, wordpaths
+from textdiff.tokenization import UnigramTokenizer, wordcache, wordtables, wordwalks
 from textdiff.tokenization.segmenter import WordSegmenter
 
 N_DRAWS = 100_000
@@ -139,8 +139,8 @@ def test_log_partition_entropy_and_expected_length_match_enumeration(device):
 
 def walk_draws(text: str, tok: UnigramTokenizer, alpha: float, compact: bool, biased: bool = False,
                shared: bool = False) -> Counter:
-    """N_DRAWS paths through the word tables of ``text`` from ``wordpaths.walk`` (with the tables that
-    ``wordpaths.TABLE_LIMIT`` gives): with the laws of the forward pass; ``biased=True``: the edge weights
+    """N_DRAWS paths through the word tables of ``text`` from ``wordwalks.walk`` (with the tables that
+    ``wordtables.TABLE_LIMIT`` gives): with the laws of the forward pass; ``biased=True``: the edge weights
     ``e^{alpha v}`` normalised per position without the prefix mass ``Z(s)`` (a plausible shortcut that is not the
     exact predecessor law), and every table uniform over its segmentations; ``shared=True``: one draw reused for
     every occurrence of the word in the batch (the mistake a cache of word tables invites)."""
@@ -164,7 +164,7 @@ def walk_draws(text: str, tok: UnigramTokenizer, alpha: float, compact: bool, bi
     out = torch.full((paths * len(text) + 1,), -1, dtype=torch.int64)
     lengths = torch.full((paths,), len(text))
     gen = torch.Generator().manual_seed(7)
-    table = wordpaths.walk(store, entry.repeat(paths), lengths, torch.arange(paths) * len(text), out,
+    table = wordwalks.walk(store, entry.repeat(paths), lengths, torch.arange(paths) * len(text), out,
                            torch.zeros_like(out), gen, len(text), tok.segmenter.trie("cpu").max_len, compact)
     seg_first, seg_count = store.column(wordcache.SEG, "first"), store.column(wordcache.SEG, "count")
     pieces = store.column(wordcache.PIECE, "piece")
@@ -175,12 +175,12 @@ def walk_draws(text: str, tok: UnigramTokenizer, alpha: float, compact: bool, bi
     return counts
 
 
-@pytest.mark.parametrize("limit", [0, 4, wordpaths.TABLE_LIMIT])
+@pytest.mark.parametrize("limit", [0, 4, wordtables.TABLE_LIMIT])
 @pytest.mark.parametrize("compact", [True, False])
 def test_walk_follows_exact_law_and_biased_variants_fail(compact, limit, monkeypatch):
     """``limit`` 0: predecessor draws only; 4: draws down to a table of the first units; default: one table draw
     for the whole word. The biased variants must fail in every form."""
-    monkeypatch.setattr(wordpaths, "TABLE_LIMIT", limit)
+    monkeypatch.setattr(wordtables, "TABLE_LIMIT", limit)
     tok = ababab()
     law = exact_law("ababab", tok, 1.0)
     p_value, worst = law_test(walk_draws("ababab", tok, 1.0, compact), law)
@@ -216,7 +216,7 @@ def test_cpu_tables_are_the_fixed_shape_tables_bit_for_bit(alpha, sp_model, held
     cases = [(bytes_tok, list(dict.fromkeys(bytes_tok.pipeline.words(lines, bytes_tok._split_at).all_keys())), 3),
              (watching(), ["watching" * 3, "watching", "w"], 1)]  # chunks of prefixes that have no path
     for tok, keys, chunk in cases:
-        monkeypatch.setattr(wordpaths, "_CHUNK_PREFIXES", chunk)
+        monkeypatch.setattr(wordtables, "_CHUNK_PREFIXES", chunk)
         cpu = tok.segmenter.word_tables(keys, alpha, torch.device("cpu"))
         with monkeypatch.context() as patch:
             patch.setattr(WordSegmenter, "compact", staticmethod(lambda device: False))
@@ -255,14 +255,14 @@ def pair_draws(tok: UnigramTokenizer, word: str, alpha: float, seed: int, n: int
     return out
 
 
-@pytest.mark.parametrize("limit", [wordpaths.TABLE_LIMIT, 4, 0])
+@pytest.mark.parametrize("limit", [wordtables.TABLE_LIMIT, 4, 0])
 @pytest.mark.parametrize("cache", ["default", "tiny", "fixed_shapes"])
 def test_cached_occurrences_are_independent_exact_draws(cache, limit, request, monkeypatch):
     """Two occurrences of a word in one text, on first sight (misses) and from the cache (hits): their joint law is
     the product of the exact laws. ``tiny``: a cache that evicts on every call; ``fixed_shapes``: the CUDA loops;
     ``limit``: the word's table (default), predecessor draws down to a table of its first units (4), or predecessor
     draws only (0)."""
-    monkeypatch.setattr(wordpaths, "TABLE_LIMIT", limit)
+    monkeypatch.setattr(wordtables, "TABLE_LIMIT", limit)
     if cache == "fixed_shapes":
         request.getfixturevalue("fixed_shapes")
     tok = by_words(ababab(), cache_size=100 if cache == "tiny" else None)  # 100 bytes: less than one word
@@ -279,11 +279,11 @@ def test_cached_occurrences_are_independent_exact_draws(cache, limit, request, m
         assert p_value > 1e-3 and worst < 4.5, (p_value, worst)
 
 
-@pytest.mark.parametrize("limit", [wordpaths.TABLE_LIMIT, 0])
+@pytest.mark.parametrize("limit", [wordtables.TABLE_LIMIT, 0])
 def test_many_small_batches_with_eviction_follow_exact_law(limit, monkeypatch):
     """256-line batches of three words through a cache that holds about one of them: evictions between calls (with
     tables, and with predecessor draws only)."""
-    monkeypatch.setattr(wordpaths, "TABLE_LIMIT", limit)
+    monkeypatch.setattr(wordtables, "TABLE_LIMIT", limit)
     tok = by_words(watching(), cache_size=900)
     texts = ["watch watching ing"] * 256
     law = exact_law("watching", tok, 0.3)

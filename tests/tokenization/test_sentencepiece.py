@@ -142,13 +142,13 @@ def test_word_cache_changes_no_output(sp_model, held_out):
 
 def test_walk_finishes_path_by_path_with_the_same_draws(sp_model, held_out, monkeypatch):
     """The Python tail of a compact walk (few paths left) makes the draws the vectorised steps make."""
-    from textdiff.tokenization import wordpaths
+    from textdiff.tokenization import wordwalks
 
     tok = UnigramTokenizer.from_sentencepiece(sp_model)
     lines = held_out[:2000]
     outputs = []
-    for paths in (0, wordpaths.SCALAR_PATHS, 10**9):  # never, by default, after the first step
-        monkeypatch.setattr(wordpaths, "SCALAR_PATHS", paths)
+    for paths in (0, wordwalks.SCALAR_PATHS, 10**9):  # never, by default, after the first step
+        monkeypatch.setattr(wordwalks, "SCALAR_PATHS", paths)
         outputs.append((tok.encode(lines, alpha=0.1, seed=4), [tok.encode(lines[i : i + 256], alpha=0.3, seed=i)
                                                                for i in range(0, len(lines), 256)]))
     assert outputs[0] == outputs[1] == outputs[2]

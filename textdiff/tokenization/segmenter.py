@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from textdiff import checks, rng
-from textdiff.tokenization import lattice, viterbi, wordcache, wordpaths
+from textdiff.tokenization import lattice, viterbi, wordcache, wordtables, wordwalks
 from textdiff.tokenization.encoding import Tokens
 from textdiff.tokenization.normalization import Chunks, word_of
 from textdiff.tokenization.spelling import Spelling
@@ -87,7 +87,7 @@ class WordSegmenter:
         independent segments, then per unit of every word its edges with the predecessor CDF in float64 (sampling,
         longest piece first) or its best last edge (decoding; ties: the longest piece). Decoding keeps the Viterbi
         segmentation of every word; sampling keeps the edges, and for words with at most
-        ``wordpaths.TABLE_LIMIT`` segmentations a table of all of them (docs/tokenization.md)."""
+        ``wordtables.TABLE_LIMIT`` segmentations a table of all of them (docs/tokenization.md)."""
         words = list(map(word_of, keys))
         order = torch.arange(len(words))
         stream = lattice.chunk_stream(Chunks(words, order, torch.zeros_like(order)), device)
@@ -170,12 +170,12 @@ class WordSegmenter:
     def _sampling_tables(self, stream: lattice.ChunkStream, graph: tuple[torch.Tensor, ...], edge_piece: torch.Tensor,
                          alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, wordcache.WordTables]:
         """The segmentation tables of the words of ``stream`` (``graph``: rows and edges as
-        :func:`~textdiff.tokenization.wordpaths.table_prefixes` takes them; ``edge_piece``: piece of every edge):
+        :func:`~textdiff.tokenization.wordtables.table_prefixes` takes them; ``edge_piece``: piece of every edge):
         ``(prefix_word, prefix_length)`` of the prefixes that get one, the prefix of every path in table order, and
         the ``UNITS``, ``SEG`` and ``PIECE`` blocks."""
         device = edge_piece.device
-        prefix_word, prefix_length = wordpaths.table_prefixes(*graph, stream.chunk_len)
-        node_edge, parent, node_start, leaves, path_prefix, path_count = wordpaths.enumerate_paths(
+        prefix_word, prefix_length = wordtables.table_prefixes(*graph, stream.chunk_len)
+        node_edge, parent, node_start, leaves, path_prefix, path_count = wordtables.enumerate_paths(
             *graph, prefix_word, prefix_length)
         by_prefix = torch.argsort(path_prefix, stable=True)  # paths by prefix, then node order
         leaves, path_prefix, path_count = (t.index_select(0, by_prefix) for t in (leaves, path_prefix, path_count))
@@ -208,10 +208,10 @@ class WordSegmenter:
         """:meth:`_sampling_tables` on the CPU with numpy arrays (:func:`~textdiff.tokenization.wordcache.
         table_paths_numpy`): the same blocks, bit for bit."""
         _, count, mass, length, word_rows = (t.numpy() for t in graph)
-        prefix_word, prefix_length = wordpaths.table_prefixes_numpy(count, mass, length, word_rows,
+        prefix_word, prefix_length = wordtables.table_prefixes_numpy(count, mass, length, word_rows,
                                                                     stream.chunk_len.numpy())
         piece_of_edge = edge_piece.numpy()
-        paths = wordpaths.table_paths_numpy(count, mass, length, piece_of_edge, alpha * self.scores.numpy(),
+        paths = wordtables.table_paths_numpy(count, mass, length, piece_of_edge, alpha * self.scores.numpy(),
                                             word_rows, prefix_word, prefix_length)
         piece, path_count, path_word = paths.piece, paths.count, prefix_word[paths.prefix]
         if self.vocab.byte_fallback:  # spell the characters of unk pieces as bytes
@@ -331,13 +331,13 @@ class WordSegmenter:
 
     def _walk(self, store: wordcache.WordStore, entry: torch.Tensor, length: torch.Tensor,
               gen: torch.Generator | None, device: torch.device) -> tuple[torch.Tensor, Tokens]:
-        """One path per occurrence (``entry``, ``length`` units) by :func:`~textdiff.tokenization.wordpaths.walk`:
+        """One path per occurrence (``entry``, ``length`` units) by :func:`~textdiff.tokenization.wordwalks.walk`:
         the ``SEG`` index of the table that ends it (-1: none), and the pieces walked (unit spans in the word, byte
         fallback spelled out, ``count`` per occurrence)."""
         base = torch.cumsum(length, 0) - length
         picked = torch.full((int(length.sum()) + 1,), -1, dtype=torch.int64, device=device)  # last entry: scratch
         picked_length = torch.zeros_like(picked)
-        table = wordpaths.walk(store, entry, length, base, picked, picked_length, gen, int(length.max()),
+        table = wordwalks.walk(store, entry, length, base, picked, picked_length, gen, int(length.max()),
                                self.trie(device).max_len, self.compact(device))
         position = torch.nonzero(picked[:-1] >= 0).squeeze(1)  # pieces in order
         piece = picked.index_select(0, position)
@@ -354,13 +354,13 @@ class WordSegmenter:
 
     def _walk_numpy(self, store: wordcache.WordStore, entry: np.ndarray, length: np.ndarray, gen
                     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        """:meth:`_walk` with numpy arrays (:func:`~textdiff.tokenization.wordpaths.walk_numpy`): the ``SEG``
+        """:meth:`_walk` with numpy arrays (:func:`~textdiff.tokenization.wordwalks.walk_numpy`): the ``SEG``
         index of the table that ends each path (-1: none), and the pieces walked (byte fallback spelled out): their
         number per occurrence, and per piece, in no particular order, its id, occurrence and the number of pieces
         after it in its occurrence."""
         n = len(entry)
         table = np.full(n, -1, dtype=np.int64)
-        walked = wordpaths.walk_numpy(store, entry, length, table, gen)
+        walked = wordwalks.walk_numpy(store, entry, length, table, gen)
         count = np.bincount(walked.occurrence, minlength=n)
         piece, occurrence, after = walked.piece, walked.occurrence, walked.step
         unk = piece == self.vocab.unk_id
@@ -400,7 +400,7 @@ class WordSegmenter:
             first = store.column(wordcache.ROW, "seg").index_select(0, end_row.index_select(0, drawn)).long()
             u = rng.uniform((drawn.numel(),), gen, device)
             rounds = int(count.max() - 1).bit_length()
-            table.index_copy_(0, drawn, wordpaths.bisect(torch, store.column(wordcache.SEG, "cdf"), first, count, u,
+            table.index_copy_(0, drawn, wordwalks.bisect(torch, store.column(wordcache.SEG, "cdf"), first, count, u,
                                                          rounds))
         if walked.numel() == 0:
             empty = torch.zeros(0, dtype=torch.int64, device=device)

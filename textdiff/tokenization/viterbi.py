@@ -10,7 +10,7 @@ Design decisions:
 * Sampling keeps ``log Z`` in float64 (rows are short after cutting). The forward pass
   also stores, for every end position, the cumulative distribution of its predecessor
   ``P(s_j | e) = Z(s_j) e^{alpha v_j} / Z(e)`` in float64 (the exponentials its log-sum-exp forms anyway). The
-  backward walk (:func:`textdiff.tokenization.wordpaths.walk`) then draws each visited predecessor by inverse CDF
+  backward walk (:func:`textdiff.tokenization.wordwalks.walk`) then draws each visited predecessor by inverse CDF
   from one float64 uniform (any exact draw from that categorical gives the exact path law), instead of ``K``
   Gumbels.
 * Decoding runs the max-plus pass in float64 (exact sums of the float32 scores of SentencePiece models) and takes

@@ -9,7 +9,8 @@ segmentations of the whole word or of its first units with their cumulative prob
 segmentation (decoding). The blocks of many words lie end to end in flat tensors (see :class:`WordTables`).
 
 :class:`WordStore` keeps blocks across calls, least recently used first out, within a byte budget. The paths through
-the blocks, walked per occurrence or enumerated into tables, are :mod:`~textdiff.tokenization.wordpaths`'.
+the blocks, walked per occurrence or enumerated into tables, are :mod:`~textdiff.tokenization.wordwalks`' and
+:mod:`~textdiff.tokenization.wordtables`'.
 """
 
 from __future__ import annotations
