@@ -81,7 +81,11 @@ def main() -> None:
         default_model = REPO / "textdiff/assets/tokenizers/en-unigram-8k.model"
     parser.add_argument("--model", default=str(default_model),
                         help="SentencePiece unigram .model")
-    parser.add_argument("--corpus", default=str(REPO.parent / "shared/data/corpus/en"), help="folder of .txt files")
+    default_corpus = REPO.parent / "shared/data/corpus/en"
+    if not default_corpus.is_dir():
+        default_corpus = REPO / "data/corpus/denoiser_en"
+    parser.add_argument("--corpus", default=str(default_corpus),
+                        help="folder of .txt files (default: ../shared/data/corpus/en, else the shipped subsample)")
     parser.add_argument("--lines", type=int, default=40000, help="number of corpus lines (shuffled, seed 0)")
     parser.add_argument("--alpha", type=float, default=0.1, help="sampling alpha (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch, SentencePiece and 🤗 threads (default: 1)")
@@ -110,6 +114,8 @@ def main() -> None:
     lines = []
     for path in sorted(glob.glob(os.path.join(args.corpus, "*.txt"))):
         lines += [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        parser.error(f"--corpus {args.corpus} holds no .txt file with a non-empty line")
     random.Random(0).shuffle(lines)
     lines = lines[: args.lines]
     megabytes = sum(len(line.encode("utf-8")) for line in lines) / 1e6

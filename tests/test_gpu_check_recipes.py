@@ -51,11 +51,19 @@ def test_bench_prompted_engines_agree():
 
 
 def test_bench_tokenize_rows_without_cuda():
-    output = run_recipe("recipes/bench_tokenize.py", "--lines", "200", "--workers", "0", "--repeats", "1",
+    output = run_recipe("recipes/bench_tokenize.py", "--corpus", "data/corpus/denoiser_en", "--lines", "200",
+                        "--workers", "0", "--repeats", "1",
                         "--rows", "sentencepiece sample,sample cpu,sample cuda,viterbi cuda")
     assert "textdiff sample cpu b256 lists" in output and "sentencepiece" in output
     ratio = next(line for line in output.splitlines() if line.strip().startswith("sample cpu "))
     assert float(ratio.split()[2].rstrip("x")) > 0
+
+
+def test_bench_tokenize_without_text_says_so():
+    result = subprocess.run([sys.executable, "recipes/bench_tokenize.py", "--corpus", "/nonexistent", "--workers", "0"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2 and "--corpus /nonexistent holds no .txt file" in result.stderr
 
 
 def test_gpu_checks_needs_its_part():
