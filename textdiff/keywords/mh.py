@@ -16,7 +16,7 @@ import functools
 import itertools
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -287,20 +287,25 @@ class KeywordGenerator:
             pending = [(s, with_block(state, *choice), missing[1:])
                        for choice, (s, state, missing) in zip(best, pending)]
 
-    def run_many(self, keyword_sets: Sequence[str | Iterable[str]], *, steps: int = STEPS, chains: int = 4,
-                 seed: int | None = None, inflect: bool = False, schedule: str = "geometric",
-                 temperature: float = 1.0, final_temperature: float = 0.05, min_length: int = 1,
-                 banned: str | Sequence[str] = (), soft: Sequence[Callable] = (), batch_size: int = 64,
-                 drafts: int = DRAFTS, progress: bool = False) -> list[MHResult | ValueError]:
+    def run_many(self, keyword_sets: Sequence[str | Iterable[str]], **options) -> list[MHResult | ValueError]:
         """The annealed MH chains of many keyword sets, ``chains`` per set, started from the best of the keyword
         orders and ``drafts`` LM drafts; the chains of several sets share one population (every proposal and
         scoring forward pass; each chain scored under its own set's prompt), at most ``batch_size`` chains at a
-        time.
+        time (:meth:`run_iter`, collected).
 
         Each set draws from its own generator seeded with ``seed`` (its drafts too), so a set's chains are those of
         :meth:`run` on that set alone, whatever other sets share its batch. A set that cannot run (a keyword the
         models cannot write, a banned keyword…) gets its ``ValueError`` in place of a result.
         """
+        return list(self.run_iter(keyword_sets, **options))
+
+    def run_iter(self, keyword_sets: Sequence[str | Iterable[str]], *, steps: int = STEPS, chains: int = 4,
+                 seed: int | None = None, inflect: bool = False, schedule: str = "geometric",
+                 temperature: float = 1.0, final_temperature: float = 0.05, min_length: int = 1,
+                 banned: str | Sequence[str] = (), soft: Sequence[Callable] = (), batch_size: int = 64,
+                 drafts: int = DRAFTS, progress: bool = False) -> Iterator[MHResult | ValueError]:
+        """:meth:`run_many`'s results one by one, in input order, each as soon as its batch has run (a long
+        ``--input`` writes as it goes). Settings are checked and every set is planned before this returns."""
         check_settings(steps=steps, chains=chains, temperature=temperature, final_temperature=final_temperature,
                        drafts=drafts)
         checks.positive_int("batch_size", batch_size)
@@ -327,20 +332,29 @@ class KeywordGenerator:
         sampler = MetropolisHastings(self.proposal, target, max_length=self.max_length)
         temperatures = temperature_schedule(steps, schedule, temperature, final_temperature)
         per_batch = max(1, batch_size // chains)
-        for start in range(0, len(planned), per_batch):
-            part = planned[start: start + per_batch]
-            texts: list[list[str]] = [[] for _ in part]
-            if drafts:  # the drafts of the whole batch in one decoding loop, each set under its own prompt
-                set_prompts = [self.scorer.prefix_ids if prompts is None else prompts[plan.index] for plan in part]
-                texts = sample_drafts(self.scorer, set_prompts, drafts, [plan.draft_seed for plan in part])
-            drafted = self.draft_states([plan.forms for plan in part], texts, target, [plan.index for plan in part])
-            chosen = self.start_states([plan.starts + more for plan, more in zip(part, drafted)], chains, target)
-            streams = ChainStreams([(chains, plan.generator) for plan in part])
-            initial = [state for states in chosen for state in states]
-            outcome = sampler.run(initial, steps, temperatures=temperatures, generator=streams, progress=progress)
-            for plan, result in zip(part, outcome.split([chains] * len(part))):
-                results[plan.index] = result
-        return results
+
+        def batches() -> Iterator[MHResult | ValueError]:  # yields each result once it and all before it are done
+            done = 0
+            for start in range(0, len(planned), per_batch):
+                part = planned[start: start + per_batch]
+                texts: list[list[str]] = [[] for _ in part]
+                if drafts:  # the drafts of the whole batch in one decoding loop, each set under its own prompt
+                    set_prompts = [self.scorer.prefix_ids if prompts is None else prompts[plan.index] for plan in part]
+                    texts = sample_drafts(self.scorer, set_prompts, drafts, [plan.draft_seed for plan in part])
+                drafted = self.draft_states([plan.forms for plan in part], texts, target, [plan.index for plan in part])
+                chosen = self.start_states([plan.starts + more for plan, more in zip(part, drafted)], chains, target)
+                streams = ChainStreams([(chains, plan.generator) for plan in part])
+                initial = [state for states in chosen for state in states]
+                outcome = sampler.run(initial, steps, temperatures=temperatures, generator=streams,
+                                      progress=progress)
+                for plan, result in zip(part, outcome.split([chains] * len(part))):
+                    results[plan.index] = result
+                while done < len(results) and results[done] is not None:
+                    yield results[done]
+                    done += 1
+            yield from results[done:]  # sets that could not run, after the last batch
+
+        return batches()
 
     def run(self, keywords: str | Iterable[str], **options) -> MHResult:
         """The annealed MH chains for one keyword set (:meth:`run_many` on that set alone)."""
@@ -374,20 +388,29 @@ class KeywordGenerator:
                                       acceptance=result.accepted[c] / result.proposed[c]))
         return sentences[:n]
 
-    def generate_many(self, keyword_sets: Sequence[str | Iterable[str]], n: int = 1, *, chains: int | None = None,
-                      output: str = "best", **options) -> list[list[Sentence] | ValueError]:
+    def generate_many(self, keyword_sets: Sequence[str | Iterable[str]], n: int = 1, **options
+                      ) -> list[list[Sentence] | ValueError]:
         """Per keyword set, its ``n`` best distinct sentences (or the ``ValueError`` that stopped it), from
-        :meth:`run_many` with ``max(n, 4)`` chains per set unless ``chains`` is given."""
+        :meth:`run_many` with ``max(n, 4)`` chains per set unless ``chains`` is given (:meth:`generate_iter`,
+        collected)."""
+        return list(self.generate_iter(keyword_sets, n, **options))
+
+    def generate_iter(self, keyword_sets: Sequence[str | Iterable[str]], n: int = 1, *, chains: int | None = None,
+                      output: str = "best", **options) -> Iterator[list[Sentence] | ValueError]:
+        """:meth:`generate_many`'s results one by one, in input order, each as soon as its batch has run."""
         check_settings(n=n, chains=chains, output=output)
-        results = self.run_many(keyword_sets, chains=max(n, 4) if chains is None else chains, **options)
-        out: list[list[Sentence] | ValueError] = []
-        for keywords, result in zip(keyword_sets, results):
-            try:
-                out.append(result if isinstance(result, ValueError) else
-                           self.sentences(result, n, output, self.set_prompt(parse_keywords(keywords))))
-            except ValueError as err:
-                out.append(err)
-        return out
+        results = self.run_iter(keyword_sets, chains=max(n, 4) if chains is None else chains, **options)
+        return (self._sentences_or_error(keywords, result, n, output) for keywords, result in zip(keyword_sets,
+                                                                                                   results))
+
+    def _sentences_or_error(self, keywords, result: MHResult | ValueError, n: int, output: str
+                            ) -> list[Sentence] | ValueError:
+        if isinstance(result, ValueError):
+            return result
+        try:
+            return self.sentences(result, n, output, self.set_prompt(parse_keywords(keywords)))
+        except ValueError as err:
+            return err
 
     def generate(self, keywords: str | Iterable[str], n: int = 1, **options) -> list[Sentence]:
         """``n`` distinct sentences containing every keyword, best first (:meth:`generate_many` on one set)."""
