@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import torch
 
@@ -76,8 +77,8 @@ def main(argv=None) -> int:
     model, tokenizer = load_insertion(device=dev)
     times = {}
     for mode in ("oneshot", "iterative"):
-        times[mode] = timed(lambda: sample_sentences(model, tokenizer, args.samples, steps=args.steps, fill_mode=mode,
-                                                     seed=0), repeats=1)
+        times[mode] = timed(partial(sample_sentences, model, tokenizer, args.samples, steps=args.steps,
+                                    fill_mode=mode, seed=0), repeats=1)
         print(f"reverse chain, {args.samples} sentences, {args.steps} steps, fill={mode}: {times[mode]:.2f} s "
               f"({times[mode] / args.samples * 1e3:.0f} ms/sentence)")
     print(f"iterative / oneshot: {times['iterative'] / times['oneshot']:.1f}x")

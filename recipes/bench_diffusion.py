@@ -4,7 +4,8 @@
    and the same token budget (``textdiff.training.Trainer``, objectives ``mask`` and ``ar``); prints the ratio
    (goal ≤ 1.15x at convergence; small CPU budgets are far from it — the budget is printed). Measured on 2 CPU
    cores (0.91M-parameter RoPE transformer): 4,096,000 tokens each (``--steps 4000``) → 277.6 vs 92.6 = 3.00x. On one
-   H100 (13.7M parameters, 49M tokens each, the last command below, ≈ 7 min): 108.0 vs 71.2 = 1.52x, AR best 62.0 at step 2000.
+   H100 (13.7M parameters, 49M tokens each, the last command below, ≈ 7 min): 108.0 vs 71.2 = 1.52x, AR best 62.0 at
+   step 2000.
 2. Sampling time with and without the predictor cache (first-hitting skip + per-row reuse) at T = 1024, L = 128.
 3. Generative perplexity of samples under SmolLM2-135M (``textdiff.models.load_lm``) WITH the mean per-sample
    unigram entropy beside it (docs/numerics.md#reporting-sample-quality), for the default BERT
@@ -39,7 +40,8 @@ def small_tokenizer(vocab_size: int, directory: Path, train_files: list[Path]):
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size,
+                                        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
     tok.train([str(f) for f in train_files], trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]")

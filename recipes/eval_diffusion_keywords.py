@@ -49,8 +49,8 @@ def main(argv=None) -> int:
     orders = args.orders if args.orders in ("all", "given") else int(args.orders)
     torch.set_num_threads(args.threads)
 
-    from textdiff.mcmc.targets import CausalLMScorer
     from textdiff.keywords import generate_from_keywords
+    from textdiff.mcmc.targets import CausalLMScorer
     from textdiff.models import load_insertion, load_lm
 
     mh = mh_recipe()
@@ -61,8 +61,9 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     for k, (concepts, _) in enumerate(tqdm(picked, desc="concept sets")):
         t0 = time.perf_counter()
-        best = generate_from_keywords(model, tokenizer, concepts, 1, orders=orders, samples_per_order=args.samples_per_order,
-                                      steps=args.steps, fill_mode=args.fill_mode, seed=args.seed + k)[0]
+        best = generate_from_keywords(model, tokenizer, concepts, 1, orders=orders,
+                                      samples_per_order=args.samples_per_order, steps=args.steps,
+                                      fill_mode=args.fill_mode, seed=args.seed + k)[0]
         outputs.append(best.text)
         rows.append({"concepts": concepts, "output": best.text, "order": best.keywords,
                      "seconds": time.perf_counter() - t0})

@@ -172,7 +172,7 @@ Load offline: `AutoModelForMaskedLM.from_pretrained("data/models/minilm-mlm")`, 
 | metric | value |
 |---|---|
 | MLM accuracy at 15 % masking (argmax, {metrics['masked_tokens']:,} masked tokens) | {metrics['mlm_accuracy_15']:.3f} |
-| masking-diffusion ELBO perplexity (per token, continuous-time bound, 2 time draws per block) | {metrics['elbo_ppl']:.1f} |
+| masking-diffusion ELBO perplexity (per token, continuous time, 2 time draws a block) | {metrics['elbo_ppl']:.1f} |
 
 "The capital of France is [MASK]." → top-5: {fills}
 

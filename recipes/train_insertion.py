@@ -128,7 +128,8 @@ def main(argv=None) -> int:
     parser.add_argument("--corpus", nargs="+", type=Path,
                         default=sorted((REPO / "data/corpus/insertion_en").glob("*.txt")), help="training text files")
     parser.add_argument("--out", type=Path, default=REPO / "data/models/insertion", help="output model folder")
-    parser.add_argument("--init-from", default=str(MINILM), help="BERT folder to copy embeddings + layers from ('' = random)")
+    parser.add_argument("--init-from", default=str(MINILM),
+                        help="BERT folder to copy embeddings + layers from ('' = random)")
     parser.add_argument("--layers", type=int, default=4, help="encoder layers (first N of --init-from)")
     parser.add_argument("--max-length", type=int, default=32, help="max sentence length in WordPieces (= K)")
     parser.add_argument("--steps", type=int, default=3000)
@@ -141,7 +142,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-only", action="store_true",
-                        help="evaluate the model in --out (accuracies + ELBO bound) and update its training_metrics.json")
+                        help="evaluate the model in --out (accuracies + ELBO bound) and update its "
+                             "training_metrics.json")
     parser.add_argument("--elbo-sentences", type=int, default=200, help="held-out sentences for the ELBO bound")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -181,7 +183,8 @@ def main(argv=None) -> int:
     generator = make_generator(args.seed)
     order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed)).tolist()
     started, losses, cursor = time.time(), [], 0
-    print(f"{len(train_rows)} training / {len(held_out)} held-out sentences; {sum(p.numel() for p in model.parameters())/1e6:.1f}M params", flush=True)
+    parameters = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"{len(train_rows)} training / {len(held_out)} held-out sentences; {parameters:.1f}M params", flush=True)
     for step in range(1, args.steps + 1):
         if cursor + args.batch_size > len(order):
             cursor = 0
@@ -201,7 +204,8 @@ def main(argv=None) -> int:
         minutes = (time.time() - started) / 60
         last = step == args.steps or (args.time_limit and minutes > args.time_limit)
         if step % 25 == 0:
-            print(f"step {step} loss {sum(losses[-25:]) / 25:.4f} lr {schedule.get_last_lr()[0]:.2e} {minutes:.1f} min", flush=True)
+            print(f"step {step} loss {sum(losses[-25:]) / 25:.4f} lr {schedule.get_last_lr()[0]:.2e} "
+                  f"{minutes:.1f} min", flush=True)
         if step % args.save_every == 0 or last:
             metrics = evaluate(model, process, held_out, 100, seed=1234)
             card = dict(steps=step, batch_size=args.batch_size, minutes=round(minutes, 1),
