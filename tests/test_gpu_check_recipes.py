@@ -15,10 +15,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_recipe(*args: str, timeout: int = 300) -> str:
+def recipe(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=timeout)
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_recipe(*args: str) -> str:
+    result = recipe(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -60,9 +63,7 @@ def test_bench_tokenize_rows_without_cuda():
 
 
 def test_bench_tokenize_without_text_says_so():
-    result = subprocess.run([sys.executable, "recipes/bench_tokenize.py", "--corpus", "/nonexistent", "--workers", "0"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    result = recipe("recipes/bench_tokenize.py", "--corpus", "/nonexistent", "--workers", "0", timeout=120)
     assert result.returncode == 2 and "--corpus /nonexistent holds no .txt file" in result.stderr
 
 
